@@ -91,8 +91,10 @@ class LossTerm(_Strict):
     loss: LossName
     weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)
-    beta: float | None = Field(None, ge=0.0, le=1.0)  # jsd mixture weight
-    alpha: float | None = Field(None, ge=0.0, le=1.0)  # skew_kl skew
+    # jsd's mixture weight and skew_kl's skew: at the open interval's ends both losses are
+    # identically zero (unlike TRL's endpoints), so those values are refused.
+    beta: float | None = Field(None, gt=0.0, lt=1.0)
+    alpha: float | None = Field(None, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _params_fit_loss(self) -> LossTerm:
@@ -143,6 +145,12 @@ class Recipe(_Strict):
     eval: EvalConfig = EvalConfig()
     runs_dir: str = "runs"
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Recipe:
+        if all(term.weight == 0 for term in self.loss):
+            raise ValueError("loss: every term has weight 0; give at least one a positive weight")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -1,0 +1,223 @@
+"""The report's plots, drawn with matplotlib's Agg canvas (no pyplot, no display).
+
+Three pictures: training curves (KD student against the no-KD baseline), quality against
+size, and quality against speed. Each is returned as PNG bytes with its alt text.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from potstill.evaluate.report import fmt_params
+
+ROLE_COLORS = {"teacher": "#4d4d4d", "student": "#1f77b4", "baseline": "#ff7f0e"}
+OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
+
+
+@dataclass
+class Plot:
+    """One picture: `name` is the file stem under plots/, `alt` describes it in words."""
+
+    name: str
+    png: bytes
+    alt: str
+    caption: str
+    wide: bool = False  # spans the page; the others sit side by side
+
+
+def make_plots(report: dict, curves: dict[str, list[dict]]) -> list[Plot]:
+    """Every plot the data allows; a plot with nothing to draw is left out."""
+    plots = [training_curves(curves), quality_vs_size(report), quality_vs_speed(report)]
+    return [plot for plot in plots if plot is not None]
+
+
+def training_curves(curves: dict[str, list[dict]]) -> Plot | None:
+    """Loss against step for each training run.
+
+    The cross-entropy term on the hard labels is what the KD student and the baseline
+    share, so it gets its own panel; the total loss and (when logged) the held-out loss
+    follow. The baseline trains on hard labels only, so its total loss is its CE.
+    """
+    panels: list[tuple[str, dict[str, tuple[list[float], list[float]]]]] = []
+    ce = {run: _series(rows, _ce_key(run, rows)) for run, rows in curves.items()}
+    panels.append(("cross-entropy on hard labels (train)", ce))
+    panels.append(("total training loss", {run: _series(r, "loss") for run, r in curves.items()}))
+    panels.append(("held-out loss", {run: _series(r, "heldout_loss") for run, r in curves.items()}))
+    panels = [(title, {r: s for r, s in runs.items() if s[0]}) for title, runs in panels]
+    panels = [(title, runs) for title, runs in panels if runs]
+    if not panels:
+        return None
+
+    figure = _figure(width=4.2 * len(panels) + 0.6, height=3.8)
+    colors = _colors(curves)
+    for index, (title, runs) in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), index + 1)
+        for run, (steps, values) in runs.items():
+            color = colors[run]
+            if len(values) > 30:  # noisy per-step losses: faint raw line, smoothed on top
+                ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+                ax.plot(steps, _ema(values, span=max(5, len(values) // 20)), color=color, label=run)
+            else:
+                ax.plot(steps, values, color=color, label=run, marker="o", markersize=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    names = " and ".join(curves)
+    return Plot(
+        name="training_curves",
+        png=_png(figure),
+        alt=f"Training loss against step for {names}: "
+        + "; ".join(title for title, _ in panels)
+        + ".",
+        wide=True,
+        caption="Training curves. Cross-entropy on the hard labels is comparable across runs; "
+        "the total loss includes each run's own loss terms.",
+    )
+
+
+def quality_vs_size(report: dict) -> Plot | None:
+    """Perplexity against parameter count, one labelled point per model."""
+    points = _points(report, "params")
+    if not points:
+        return None
+    figure = _figure(width=6.4, height=4.4)
+    ax = figure.add_subplot(1, 1, 1)
+    _scatter(ax, points, report)
+    _log_axis_if_wide(ax, "x", [x for _, x, _ in points], fmt_params)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("held-out perplexity (lower is better)")
+    ax.set_title("Quality against size", fontsize=10)
+    _better(ax, "lower left is better", x=0.02, ha="left")
+    figure.tight_layout()
+    described = ", ".join(f"{n}: {fmt_params(x)} params, perplexity {y:.2f}" for n, x, y in points)
+    return Plot(
+        name="quality_vs_size",
+        png=_png(figure),
+        alt=f"Scatter of held-out perplexity against parameter count. {described}.",
+        caption="Quality against size: each model's held-out perplexity and parameter count.",
+    )
+
+
+def quality_vs_speed(report: dict) -> Plot | None:
+    """Perplexity against batch-1 generation speed, one labelled point per model."""
+    points = _points(report, "tokens_per_second")
+    if not points:
+        return None
+    figure = _figure(width=6.4, height=4.4)
+    ax = figure.add_subplot(1, 1, 1)
+    _scatter(ax, points, report)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("generation speed (tokens/s, batch 1, this machine)")
+    ax.set_ylabel("held-out perplexity (lower is better)")
+    ax.set_title("Quality against speed", fontsize=10)
+    _better(ax, "lower right is better", x=0.98, ha="right")
+    figure.tight_layout()
+    described = ", ".join(f"{n}: {x:.1f} tokens/s, perplexity {y:.2f}" for n, x, y in points)
+    return Plot(
+        name="quality_vs_speed",
+        png=_png(figure),
+        alt=f"Scatter of held-out perplexity against generation speed. {described}.",
+        caption="Quality against speed: held-out perplexity and batch-1 generation speed.",
+    )
+
+
+# ---- helpers -----------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _colors(names: Any) -> dict[str, str]:
+    others = iter(OTHER_COLORS * 10)
+    return {name: ROLE_COLORS.get(name) or next(others) for name in names}
+
+
+def _ce_key(run: str, rows: list[dict]) -> str:
+    for key in ("cross_entropy", "ce"):
+        if any(key in row for row in rows):
+            return key
+    return "loss" if run == "baseline" else "cross_entropy"
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) for the rows that hold a finite number under `key`."""
+    steps, values = [], []
+    for row in rows:
+        step, value = row.get("step"), row.get(key)
+        if _finite(step) and _finite(value):
+            steps.append(float(step))
+            values.append(float(value))
+    return steps, values
+
+
+def _ema(values: list[float], span: int) -> list[float]:
+    alpha = 2.0 / (span + 1)
+    smoothed, current = [], values[0]
+    for value in values:
+        current = alpha * value + (1 - alpha) * current
+        smoothed.append(current)
+    return smoothed
+
+
+def _points(report: dict, x_key: str) -> list[tuple[str, float, float]]:
+    """(name, x, perplexity) for models that have both, positive and finite."""
+    points = []
+    for name, entry in report.get("models", {}).items():
+        x, y = entry.get(x_key), entry.get("perplexity")
+        if _finite(x) and _finite(y) and x > 0 and y > 0:
+            points.append((name, float(x), float(y)))
+    return points
+
+
+def _scatter(ax: Any, points: list[tuple[str, float, float]], report: dict) -> None:
+    colors = _colors(report.get("models", {}))
+    for name, x, y in points:
+        ax.scatter([x], [y], s=60, color=colors[name], zorder=3)
+        ax.annotate(name, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9)
+    # Perplexity is exp(loss): when it spans a wide range, a log axis shows the loss gap.
+    _log_axis_if_wide(ax, "y", [y for _, _, y in points], lambda y: f"{y:g}")
+    ax.margins(x=0.25, y=0.2)
+    ax.grid(alpha=0.3, which="major")
+    ax.grid(alpha=0.1, which="minor")
+
+
+def _log_axis_if_wide(
+    ax: Any, which: str, values: list[float], label: Callable[[float], str]
+) -> None:
+    """Log scale on axis `which` ("x" or "y") when the values span more than 5×, with
+    ticks at 1-2-5 steps; tick labels written by `label`."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    if max(values) / min(values) > 5:
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_formatter(NullFormatter())
+    axis.set_major_formatter(FuncFormatter(lambda value, _: label(value)))
+
+
+def _better(ax: Any, text: str, x: float, ha: str) -> None:
+    ax.text(x, 0.03, text, transform=ax.transAxes, ha=ha, fontsize=8, color="#666666")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,29 @@
+"""Distillation losses: pure functions of student logits and a teacher signal."""
+
+from potstill.losses.divergences import (
+    IGNORE_INDEX,
+    cross_entropy,
+    forward_kl,
+    jsd,
+    reverse_kl,
+    skew_kl,
+    tvd,
+)
+from potstill.losses.signal import DenseSignal, SparseSignal, TeacherSignal, as_signal
+from potstill.losses.terms import KD_LOSSES, combine_losses
+
+__all__ = [
+    "IGNORE_INDEX",
+    "KD_LOSSES",
+    "DenseSignal",
+    "SparseSignal",
+    "TeacherSignal",
+    "as_signal",
+    "combine_losses",
+    "cross_entropy",
+    "forward_kl",
+    "jsd",
+    "reverse_kl",
+    "skew_kl",
+    "tvd",
+]
