@@ -1,0 +1,182 @@
+"""The ``potstill`` command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from potstill.errors import PotstillError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Distill a large language model into a small one, and measure what it kept.",
+    pretty_exceptions_enable=False,
+)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Recipe overrides as key.sub=value, e.g. train.steps=100", show_default=False
+    ),
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue or finish an existing run folder.")
+]
+
+
+@contextmanager
+def _resumable() -> Iterator[None]:
+    """Ctrl-C in a long job: say how to continue, exit 130, no traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(
+            "interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr
+        )
+        raise typer.Exit(130) from None
+
+
+def _split_recipe(args: list[str] | None) -> tuple[str | None, list[str]]:
+    """The first argument is a recipe file unless it is a key=value override."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+@app.command()
+def run(args: Overrides = None, resume: Resume = False) -> None:
+    """The whole pipeline: distil, train a no-KD baseline, evaluate, report.
+
+    With no recipe: the embedded default (bundled SmolLM2-135M teacher, a student made of
+    a subset of its layers, the shipped Shakespeare corpus, CPU).
+
+    Usage: potstill run [RECIPE.yaml] [key=value ...]
+    """
+    from potstill.config import load_recipe
+    from potstill.pipeline import run as run_pipeline
+
+    path, overrides = _split_recipe(args)
+    recipe = load_recipe(path, overrides)
+    with _resumable():
+        run_pipeline(recipe, resume=resume)
+
+
+@app.command()
+def distill(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Overrides = None,
+    resume: Resume = False,
+) -> None:
+    """Train the student from a live teacher (resumable); writes runs/NAME/student/."""
+    from potstill.config import load_recipe
+    from potstill.data import load_data
+    from potstill.pipeline import distill_stage, load_teacher, prepare_run_dir
+
+    cfg = load_recipe(recipe, overrides)
+    run_dir = prepare_run_dir(cfg, resume=resume)
+    teacher, tokenizer = load_teacher(cfg)
+    data = load_data(cfg.data, tokenizer)
+    with _resumable():
+        distill_stage(
+            cfg, run_dir, teacher, tokenizer, data, name="student", terms=cfg.loss, resume=resume
+        )
+    print(f"student: {run_dir / 'student'}")
+
+
+@app.command(name="eval")
+def evaluate(
+    model: Annotated[list[str], typer.Option("--model", help="Model reference (repeatable).")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Text data; default: the shipped corpus.")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Teacher reference, for agreement.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the report.")] = Path("runs/eval"),
+    block_size: Annotated[int, typer.Option(help="Tokens per evaluation block.")] = 128,
+    max_tokens: Annotated[int, typer.Option(help="Cap on held-out tokens scored.")] = 16384,
+    heldout: Annotated[float, typer.Option(help="Held-out fraction of the data scored.")] = 0.05,
+) -> None:
+    """Score models on the held-out split of some data and write a report."""
+    from potstill.config import DataConfig
+    from potstill.data import load_data
+    from potstill.evaluate import build_report, summary_table, write_report
+    from potstill.models.load import load_causal_lm
+    from potstill.models.student import check_same_vocab
+    from potstill.pipeline import evaluate_models
+
+    if (out / "report.json").exists():
+        raise PotstillError(f"{out} already holds a report; choose another --out folder")
+    refs = {}
+    if teacher:
+        refs["teacher"] = teacher
+    for i, ref in enumerate(model):
+        refs[f"model{i + 1}" if len(model) > 1 else "model"] = ref
+    loaded = {key: load_causal_lm(ref) for key, ref in refs.items()}
+    first_tokenizer = next(iter(loaded.values()))[1]
+    for _, tok in loaded.values():
+        check_same_vocab(first_tokenizer, tok)
+    cfg = DataConfig(
+        path=data, block_size=block_size, max_heldout_tokens=max_tokens, heldout=heldout
+    )
+    lm_data = load_data(cfg, first_tokenizer)
+    results = evaluate_models(
+        refs,
+        lm_data,
+        teacher_key="teacher" if teacher else None,
+        batch_size=8,
+        generate_tokens=32,
+        preloaded={k: m for k, (m, _) in loaded.items()},
+    )
+    report = build_report(
+        run={"name": out.name, "device": "cpu"},
+        data={
+            "name": lm_data.name,
+            "heldout_tokens": lm_data.heldout.num_tokens,
+            "split": lm_data.split,
+        },
+        recipe={},
+        models=results,
+    )
+    paths = write_report(out, report)
+    print(summary_table(report))
+    print(f"report: {paths['report.html']}")
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models and whether each is already converted here."""
+    from potstill.models.bundled import REGISTRY, converted_path, is_converted
+
+    for name, spec in REGISTRY.items():
+        state = f"ready at {converted_path(name)}" if is_converted(name) else "not pulled"
+        print(f"bundled:{name:<30} {spec.description}  [{state}]")
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="Bundled model name, e.g. smollm2-135m-instruct.")],
+) -> None:
+    """Fetch, verify and convert a bundled model once (later loads take seconds)."""
+    from potstill.models.bundled import pull as pull_model
+    from potstill.progress import log
+
+    print(pull_model(name.removeprefix("bundled:"), log=log))
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except PotstillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

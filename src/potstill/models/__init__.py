@@ -1,0 +1,1 @@
+"""Model references, bundled models, and student construction."""

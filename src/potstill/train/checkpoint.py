@@ -1,0 +1,77 @@
+"""Resumable training state: model, optimizer, scheduler, RNG and data position.
+
+Written atomically (a temp folder renamed into place), so a run killed mid-save keeps its
+previous checkpoint. Loaded with ``weights_only=True``: nothing in it can run code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from potstill.errors import PotstillError
+from potstill.io import atomic_dir
+
+
+@dataclass
+class TrainState:
+    step: int  # optimizer steps completed
+    tokens: int  # valid training tokens consumed
+    elapsed: float  # seconds of training so far
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def save_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
+) -> None:
+    with atomic_dir(folder) as tmp:
+        save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+            },
+            tmp / "optim.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps(state.__dict__) + "\n")
+
+
+def load_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> TrainState:
+    try:
+        weights = load_file(str(folder / "model.safetensors"))
+        extra = torch.load(folder / "optim.pt", weights_only=True)
+        state = TrainState(**json.loads((folder / "state.json").read_text()))
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise PotstillError(
+            f"checkpoint {folder} is unreadable ({type(e).__name__}); delete that folder to "
+            "restart this stage from the beginning"
+        ) from e
+    missing = set(trainable_state(model)) - set(weights)
+    if missing:
+        raise PotstillError(
+            f"checkpoint {folder} does not match this student ({len(missing)} tensors missing); "
+            "it was made by another recipe: delete it or use another run name"
+        )
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"])
+    return state

@@ -1,0 +1,149 @@
+import itertools
+import json
+
+import pytest
+import torch
+
+from potstill.config import LossTerm, TrainConfig
+from potstill.data import Blocks
+from potstill.models.student import layer_subset
+from potstill.train.loop import train
+from potstill.train.schedule import warmup_cosine
+from tests.conftest import make_llama
+
+VOCAB = 64
+HINTON = [
+    LossTerm(loss="forward_kl", weight=0.5, temperature=2.0),
+    LossTerm(loss="cross_entropy", weight=0.5),
+]
+
+
+@pytest.fixture
+def blocks():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (16, 12), generator=g)
+    labels = ids.clone()
+    labels[::3, :5] = -100  # uneven valid-token counts across samples
+    return Blocks(ids, labels)
+
+
+@pytest.fixture
+def teacher():
+    return make_llama(VOCAB, layers=3, seed=1).eval()
+
+
+def _student(teacher):
+    return layer_subset(teacher, [0, 2])
+
+
+def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, **cfg):
+    config = TrainConfig(**{"steps": 4, "batch_size": 4, "warmup": 1, "lr": 1e-2, **cfg})
+    return train(
+        student,
+        blocks,
+        terms,
+        config,
+        teacher=teacher,
+        name="student",
+        checkpoint_dir=tmp_path / "ckpt",
+        metrics_path=tmp_path / "metrics.jsonl",
+        resume=resume,
+    )
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_gradient_accumulation_is_exact(blocks, teacher, tmp_path, monkeypatch):
+    """One step of 4 samples, or 2 micro-batches of 2: the same summed gradient, although
+    the micro-batches hold different numbers of valid tokens."""
+    grads = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    _run(_student(teacher), blocks, teacher, tmp_path / "a", steps=1, batch_size=4, clip=None)
+    _run(
+        _student(teacher),
+        blocks,
+        teacher,
+        tmp_path / "b",
+        steps=1,
+        batch_size=2,
+        grad_accum=2,
+        clip=None,
+    )
+    whole, split = grads
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_resume_from_a_midway_checkpoint(blocks, teacher, tmp_path, monkeypatch):
+    straight = _student(teacher)
+    _run(straight, blocks, teacher, tmp_path / "straight")
+    metrics_straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+
+    killed = tmp_path / "killed"
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # die during the 4th step, after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_student(teacher), blocks, teacher, killed, checkpoint_every=2)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+
+    resumed = _student(teacher)
+    _run(resumed, blocks, teacher, killed, resume=True, checkpoint_every=2)
+    for (name, a), b in zip(_params(straight).items(), _params(resumed).values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    rows = [json.loads(r) for r in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    expected = [json.loads(r)["loss"] for r in metrics_straight]
+    assert [r["loss"] for r in rows] == pytest.approx(expected, rel=1e-5)
+
+
+def test_metrics_rows_carry_the_loss_terms(blocks, teacher, tmp_path):
+    _run(_student(teacher), blocks, teacher, tmp_path, steps=2)
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert {"model", "step", "loss", "forward_kl", "cross_entropy", "lr"} <= set(row)
+        assert row["loss"] == pytest.approx(0.5 * row["forward_kl"] + 0.5 * row["cross_entropy"])
+
+
+def test_training_lowers_the_loss(blocks, teacher, tmp_path):
+    student = _student(teacher)
+    terms = [LossTerm(loss="forward_kl", weight=1.0)]
+    _run(student, blocks, teacher, tmp_path, terms=terms, steps=30, lr=3e-3, warmup=2)
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["forward_kl"] < 0.5 * rows[0]["forward_kl"]
+
+
+def test_baseline_needs_no_teacher(blocks, teacher, tmp_path):
+    terms = [LossTerm(loss="cross_entropy")]
+    result = _run(_student(teacher), blocks, None, tmp_path, terms=terms, steps=2)
+    assert result.steps == 2 and result.tokens > 0
+
+
+def test_frozen_embeddings_stay_put(blocks, teacher, tmp_path):
+    student = _student(teacher)
+    before = student.get_input_embeddings().weight.detach().clone()
+    _run(student, blocks, teacher, tmp_path, steps=2, freeze_embeddings=True)
+    assert torch.equal(before, student.get_input_embeddings().weight)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [warmup_cosine(s, warmup=5, total=50, min_ratio=0.1) for s in range(50)]
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] == pytest.approx(0.1)
