@@ -384,15 +384,22 @@ def test_dense_signal_equals_bare_tensor(name, params):
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
-def test_sparse_signal_is_not_implemented_yet(name):
+def test_malformed_sparse_signal_is_rejected(name):
+    # The sparse path's numbers are tested in test_sparse.py.
     student, _, _, _ = make_batch(22)
-    sparse = SparseSignal(
-        ids=torch.zeros(B, T, 2, dtype=torch.long),
-        logprobs=torch.full((B, T, 2), math.log(0.4)),
-        tail_logprob=torch.full((B, T), math.log(0.2)),
-    )
-    with pytest.raises(NotImplementedError, match="potstill teach"):
-        kd(name, student, sparse)
+    good = {
+        "ids": torch.stack([torch.arange(2)] * (B * T)).reshape(B, T, 2),
+        "logprobs": torch.full((B, T, 2), math.log(0.4)),
+        "tail_logprob": torch.full((B, T), math.log(0.2)),
+    }
+    assert torch.isfinite(kd(name, student, SparseSignal(**good)))
+    for key, bad, match in [
+        ("ids", good["ids"][:, :-1], "ids"),
+        ("logprobs", good["logprobs"][..., :1], "logprobs"),
+        ("tail_logprob", good["tail_logprob"][:, :-1], "tail_logprob"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            kd(name, student, SparseSignal(**{**good, key: bad}))
 
 
 def test_bad_arguments_are_rejected():

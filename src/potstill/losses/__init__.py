@@ -1,5 +1,6 @@
 """Distillation losses: pure functions of student logits and a teacher signal."""
 
+from potstill.losses.chunked import chunked_kd_loss
 from potstill.losses.divergences import (
     IGNORE_INDEX,
     cross_entropy,
@@ -10,6 +11,7 @@ from potstill.losses.divergences import (
     tvd,
 )
 from potstill.losses.signal import DenseSignal, SparseSignal, TeacherSignal, as_signal
+from potstill.losses.sparse import top_k_signal
 from potstill.losses.terms import KD_LOSSES, combine_losses
 
 __all__ = [
@@ -19,11 +21,13 @@ __all__ = [
     "SparseSignal",
     "TeacherSignal",
     "as_signal",
+    "chunked_kd_loss",
     "combine_losses",
     "cross_entropy",
     "forward_kl",
     "jsd",
     "reverse_kl",
     "skew_kl",
+    "top_k_signal",
     "tvd",
 ]

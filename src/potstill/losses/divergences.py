@@ -10,8 +10,9 @@ float32, softens both sides with ``softmax(logits / T)`` and multiplies by ``T²
 et al. 2015, "Distilling the Knowledge in a Neural Network": it keeps the gradient
 magnitude of the soft targets comparable across temperatures). The maths of each
 divergence lives in a small per-token function that takes the two distributions as
-log-probabilities over the same support, ``(N, S) -> (N,)``, so a sparse top-k path can
-reuse it on the support "top k ids + one tail bucket".
+log-probabilities over the same support, ``(N, S) -> (N,)``: the full vocabulary for a
+dense teacher, or, for a cached top-k teacher (`SparseSignal`), the ``k + 1`` buckets
+"the teacher's top k ids + one tail bucket" built in `potstill.losses.sparse`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from potstill.losses.signal import SparseSignal, TeacherSignal, as_signal
+from potstill.losses.sparse import sparse_bucket_logprobs
 
 IGNORE_INDEX = -100
 
@@ -34,8 +36,14 @@ PerToken = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) per row, from log-probabilities ``(N, S)``."""
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    """KL(p ‖ q) per row, from log-probabilities ``(N, S)``; ``0 · log(0 / q) = 0``.
+
+    The guard matters for the sparse tail bucket, which is ``−inf`` on both sides when
+    the top k cover the vocabulary. It sits *before* the product, so those entries get a
+    zero gradient rather than ``0 · NaN``; elsewhere the value is bit-for-bit unchanged.
+    """
+    p = log_p.exp()
+    return (p * torch.where(p > 0, log_p - log_q, 0.0)).sum(-1)
 
 
 def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
@@ -123,23 +131,24 @@ def _kd_loss(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     signal = as_signal(teacher)
-    if isinstance(signal, SparseSignal):
-        raise NotImplementedError(
-            "sparse top-k teacher signals are not supported yet: that path arrives with the "
-            "teacher cache (`potstill teach`); pass dense teacher logits for now"
-        )
-    teacher_logits = signal.logits
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
-            f"teacher logits {tuple(teacher_logits.shape)} and student logits "
-            f"{tuple(student_logits.shape)} must have the same (B, T, V) shape"
-        )
     valid = _valid_tokens(mask, student_logits)  # (B, T)
-    dtype = _compute_dtype(student_logits, teacher_logits)
     # Select before computing, so masked positions (whatever they hold) never enter the
     # value or the gradient: index backward scatters exact zeros there.
-    student_logprobs = F.log_softmax(student_logits[valid].to(dtype) / temperature, dim=-1)
-    teacher_logprobs = F.log_softmax(teacher_logits[valid].to(dtype) / temperature, dim=-1)
+    if isinstance(signal, SparseSignal):
+        dtype = _compute_dtype(student_logits, signal.logprobs, signal.tail_logprob)
+        student_logprobs, teacher_logprobs = sparse_bucket_logprobs(
+            student_logits, signal, valid, temperature, dtype
+        )  # (N, K + 1) each
+    else:
+        teacher_logits = signal.logits
+        if teacher_logits.shape != student_logits.shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                f"{tuple(student_logits.shape)} must have the same (B, T, V) shape"
+            )
+        dtype = _compute_dtype(student_logits, teacher_logits)
+        student_logprobs = F.log_softmax(student_logits[valid].to(dtype) / temperature, dim=-1)
+        teacher_logprobs = F.log_softmax(teacher_logits[valid].to(dtype) / temperature, dim=-1)
     divergence = per_token(student_logprobs, teacher_logprobs)  # (N,)
     return temperature**2 * _mean_over_tokens(divergence, valid, num_tokens)
 
