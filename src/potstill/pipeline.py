@@ -7,6 +7,7 @@ interrupted one from its last checkpoint.
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -77,8 +78,6 @@ def distill_stage(
     timing = run_dir / "checkpoints" / f"{name}.done.json"
     if (out / "config.json").is_file() and timing.is_file():
         log(f"{name}: already trained, skipping ({out})")
-        import json
-
         return float(json.loads(timing.read_text())["train_seconds"])
     student, student_tokenizer = build_student(
         recipe.student, teacher, tokenizer, seed=recipe.train.seed
@@ -152,6 +151,12 @@ def evaluate_models(
     return results
 
 
+def _term_summary(term: LossTerm) -> dict[str, Any]:
+    """A loss term as the report shows it: no temperature on cross-entropy."""
+    exclude = {"temperature"} if term.loss == "cross_entropy" else set()
+    return term.model_dump(exclude_none=True, exclude=exclude)
+
+
 def run(recipe: Recipe, *, resume: bool = False) -> Path:
     """Distil, train the baseline, evaluate all three, write the report; return its path."""
     started = time.perf_counter()
@@ -214,8 +219,10 @@ def run(recipe: Recipe, *, resume: bool = False) -> Path:
             "fingerprint": data.fingerprint,
         },
         recipe={
-            "loss": [t.model_dump(exclude_none=True) for t in recipe.loss],
-            "student": recipe.student.model_dump(exclude_none=True),
+            "loss": [_term_summary(t) for t in recipe.loss],
+            "student": recipe.student.model_dump(
+                exclude_none=True, exclude={"lora"} if recipe.student.adapter == "full" else None
+            ),
             **recipe.train.model_dump(include={"steps", "batch_size", "grad_accum", "lr"}),
             "block_size": recipe.data.block_size,
         },
@@ -224,8 +231,6 @@ def run(recipe: Recipe, *, resume: bool = False) -> Path:
     curves: dict[str, list[dict]] = {}
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        import json
-
         for line in metrics.read_text().splitlines():
             row = json.loads(line)
             curves.setdefault(row["model"], []).append(row)

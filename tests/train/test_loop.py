@@ -145,5 +145,5 @@ def test_frozen_embeddings_stay_put(blocks, teacher, tmp_path):
 def test_schedule_warms_up_then_decays_to_the_floor():
     lrs = [warmup_cosine(s, warmup=5, total=50, min_ratio=0.1) for s in range(50)]
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
     assert lrs[-1] == pytest.approx(0.1)
