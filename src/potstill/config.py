@@ -111,7 +111,7 @@ class LossTerm(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(110, ge=1)
+    steps: int = Field(130, ge=1)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1.0e-3, gt=0.0)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from potstill.losses.signal import SparseSignal, TeacherSignal, as_signal
 from potstill.losses.sparse import sparse_bucket_logprobs
+from potstill.losses.tokens import select_tokens, tempered_logprobs
 
 IGNORE_INDEX = -100
 
@@ -147,8 +148,8 @@ def _kd_loss(
                 f"{tuple(student_logits.shape)} must have the same (B, T, V) shape"
             )
         dtype = _compute_dtype(student_logits, teacher_logits)
-        student_logprobs = F.log_softmax(student_logits[valid].to(dtype) / temperature, dim=-1)
-        teacher_logprobs = F.log_softmax(teacher_logits[valid].to(dtype) / temperature, dim=-1)
+        student_logprobs = tempered_logprobs(student_logits, valid, temperature, dtype)
+        teacher_logprobs = tempered_logprobs(teacher_logits, valid, temperature, dtype)
     divergence = per_token(student_logprobs, teacher_logprobs)  # (N,)
     return temperature**2 * _mean_over_tokens(divergence, valid, num_tokens)
 
@@ -183,7 +184,7 @@ def cross_entropy(
             f"labels shape {tuple(labels.shape)} != logits (B, T) {tuple(student_logits.shape[:2])}"
         )
     valid = _valid_tokens(mask, student_logits) & (labels != IGNORE_INDEX)  # (B, T)
-    logits = student_logits[valid].to(_compute_dtype(student_logits))  # (N, V)
+    logits = select_tokens(student_logits, valid).to(_compute_dtype(student_logits))  # (N, V)
     per_token = F.cross_entropy(logits, labels[valid], reduction="none")  # (N,)
     return _mean_over_tokens(per_token, valid, num_tokens)
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from potstill.losses.signal import SparseSignal
+from potstill.losses.tokens import tempered_logprobs
 
 
 def top_k_signal(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> SparseSignal:
@@ -73,7 +74,7 @@ def sparse_bucket_logprobs(
         ``(student, teacher)``, each ``(N, K + 1)``: the k ids, then the tail bucket.
     """
     _check_shapes(student_logits, signal)
-    student_logprobs = F.log_softmax(student_logits[valid].to(dtype) / temperature, dim=-1)
+    student_logprobs = tempered_logprobs(student_logits, valid, temperature, dtype)
     ids = signal.ids[valid].long()  # (N, K)
     student = torch.cat(
         [student_logprobs.gather(-1, ids), _log_mass_outside(student_logprobs, ids)[:, None]],
