@@ -11,22 +11,13 @@ import transformers
 
 from potstill.errors import PotstillError
 from potstill.evaluate.metrics import count_params, score_models, size_on_disk
+from tests.conftest import make_llama
 
 VOCAB = 64
 
 
 def tiny_llama(seed: int, vocab_size: int = VOCAB) -> transformers.LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return make_llama(vocab_size, layers=2, seed=seed).eval()
 
 
 @pytest.fixture(scope="module")
