@@ -19,6 +19,7 @@ from potstill.losses import (
     skew_kl,
     tvd,
 )
+from tests.losses.reference import np_softmax, ref_divergence
 
 B, T, V = 2, 5, 7
 SEEDS = (0, 1, 2)
@@ -62,31 +63,6 @@ def kd(name: str, student, teacher, mask=None, temperature=1.0, **kwargs):
 
 
 # --- an independent float64 reference: numpy, one token at a time ---------------------------
-
-
-def np_softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
-def np_kl(p: np.ndarray, q: np.ndarray) -> float:
-    return float(np.sum(p * np.log(p / q)))
-
-
-def ref_divergence(name: str, p: np.ndarray, q: np.ndarray, beta=0.5, alpha=0.1) -> float:
-    """The divergence between teacher ``p`` and student ``q``, written from the papers."""
-    if name == "forward_kl":
-        return np_kl(p, q)
-    if name == "reverse_kl":
-        return np_kl(q, p)
-    if name == "jsd":
-        m = beta * p + (1 - beta) * q
-        return beta * np_kl(p, m) + (1 - beta) * np_kl(q, m)
-    if name == "tvd":
-        return 0.5 * float(np.abs(p - q).sum())
-    if name == "skew_kl":
-        return np_kl(p, alpha * p + (1 - alpha) * q)
-    raise KeyError(name)
 
 
 def ref_kd(name, student, teacher, mask, temperature, **params) -> float:
