@@ -121,6 +121,13 @@ def test_metrics_rows_carry_the_loss_terms(blocks, teacher, tmp_path):
         assert row["loss"] == pytest.approx(0.5 * row["forward_kl"] + 0.5 * row["cross_entropy"])
 
 
+def test_logged_terms_add_up_under_gradient_accumulation(blocks, teacher, tmp_path):
+    _run(_student(teacher), blocks, teacher, tmp_path, steps=2, batch_size=2, grad_accum=2)
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["loss"] == pytest.approx(0.5 * row["forward_kl"] + 0.5 * row["cross_entropy"])
+
+
 def test_training_lowers_the_loss(blocks, teacher, tmp_path):
     student = _student(teacher)
     terms = [LossTerm(loss="forward_kl", weight=1.0)]

@@ -96,9 +96,9 @@ def train(
                 )
                 loss.backward()
                 total += loss.detach()
+                # Parts are already divided by the step's count, so they simply add up.
                 for key, value in parts.items():
-                    weight = (labels[:, 1:] != -100).sum().item() / max(num_tokens, 1)
-                    parts_sum[key] = parts_sum.get(key, 0.0) + float(value) * weight
+                    parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
             grad_norm = _clip(model, cfg.clip)
             optimizer.step()
             scheduler.step()
