@@ -8,11 +8,11 @@ never holds more than one chunk of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from potstill.config import LossTerm
 from potstill.losses.divergences import IGNORE_INDEX
@@ -40,26 +40,21 @@ def chunked_kd_loss(
     global valid-token count, so the chunks' contributions add up exactly.
 
     Only valid tokens (``mask & (labels != -100)``) are projected; padding and prompt
-    tokens cost nothing. They are cut into chunks of ``chunk_size``, and each chunk runs
-    under non-reentrant `torch.utils.checkpoint`. Peak memory, with ``c = chunk_size``:
-
-    - forward: one chunk's ``(c, V)`` logits and the terms' ``(c, V)`` temporaries. A
-      checkpoint keeps only its inputs (a view of the hidden states, the token
-      positions), so nothing ``V``-sized outlives its chunk — a dense teacher's rows are
-      gathered *inside* the chunk too.
-    - backward: autograd reaches the chunks one after another; each is recomputed when
-      its backward starts and its intermediates are freed when it ends. Peak: one
-      chunk's intermediates plus the gradients themselves (``V × H`` for the weight,
-      ``N × H`` for the hidden states).
-
-    The price is one extra forward of each chunk (lm-head FLOPs ``6NHV -> 8NHV``).
-    A Liger-style autograd Function that computes the gradients during forward would
-    avoid it, but it holds a ``V × H`` gradient buffer from forward to backward, does
-    that work even when no backward follows, and needs hand-written gradients of every
-    term; the checkpoint reuses autograd's own, exactly.
+    tokens cost nothing. They are cut into chunks of ``chunk_size``. When a gradient is
+    wanted, each chunk's backward runs *during the forward pass* (`_FusedHeadLoss`):
+    autograd differentiates the chunk's terms w.r.t. its ``(c, V)`` logits, the two small
+    matmuls of the linear layer's backward turn that into the chunk's share of the
+    hidden-state and weight gradients, and the chunk's logits are freed before the next
+    chunk starts. Peak memory, with ``c = chunk_size``: one chunk's logits, the terms'
+    ``(c, V)`` temporaries and their gradient, plus the gradients kept for backward
+    (``V × H`` for the weight, ``N × H`` for the hidden states). The lm head costs the
+    same FLOPs as unchunked (``6NHV``), nothing is recomputed. The price: the weight
+    gradient buffer lives from forward to backward, and the backward work is done even
+    if no backward follows (it is skipped when no input needs a gradient).
 
     A dense teacher's ``(B, T, V)`` logits are the caller's and exist in full anyway
-    (a live teacher made them); a `SparseSignal` is small.
+    (a live teacher made them); their rows are gathered one chunk at a time. A
+    `SparseSignal` is small.
 
     Args:
         student_hidden: ``(B, T, H)`` the student's final hidden states (after the final
@@ -107,48 +102,99 @@ def chunked_kd_loss(
         valid = valid & mask.to(torch.bool)
     signal = None if teacher is None else _flat_signal(as_signal(teacher), batch, seq)
 
-    positions = valid.flatten().nonzero().squeeze(-1)  # (N,) flat indices of valid tokens
+    flat_valid = valid.flatten()
+    hidden = student_hidden.reshape(batch * seq, hidden_size)
+    if bool(flat_valid.all()):
+        positions = torch.arange(batch * seq)  # no gather: every token counts
+    else:
+        positions = flat_valid.nonzero().squeeze(-1)  # (N,) flat indices of valid tokens
+        hidden = hidden.index_select(0, positions)
     count = positions.numel() if num_tokens is None else num_tokens
-    hidden = student_hidden.reshape(batch * seq, hidden_size).index_select(0, positions)
-    # `split`, not slicing: its backward writes every chunk's gradient into one (N, H).
-    hidden_chunks = hidden.split(chunk_size)  # one empty chunk when N = 0
-    position_chunks = positions.split(chunk_size)
     flat_labels = labels.flatten()
-
-    total: torch.Tensor | None = None
     parts: dict[str, torch.Tensor] = {}
-    for hidden_chunk, position_chunk in zip(hidden_chunks, position_chunks, strict=True):
-        args = (hidden_chunk, lm_head_weight, lm_head_bias, signal, position_chunk)
-        kwargs = {"labels": flat_labels, "terms": terms, "num_tokens": count}
-        if torch.is_grad_enabled():
-            # No randomness inside, so no RNG state to save for the recomputation.
-            chunk_total, chunk_parts = checkpoint(
-                _chunk_loss, *args, **kwargs, use_reentrant=False, preserve_rng_state=False
-            )
-        else:
-            chunk_total, chunk_parts = _chunk_loss(*args, **kwargs)
-        total = chunk_total if total is None else total + chunk_total
+
+    def chunk_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """One chunk's ``(c, V)`` logits as a batch of one sequence; adds to ``parts``."""
+        rows = positions[start:end]
+        teacher_rows = None if signal is None else _take(signal, rows)
+        loss, chunk_parts = combine_losses(
+            terms, logits[None], flat_labels[rows][None], teacher_rows, num_tokens=count
+        )
         for key, value in chunk_parts.items():
             parts[key] = value if key not in parts else parts[key] + value
-    assert total is not None  # `split` yields at least one chunk
+        return loss
+
+    inputs = (hidden, lm_head_weight, lm_head_bias)
+    wants_grad = any(t is not None and t.requires_grad for t in inputs)
+    if torch.is_grad_enabled() and wants_grad:
+        total = _FusedHeadLoss.apply(hidden, lm_head_weight, lm_head_bias, chunk_loss, chunk_size)
+    else:
+        total = _chunks_no_grad(hidden, lm_head_weight, lm_head_bias, chunk_loss, chunk_size)
     return total, parts
 
 
-def _chunk_loss(
+ChunkLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def _spans(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each chunk; one empty chunk when ``n = 0``."""
+    return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)] or [(0, 0)]
+
+
+def _chunks_no_grad(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    signal: TeacherSignal | None,
-    positions: torch.Tensor,
-    *,
-    labels: torch.Tensor,
-    terms: Sequence[LossTerm],
-    num_tokens: int | torch.Tensor,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One chunk as a batch of one sequence: ``(1, c, V)`` logits, ``(1, c)`` labels."""
-    logits = F.linear(hidden, weight, bias)[None]  # (1, c, V)
-    teacher = None if signal is None else _take(signal, positions)
-    return combine_losses(terms, logits, labels[positions][None], teacher, num_tokens=num_tokens)
+    chunk_loss: ChunkLoss,
+    chunk_size: int,
+) -> torch.Tensor:
+    with torch.no_grad():
+        losses = [
+            chunk_loss(F.linear(hidden[start:end], weight, bias), start, end)
+            for start, end in _spans(hidden.shape[0], chunk_size)
+        ]
+    return torch.stack(losses).sum()
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """``Σ_chunks chunk_loss(F.linear(hidden_chunk, weight, bias))`` whose gradients are
+    computed chunk by chunk in forward and only scaled by ``grad_output`` in backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        chunk_loss: ChunkLoss,
+        chunk_size: int,
+    ) -> torch.Tensor:
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.zeros_like(hidden) if needs_hidden else None
+        grad_weight = torch.zeros_like(weight) if needs_weight else None
+        grad_bias = torch.zeros_like(bias) if needs_bias else None
+        total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+        for start, end in _spans(hidden.shape[0], chunk_size):
+            chunk = hidden[start:end]
+            logits = F.linear(chunk, weight, bias).requires_grad_()  # (c, V), a leaf
+            with torch.enable_grad():
+                loss = chunk_loss(logits, start, end)
+                (grad_logits,) = torch.autograd.grad(loss, logits)
+            del logits
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, chunk)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+            total = total + loss.detach()
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        scaled = [None if g is None else g * grad_output for g in ctx.saved_tensors]
+        return (*scaled, None, None)
 
 
 def _flat_signal(signal: TeacherSignal, batch: int, seq: int) -> TeacherSignal:
