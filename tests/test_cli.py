@@ -12,7 +12,7 @@ import pytest
 from potstill import cli
 from tests.conftest import make_llama, make_tokenizer
 
-VERBS = ["run", "distill", "eval", "models", "pull"]
+VERBS = ["run", "teach", "distill", "eval", "models", "pull"]
 
 
 def potstill(*args: str, capsys) -> tuple[int, str, str]:
@@ -164,6 +164,56 @@ def test_distill_resumes_after_interruption(recipe, tmp_path, capsys, monkeypatc
     assert (tmp_path / "runs" / "tiny" / "student" / "model.safetensors").is_file()
     rows = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3]
+
+
+def test_teach_then_distill_trains_from_the_cache(recipe, tmp_path, capsys, monkeypatch):
+    code, out, err = potstill("teach", str(recipe), capsys=capsys)
+    assert code == 0, err
+    cache = tmp_path / "runs" / "tiny" / "cache"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["complete"] and f"{manifest['tokens']:,} tokens" in out
+
+    # distill reads the cache: the teacher never runs forward while the student trains
+    from potstill.train.teacher import LiveTeacher
+
+    def no_live_teacher(*args, **kwargs):
+        raise AssertionError("the live teacher ran")
+
+    monkeypatch.setattr(LiveTeacher, "signal", no_live_teacher)
+    code, _out, err = potstill("distill", str(recipe), capsys=capsys)
+    assert code == 0, err
+    assert "teacher cache" in err
+    assert (tmp_path / "runs" / "tiny" / "student" / "model.safetensors").is_file()
+
+
+def test_a_corrupt_cache_is_one_line_exit_2(recipe, tmp_path, capsys):
+    code, _out, err = potstill("teach", str(recipe), capsys=capsys)
+    assert code == 0, err
+    shard = tmp_path / "runs" / "tiny" / "cache" / "shard-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    code, _out, err = potstill("distill", str(recipe), capsys=capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: teacher cache shard")
+    assert "truncated" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "tiny" / "student").exists()
+    code, _out, err = potstill("teach", str(recipe), capsys=capsys)  # repairs it
+    assert code == 0, err
+    code, _out, err = potstill("distill", str(recipe), capsys=capsys)
+    assert code == 0, err
+
+
+def test_run_through_the_cache_or_live(recipe, tmp_path, capsys):
+    code, _out, err = potstill("run", str(recipe), capsys=capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "runs" / "tiny" / "report.json").read_text())
+    signal = report["recipe"]["teacher_signal"]
+    assert signal["from"] == "cache" and signal["top_k"] == 64 and signal["bytes_per_token"] > 0
+    live = ("name=live", "teach.enabled=false")
+    code, _out, err = potstill("run", str(recipe), *live, capsys=capsys)
+    assert code == 0, err
+    assert not (tmp_path / "runs" / "live" / "cache").exists()
+    report = json.loads((tmp_path / "runs" / "live" / "report.json").read_text())
+    assert report["recipe"]["teacher_signal"] == {"from": "live teacher"}
 
 
 def _bad_jsonl(tmp_path: Path) -> str:

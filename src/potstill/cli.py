@@ -32,14 +32,14 @@ Resume = Annotated[
 
 
 @contextmanager
-def _resumable() -> Iterator[None]:
+def _resumable(
+    hint: str = "rerun with --resume to continue from the last checkpoint",
+) -> Iterator[None]:
     """Ctrl-C in a long job: say how to continue, exit 130, no traceback."""
     try:
         yield
     except KeyboardInterrupt:
-        print(
-            "interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr
-        )
+        print(f"interrupted: {hint}", file=sys.stderr)
         raise typer.Exit(130) from None
 
 
@@ -70,23 +70,67 @@ def run(args: Overrides = None, resume: Resume = False) -> None:
 
 
 @app.command()
+def teach(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Overrides = None,
+) -> None:
+    """Run the teacher once over the training data into runs/NAME/cache/ (resumable).
+
+    Keeps the top teach.top_k log-probabilities per token and the mass outside them. Run
+    again, it continues a killed or interrupted teach where it stopped (no flag needed).
+    """
+    from potstill.cache.teach import teach as fill_cache
+    from potstill.config import load_recipe
+    from potstill.data import load_data
+    from potstill.pipeline import load_teacher, prepare_run_dir
+    from potstill.progress import log
+
+    cfg = load_recipe(recipe, overrides)
+    # An existing cache of the same recipe is always continued: it is verified shard by
+    # shard, and teaching is deterministic, so that is the same as starting again.
+    prepare_run_dir(cfg, resume=True)
+    teacher, tokenizer = load_teacher(cfg)
+    data = load_data(cfg.data, tokenizer)
+    with _resumable("rerun the same command to continue where it stopped"):
+        cache = fill_cache(cfg, teacher, tokenizer, data, log=log)
+    m = cache.manifest
+    print(
+        f"cache: {cfg.cache_dir} ({m.tokens:,} tokens, {m.bytes_per_token:.1f} bytes/token, "
+        f"reconstruction KL {m.reconstruction_kl_mean:.4f})"
+    )
+
+
+@app.command()
 def distill(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     overrides: Overrides = None,
     resume: Resume = False,
 ) -> None:
-    """Train the student from a live teacher (resumable); writes runs/NAME/student/."""
+    """Train the student (resumable); writes runs/NAME/student/.
+
+    The teacher's signal comes from the recipe's cache (runs/NAME/cache/, or teach.cache)
+    when there is one; otherwise, or with teach.enabled=false, the teacher runs live.
+    """
     from potstill.config import load_recipe
     from potstill.data import load_data
-    from potstill.pipeline import distill_stage, load_teacher, prepare_run_dir
+    from potstill.pipeline import distill_stage, load_teacher, prepare_run_dir, teacher_source
 
     cfg = load_recipe(recipe, overrides)
     run_dir = prepare_run_dir(cfg, resume=resume)
     teacher, tokenizer = load_teacher(cfg)
     data = load_data(cfg.data, tokenizer)
+    source = teacher_source(cfg, teacher, tokenizer, data, teach_now=False)
     with _resumable():
         distill_stage(
-            cfg, run_dir, teacher, tokenizer, data, name="student", terms=cfg.loss, resume=resume
+            cfg,
+            run_dir,
+            teacher,
+            tokenizer,
+            data,
+            name="student",
+            terms=cfg.loss,
+            source=source,
+            resume=resume,
         )
     print(f"student: {run_dir / 'student'}")
 

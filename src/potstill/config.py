@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from potstill.errors import PotstillError
 
@@ -126,6 +133,42 @@ class TrainConfig(_Strict):
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
+    # Tokens per chunk of the loss fused with the student's output projection: the
+    # student's (tokens x vocab) logits exist one chunk at a time (bench/loss.py).
+    chunk_tokens: int = Field(512, ge=1)
+
+
+class TeachConfig(_Strict):
+    """The teacher pass (``potstill teach``): what the cache keeps and where it lives.
+
+    With ``enabled`` (the default) ``run`` pays the teacher once, into the cache, and the
+    student trains from it; ``false`` runs the teacher live at every training step.
+    """
+
+    enabled: bool = True
+    top_k: int = Field(64, ge=1)
+    # The temperature the cached log-probabilities are taken at. None: the KD terms' own
+    # temperature when they share one (re-tempering the tail is then exact), else 1.
+    temperature: float | None = Field(None, gt=0.0)
+    bits: int = Field(8, ge=2, le=16)  # log-probability quantization
+    # Which training blocks to cache: "schedule" = exactly those `train.steps` visit,
+    # "all" = every block, or the first N blocks the schedule visits.
+    blocks: str | int = "schedule"
+    batch_size: int = Field(8, ge=1)
+    shard_blocks: int = Field(64, ge=1)
+    # A cache folder to train from (e.g. another run's); None = runs/NAME/cache.
+    cache: str | None = None
+
+    @field_validator("blocks", mode="before")
+    @classmethod
+    def _blocks(cls, value: Any) -> str | int:
+        if value in ("schedule", "all") or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            return value
+        raise ValueError(
+            f"teach.blocks = {value!r}: give 'schedule', 'all' or a positive number of blocks"
+        )
 
 
 class EvalConfig(_Strict):
@@ -147,6 +190,7 @@ class Recipe(_Strict):
         min_length=1,
     )
     train: TrainConfig = TrainConfig()
+    teach: TeachConfig = TeachConfig()
     eval: EvalConfig = EvalConfig()
     runs_dir: str = "runs"
     device: str = "cpu"
@@ -164,6 +208,18 @@ class Recipe(_Strict):
     @property
     def needs_teacher_logits(self) -> bool:
         return any(t.loss != "cross_entropy" for t in self.loss)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.teach.cache) if self.teach.cache else self.run_dir / "cache"
+
+    @property
+    def teach_temperature(self) -> float:
+        """The temperature the cache is taken at (see `TeachConfig.temperature`)."""
+        if self.teach.temperature is not None:
+            return self.teach.temperature
+        kd = {t.temperature for t in self.loss if t.loss != "cross_entropy" and t.weight > 0}
+        return kd.pop() if len(kd) == 1 else 1.0
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

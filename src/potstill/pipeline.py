@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from potstill.cache.store import TeacherCache
+from potstill.cache.teach import source_of, teach
 from potstill.config import LossTerm, Recipe
 from potstill.data import LMData, load_data
 from potstill.errors import PotstillError
@@ -32,9 +34,15 @@ from potstill.io import atomic_write_json, atomic_write_text
 from potstill.models.load import load_causal_lm, resolve
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.progress import bar, log
-from potstill.train.loop import train
+from potstill.train.loop import scheduled_blocks, train
+from potstill.train.teacher import LiveTeacher, TeacherSource
 
 CE_ONLY = [LossTerm(loss="cross_entropy", weight=1.0)]
+
+
+# What `potstill teach` leaves in a run folder: a later `distill` or `run` of the same
+# recipe starts from it without --resume.
+TEACH_OUTPUTS = {"config.yaml", "cache"}
 
 
 def prepare_run_dir(recipe: Recipe, *, resume: bool) -> Path:
@@ -42,7 +50,8 @@ def prepare_run_dir(recipe: Recipe, *, resume: bool) -> Path:
     run_dir = recipe.run_dir
     saved = run_dir / "config.yaml"
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not resume:
+        taught_only = {p.name for p in run_dir.iterdir()} <= TEACH_OUTPUTS
+        if not resume and not taught_only:
             raise PotstillError(
                 f"{run_dir} already exists; pass --resume to continue or finish it, "
                 "or set name=NEW for a new run"
@@ -62,6 +71,54 @@ def load_teacher(recipe: Recipe) -> tuple[torch.nn.Module, Any]:
     return load_causal_lm(recipe.teacher, log=lambda m: log(f"  {m}"))
 
 
+def teacher_source(
+    recipe: Recipe,
+    teacher: torch.nn.Module,
+    tokenizer: Any,
+    data: LMData,
+    *,
+    teach_now: bool,
+) -> TeacherSource | None:
+    """Where the student's teacher signal comes from: the cache, or the live teacher.
+
+    With ``teach.enabled`` the cache is used; ``teach_now`` fills (or finishes) it first,
+    otherwise an existing one is used and, without one, the teacher runs live.
+    """
+    if not recipe.needs_teacher_logits:
+        return None
+    if not recipe.teach.enabled:
+        log("teacher: live at every step (teach.enabled=false)")
+        return LiveTeacher(teacher)
+    directory = recipe.cache_dir
+    if teach_now:
+        started = time.perf_counter()
+        cache = teach(recipe, teacher, tokenizer, data, log=log)
+        log(f"teacher cache {directory}: {_cache_line(cache)} ({_seconds(started)})")
+    elif (directory / "manifest.json").is_file():
+        cache = TeacherCache.load(directory, source_of(recipe, tokenizer, data))
+        log(f"teacher cache {directory}: {_cache_line(cache)}")
+    else:
+        log(
+            f"no teacher cache at {directory}: the teacher runs live at every step "
+            "(`potstill teach` first pays it once)"
+        )
+        return LiveTeacher(teacher)
+    cache.check_covers(scheduled_blocks(len(data.train), recipe.train))
+    return cache
+
+
+def _cache_line(cache: TeacherCache) -> str:
+    m = cache.manifest
+    return (
+        f"{m.tokens:,} tokens, top {m.top_k} at T={m.temperature:g}, "
+        f"{m.bytes_per_token:.1f} B/token, reconstruction KL {m.reconstruction_kl_mean:.4f}"
+    )
+
+
+def _seconds(started: float) -> str:
+    return f"{time.perf_counter() - started:.0f} s"
+
+
 def distill_stage(
     recipe: Recipe,
     run_dir: Path,
@@ -71,9 +128,13 @@ def distill_stage(
     *,
     name: str,
     terms: list[LossTerm],
+    source: TeacherSource | None,
     resume: bool,
 ) -> float:
-    """Train one student (``name`` = "student" or "baseline") and save it; returns seconds."""
+    """Train one student (``name`` = "student" or "baseline") and save it; returns seconds.
+
+    ``teacher`` is what a ``from_teacher`` student is cut from; ``source`` gives the
+    teacher's signal to the KD terms (None when there are none)."""
     out = run_dir / name
     timing = run_dir / "checkpoints" / f"{name}.done.json"
     if (out / "config.json").is_file() and timing.is_file():
@@ -83,13 +144,12 @@ def distill_stage(
         recipe.student, teacher, tokenizer, seed=recipe.train.seed
     )
     model = wrap_adapter(student, recipe.student)
-    uses_teacher = any(t.loss != "cross_entropy" for t in terms)
     result = train(
         model,
         data.train,
         terms,
         recipe.train,
-        teacher=teacher if uses_teacher else None,
+        teacher=source,
         name=name,
         checkpoint_dir=run_dir / "checkpoints" / name,
         metrics_path=run_dir / "metrics.jsonl",
@@ -157,6 +217,12 @@ def _term_summary(term: LossTerm) -> dict[str, Any]:
     return term.model_dump(exclude_none=True, exclude=exclude)
 
 
+def _signal_summary(source: TeacherSource | None, teach_seconds: float) -> dict[str, Any]:
+    if isinstance(source, TeacherCache):
+        return {"from": "cache", "teach_seconds": teach_seconds, **source.summary()}
+    return {"from": "live teacher" if source is not None else "none"}
+
+
 def run(recipe: Recipe, *, resume: bool = False) -> Path:
     """Distil, train the baseline, evaluate all three, write the report; return its path."""
     started = time.perf_counter()
@@ -169,6 +235,9 @@ def run(recipe: Recipe, *, resume: bool = False) -> Path:
         f"data {data.name}: {data.train.num_tokens:,} train tokens, "
         f"{data.heldout.num_tokens:,} held-out ({data.split})"
     )
+    teach_started = time.perf_counter()
+    source = teacher_source(recipe, teacher, tokenizer, data, teach_now=True)
+    teach_seconds = time.perf_counter() - teach_started
     seconds = {
         "student": distill_stage(
             recipe,
@@ -178,6 +247,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> Path:
             data,
             name="student",
             terms=recipe.loss,
+            source=source,
             resume=resume,
         ),
     }
@@ -190,6 +260,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> Path:
             data,
             name="baseline",
             terms=CE_ONLY,
+            source=None,
             resume=resume,
         )
     refs = {"teacher": recipe.teacher, **{k: str(run_dir / k) for k in seconds}}
@@ -225,6 +296,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> Path:
             ),
             **recipe.train.model_dump(include={"steps", "batch_size", "grad_accum", "lr"}),
             "block_size": recipe.data.block_size,
+            "teacher_signal": _signal_summary(source, teach_seconds),
         },
         models=models,
     )

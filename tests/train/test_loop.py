@@ -9,6 +9,7 @@ from potstill.data import Blocks
 from potstill.models.student import layer_subset
 from potstill.train.loop import train
 from potstill.train.schedule import warmup_cosine
+from potstill.train.teacher import LiveTeacher
 from tests.conftest import make_llama
 
 VOCAB = 64
@@ -43,7 +44,7 @@ def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, **cfg):
         blocks,
         terms,
         config,
-        teacher=teacher,
+        teacher=LiveTeacher(teacher),
         name="student",
         checkpoint_dir=tmp_path / "ckpt",
         metrics_path=tmp_path / "metrics.jsonl",

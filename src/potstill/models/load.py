@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import torch
 
 from potstill.errors import PotstillError
+from potstill.fetch import sha256_file
 from potstill.models import bundled
 
 BUNDLED_PREFIX = "bundled:"
@@ -70,3 +73,32 @@ def load_causal_lm(
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:200] if text else type(error).__name__
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def weights_sha256(ref: str) -> str:
+    """sha256 over a model's weight files (names and bytes), to tell teachers apart.
+
+    A hub id not downloaded here hashes as its id alone: there are no files to read.
+    """
+    location = Path(resolve(ref))
+    if not location.is_dir():
+        return hashlib.sha256(f"hub:{ref}".encode()).hexdigest()
+    digest = hashlib.sha256()
+    for path in sorted(p for p in location.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)):
+        digest.update(path.name.encode() + b"\x00")
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """sha256 of what maps text to ids: the vocabulary, merges and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    specials = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256(f"{text}\x00{specials}".encode()).hexdigest()

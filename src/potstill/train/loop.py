@@ -19,10 +19,11 @@ import torch
 from potstill.config import LossTerm, TrainConfig
 from potstill.data import Blocks
 from potstill.io import atomic_write_text
-from potstill.losses import combine_losses
 from potstill.progress import bar
 from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from potstill.train.schedule import warmup_cosine
+from potstill.train.student_step import find_fused_head, student_loss
+from potstill.train.teacher import TeacherSource
 
 
 @dataclass
@@ -39,7 +40,7 @@ def train(
     terms: Sequence[LossTerm],
     cfg: TrainConfig,
     *,
-    teacher: torch.nn.Module | None,
+    teacher: TeacherSource | None,
     name: str,
     checkpoint_dir: Path,
     metrics_path: Path,
@@ -47,8 +48,9 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on ``blocks`` with the weighted loss ``terms``.
 
-    ``teacher`` runs live under ``no_grad`` when a term needs its logits. Metrics rows are
-    appended to ``metrics_path`` tagged with ``name`` ("student", "baseline", …).
+    ``teacher`` (a `LiveTeacher` or a `TeacherCache`) gives the teacher's signal when a
+    term needs it. Metrics rows are appended to ``metrics_path`` tagged with ``name``
+    ("student", "baseline", …).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -68,6 +70,7 @@ def train(
     needs_teacher = any(t.loss != "cross_entropy" for t in terms)
     if needs_teacher and teacher is None:
         raise ValueError("a distillation loss term needs a teacher")
+    fused = find_fused_head(model, blocks.input_ids[:1])
     model.train()
     loss_value = float("nan")
     with bar(f"{name:>8}", total=cfg.steps, completed=state.step) as progress:
@@ -78,21 +81,20 @@ def train(
             ]
             # Normalise by the step's global valid-token count: every micro-batch's loss is a
             # sum over its tokens divided by the same number, so accumulation is exact.
-            num_tokens = sum(int((labels[:, 1:] != -100).sum()) for _, labels in micro)
+            num_tokens = sum(int((labels[:, 1:] != -100).sum()) for _, _, labels in micro)
             total = torch.zeros(())
             parts_sum: dict[str, float] = {}
-            for input_ids, labels in micro:
-                teacher_logits = None
-                if needs_teacher:
-                    with torch.no_grad():
-                        teacher_logits = teacher(input_ids=input_ids).logits[:, :-1]
-                student_logits = model(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
-                loss, parts = combine_losses(
+            for index, input_ids, labels in micro:
+                signal = teacher.signal(input_ids, index) if needs_teacher else None
+                loss, parts = student_loss(
+                    model,
+                    fused,
+                    input_ids,
+                    labels,
+                    signal,
                     terms,
-                    student_logits,
-                    labels[:, 1:],
-                    teacher_logits,
                     num_tokens=max(num_tokens, 1),
+                    chunk_tokens=cfg.chunk_tokens,
                 )
                 loss.backward()
                 total += loss.detach()
@@ -146,14 +148,37 @@ def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def _batch(blocks: Blocks, cfg: TrainConfig, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``micro_index``-th micro-batch: a deterministic function of the position alone,
-    so a resumed run sees exactly the batches an uninterrupted one would have."""
-    n = len(blocks)
+def _batch(
+    blocks: Blocks, cfg: TrainConfig, micro_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``micro_index``-th micro-batch ``(block indices, input_ids, labels)``."""
+    index = torch.tensor(_block_indices(len(blocks), cfg, micro_index))
+    return index, blocks.input_ids[index], blocks.labels[index]
+
+
+def _block_indices(n: int, cfg: TrainConfig, micro_index: int) -> list[int]:
+    """The blocks of the ``micro_index``-th micro-batch: a deterministic function of the
+    position alone, so a resumed run sees exactly the batches an uninterrupted one would
+    have (and ``teach`` knows in advance which blocks training will visit)."""
     start = micro_index * cfg.batch_size
     positions = [divmod(p, n) for p in range(start, start + cfg.batch_size)]
-    index = torch.tensor([int(_epoch_order(n, cfg.seed, epoch)[i]) for epoch, i in positions])
-    return blocks.input_ids[index], blocks.labels[index]
+    return [int(_epoch_order(n, cfg.seed, epoch)[i]) for epoch, i in positions]
+
+
+def scheduled_blocks(n: int, cfg: TrainConfig) -> list[int]:
+    """Every block ``cfg.steps`` training steps visit, in order of first visit.
+
+    >>> from potstill.config import TrainConfig
+    >>> sorted(scheduled_blocks(5, TrainConfig(steps=3, batch_size=2)))  # 6 visits, 5 blocks
+    [0, 1, 2, 3, 4]
+    >>> len(scheduled_blocks(100, TrainConfig(steps=3, batch_size=2)))
+    6
+    """
+    micro_batches = cfg.steps * cfg.grad_accum
+    if micro_batches * cfg.batch_size >= n:  # epoch 0 visits every block, in its order
+        return [int(i) for i in _epoch_order(n, cfg.seed, 0)]
+    visits = (b for m in range(micro_batches) for b in _block_indices(n, cfg, m))
+    return list(dict.fromkeys(visits))
 
 
 @functools.lru_cache(maxsize=4)

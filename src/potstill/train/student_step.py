@@ -1,0 +1,86 @@
+"""The student's side of a training step: forward pass and loss, fused when possible.
+
+When the student is a decoder followed by a plain linear output layer (most causal LMs,
+adapters included), the loss is computed from the decoder's final hidden states by
+`chunked_kd_loss`, fused with that layer, so the student's full ``(tokens × vocab)``
+logits never exist at once. Anything else (logit soft-capping, scaled logits, a
+non-linear head) goes through the model's own ``logits``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from potstill.config import LossTerm
+from potstill.losses import TeacherSignal, chunked_kd_loss, combine_losses
+
+
+@dataclass(frozen=True)
+class FusedHead:
+    decoder: nn.Module  # input ids -> final hidden states (after the final norm)
+    head: nn.Linear  # hidden states -> logits
+
+
+def find_fused_head(model: nn.Module, sample_ids: torch.Tensor) -> FusedHead | None:
+    """The model's decoder and linear output layer, if they reproduce its logits exactly.
+
+    Checked on ``sample_ids`` in eval mode (no dropout) rather than trusted from the
+    architecture, so a model that post-processes its logits falls back to them.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    get_decoder = getattr(base, "get_decoder", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if get_decoder is None or type(head) is not nn.Linear:
+        return None
+    fused = FusedHead(get_decoder(), head)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(input_ids=sample_ids).logits
+            got = fused.head(_hidden(fused, sample_ids))
+    except (TypeError, AttributeError, ValueError):
+        return None
+    finally:
+        model.train(was_training)
+    return fused if torch.allclose(got, expected, rtol=1e-4, atol=1e-4) else None
+
+
+def student_loss(
+    model: nn.Module,
+    fused: FusedHead | None,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: TeacherSignal | None,
+    terms: Sequence[LossTerm],
+    *,
+    num_tokens: int,
+    chunk_tokens: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted loss of one micro-batch of blocks (labels unshifted, HF-aligned).
+
+    ``teacher`` is aligned with ``labels[:, 1:]``: position ``t`` predicts token ``t + 1``.
+    """
+    targets = labels[:, 1:]
+    if fused is None:
+        logits = model(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
+        return combine_losses(terms, logits, targets, teacher, num_tokens=num_tokens)
+    hidden = _hidden(fused, input_ids)[:, :-1]  # (B, L-1, H)
+    return chunked_kd_loss(
+        hidden,
+        fused.head.weight,
+        teacher,
+        terms,
+        targets,
+        num_tokens=num_tokens,
+        chunk_size=chunk_tokens,
+        lm_head_bias=fused.head.bias,
+    )
+
+
+def _hidden(fused: FusedHead, input_ids: torch.Tensor) -> torch.Tensor:
+    return fused.decoder(input_ids=input_ids, use_cache=False).last_hidden_state

@@ -1,0 +1,198 @@
+"""`potstill teach` and the cache on disk, on a tiny teacher built in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from potstill.cache import codec
+from potstill.cache.store import MANIFEST, CacheWriter, TeacherCache
+from potstill.cache.teach import plan_blocks, source_of, teach
+from potstill.config import Recipe, TrainConfig
+from potstill.data import load_data
+from potstill.errors import PotstillError
+from potstill.losses import top_k_signal
+from potstill.models.load import load_causal_lm
+from potstill.models.student import layer_subset
+from potstill.train.loop import scheduled_blocks, train
+from potstill.train.teacher import LiveTeacher
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_teacher_dir, corpus_file):
+    recipe = Recipe(
+        teacher=str(tiny_teacher_dir),
+        data={"path": str(corpus_file), "block_size": 16, "heldout": 0.1},
+        loss=[{"loss": "forward_kl", "temperature": 2.0}, {"loss": "cross_entropy"}],
+        train={"steps": 5, "batch_size": 2},
+        teach={"top_k": 8, "shard_blocks": 3, "batch_size": 2},
+    )
+    teacher, tokenizer = load_causal_lm(recipe.teacher)
+    data = load_data(recipe.data, tokenizer)
+    return recipe, teacher, tokenizer, data
+
+
+def shard_bytes(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("shard-*.bin"))}
+
+
+def test_cache_round_trip_and_manifest(setup, tmp_path):
+    recipe, teacher, tokenizer, data = setup
+    cache = teach(recipe, teacher, tokenizer, data, directory=tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    plan = scheduled_blocks(len(data.train), recipe.train)
+    assert manifest["plan"] == plan and manifest["complete"]
+    assert manifest["tokens"] == len(plan) * 15
+    assert manifest["top_k"] == 8 and manifest["temperature"] == 2.0  # the KD term's
+    assert manifest["block_size"] == 16 and manifest["data_fingerprint"] == data.fingerprint
+    assert manifest["teacher"] == recipe.teacher and len(manifest["teacher_sha256"]) == 64
+    assert len(manifest["shards"]) == -(-len(plan) // 3)
+    assert manifest["reconstruction_kl_mean"] >= 0 and 0 < manifest["tail_mass_mean"] < 1
+
+    index = torch.tensor(plan[:3])
+    with torch.no_grad():
+        logits = teacher(input_ids=data.train.input_ids[index]).logits[:, :-1]
+    expected = top_k_signal(logits, 8, temperature=2.0)
+    got = cache.signal(data.train.input_ids[index], index)
+    assert got.temperature == 2.0
+    bound = codec.max_logprob_error(recipe.teach.bits)
+    for row in range(3):
+        for pos in range(15):
+            want = _entries(expected, row, pos)
+            have = _entries(got, row, pos)
+            assert have.keys() == want.keys()  # ids exact, as a set
+            assert max(abs(have[i] - want[i]) for i in want) <= bound
+    torch.testing.assert_close(got.tail_logprob, expected.tail_logprob, atol=bound, rtol=0)
+
+
+def _entries(signal, row, pos):
+    """One token's ``{id: logprob}``."""
+    ids, logprobs = signal.ids[row, pos].tolist(), signal.logprobs[row, pos].tolist()
+    return dict(zip(ids, logprobs, strict=True))
+
+
+def test_interrupted_teach_resumes_to_the_same_cache(setup, tmp_path, monkeypatch):
+    recipe, teacher, tokenizer, data = setup
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path / "straight")
+
+    real_write = CacheWriter.write_shard
+    written = []
+
+    def killed_after_two(self, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(1)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "write_shard", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        teach(recipe, teacher, tokenizer, data, directory=tmp_path / "killed")
+    partial = json.loads((tmp_path / "killed" / MANIFEST).read_text())
+    assert len(partial["shards"]) == 2 and not partial["complete"]
+    with pytest.raises(PotstillError, match="incomplete"):
+        TeacherCache.load(tmp_path / "killed", source_of(recipe, tokenizer, data))
+    monkeypatch.setattr(CacheWriter, "write_shard", real_write)
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path / "killed")
+
+    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "straight")
+    same = ("plan", "shards", "tokens", "bytes", "complete")
+    straight = json.loads((tmp_path / "straight" / MANIFEST).read_text())
+    resumed = json.loads((tmp_path / "killed" / MANIFEST).read_text())
+    assert {k: resumed[k] for k in same} == {k: straight[k] for k in same}
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda data: data[:-5], "truncated"),
+        (lambda data: data[:40] + bytes([data[40] ^ 0xFF]) + data[41:], "corrupt"),
+        (None, "missing"),
+    ],
+)
+def test_a_damaged_shard_is_refused_then_taught_again(setup, tmp_path, damage, words):
+    recipe, teacher, tokenizer, data = setup
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path)
+    before = shard_bytes(tmp_path)
+    shard = tmp_path / "shard-00001.bin"
+    if damage is None:
+        shard.unlink()
+    else:
+        shard.write_bytes(damage(shard.read_bytes()))
+    with pytest.raises(PotstillError, match=f"shard-00001.bin is {words}") as error:
+        TeacherCache.load(tmp_path, source_of(recipe, tokenizer, data))
+    assert "\n" not in str(error.value) and "potstill teach" in str(error.value)
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path)  # repairs it
+    after = shard_bytes(tmp_path)
+    assert sorted(after.values()) == sorted(before.values())
+
+
+def test_a_cache_from_another_source_is_refused(setup, tmp_path, tiny_tokenizer):
+    recipe, teacher, tokenizer, data = setup
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path)
+    source = source_of(recipe, tokenizer, data)
+    for field, words in [
+        ("teacher_sha256", "teacher \\(weights\\)"),
+        ("tokenizer_sha256", "tokenizer"),
+        ("data_fingerprint", "dataset"),
+        ("block_size", "block size"),
+    ]:
+        other = {**source, field: "0" * 64 if field != "block_size" else 32}
+        with pytest.raises(PotstillError, match=f"another {words}"):
+            TeacherCache.load(tmp_path, other)
+    # teach itself refuses to extend a cache taken with other settings
+    sharper = Recipe.model_validate({**recipe.model_dump(), "teach": {"top_k": 4}})
+    with pytest.raises(PotstillError, match=r"another teach\.top_k"):
+        teach(sharper, teacher, tokenizer, data, directory=tmp_path)
+
+
+def test_training_needs_the_blocks_the_cache_holds(setup, tmp_path):
+    recipe, teacher, tokenizer, data = setup
+    cache = teach(recipe, teacher, tokenizer, data, directory=tmp_path)
+    longer = TrainConfig(steps=50, batch_size=2)
+    with pytest.raises(PotstillError, match=r"teach\.blocks=all"):
+        cache.check_covers(scheduled_blocks(len(data.train), longer))
+
+
+def test_plan_blocks():
+    def plan(blocks):
+        recipe = Recipe(train={"steps": 2, "batch_size": 3}, teach={"blocks": blocks})
+        return plan_blocks(recipe, 20)
+
+    schedule = plan("schedule")
+    assert len(schedule) == 6 and len(set(schedule)) == 6
+    every = plan("all")
+    assert every[:6] == schedule and sorted(every) == list(range(20))
+    assert plan(8) == every[:8]
+
+
+def test_training_from_a_full_cache_matches_the_live_teacher(setup, tmp_path, monkeypatch):
+    """k = V and 16-bit log-probabilities: a cache-fed step takes the live step's gradient."""
+    recipe, teacher, tokenizer, data = setup
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    full = Recipe.model_validate(
+        {**recipe.model_dump(), "teach": {"top_k": vocab, "bits": 16}, "train": {"steps": 1}}
+    )
+    cache = teach(full, teacher, tokenizer, data, directory=tmp_path / "cache")
+    grads = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    for name, source in (("cache", cache), ("live", LiveTeacher(teacher))):
+        train(
+            layer_subset(teacher, [0, 3]),
+            data.train,
+            full.loss,
+            full.train,
+            teacher=source,
+            name=name,
+            checkpoint_dir=tmp_path / name,
+            metrics_path=tmp_path / "metrics.jsonl",
+        )
+    for from_cache, live in zip(*grads, strict=True):
+        torch.testing.assert_close(from_cache, live, rtol=1e-2, atol=1e-4)
