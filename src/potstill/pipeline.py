@@ -219,7 +219,8 @@ def _term_summary(term: LossTerm) -> dict[str, Any]:
 
 def _signal_summary(source: TeacherSource | None, teach_seconds: float) -> dict[str, Any]:
     if isinstance(source, TeacherCache):
-        return {"from": "cache", "teach_seconds": teach_seconds, **source.summary()}
+        summary = {"from": "cache", "teach_seconds": teach_seconds, **source.summary()}
+        return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in summary.items()}
     return {"from": "live teacher" if source is not None else "none"}
 
 

@@ -263,3 +263,23 @@ def test_tiny_tail_is_not_lost_to_cancellation():
     )
     expected = np_kl(teacher.numpy(), np_softmax(student[0, 0].double().numpy()))
     assert forward_kl(student, signal).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_tiny_tail_gradient_is_finite_and_right():
+    # Tail mass ~e^-100 (under float32's range relative to the top): the backward must not
+    # overflow exp(A − B). float64 autograd through the masked log-sum-exp is the reference.
+    logits = torch.tensor([[[100.0, 99.0, 0.0, -1.0]]])
+    signal = SparseSignal(
+        ids=torch.tensor([[[0, 1]]]),
+        logprobs=torch.log(torch.tensor([[[0.5, 0.3]]])),
+        tail_logprob=torch.log(torch.tensor([[0.2]])),
+    )
+    student = logits.clone().requires_grad_()
+    forward_kl(student, signal).backward()
+    reference = logits.double().requires_grad_()
+    logprobs = torch.log_softmax(reference[0, 0], -1)
+    buckets = torch.stack([logprobs[0], logprobs[1], logprobs[2:].logsumexp(-1)])
+    teacher = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    (teacher * (teacher.log() - buckets)).sum().backward()
+    assert torch.isfinite(student.grad).all()
+    torch.testing.assert_close(student.grad.double(), reference.grad, rtol=1e-4, atol=1e-6)

@@ -29,7 +29,7 @@ def chunked_kd_loss(
     mask: torch.Tensor | None = None,
     *,
     num_tokens: int | torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 128,
     lm_head_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`combine_losses` on ``student_hidden @ lm_head_weight.T``, one chunk at a time.

@@ -20,11 +20,13 @@ checked here, on the hot path: a cache loader validates it once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from potstill.losses.signal import SparseSignal
-from potstill.losses.tokens import tempered_logprobs
+from potstill.losses.tokens import select_tokens, tempered_logprobs
 
 
 def top_k_signal(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> SparseSignal:
@@ -74,15 +76,21 @@ def sparse_bucket_logprobs(
         ``(student, teacher)``, each ``(N, K + 1)``: the k ids, then the tail bucket.
     """
     _check_shapes(student_logits, signal)
-    student_logprobs = tempered_logprobs(student_logits, valid, temperature, dtype)
-    ids = signal.ids[valid].long()  # (N, K)
-    student = torch.cat(
-        [student_logprobs.gather(-1, ids), _log_mass_outside(student_logprobs, ids)[:, None]],
-        dim=-1,
-    )  # (N, K + 1)
+    ids = select_tokens(signal.ids, valid).long()  # (N, K)
+    if ids.shape[-1] < student_logits.shape[-1]:  # every row has a tail: the fast path
+        scores = select_tokens(student_logits, valid).to(dtype)  # (N, V)
+        if temperature != 1.0:
+            scores = scores / temperature
+        student = _StudentBuckets.apply(scores, ids)
+    else:
+        student_logprobs = tempered_logprobs(student_logits, valid, temperature, dtype)
+        student = torch.cat(
+            [student_logprobs.gather(-1, ids), _log_mass_outside(student_logprobs, ids)[:, None]],
+            dim=-1,
+        )  # (N, K + 1)
     teacher = retemper_buckets(
-        signal.logprobs[valid].to(dtype),
-        signal.tail_logprob[valid].to(dtype),
+        select_tokens(signal.logprobs, valid).to(dtype),
+        select_tokens(signal.tail_logprob[..., None], valid)[:, 0].to(dtype),
         from_temperature=signal.temperature,
         to_temperature=temperature,
     )
@@ -127,6 +135,40 @@ def retemper_buckets(
     """
     buckets = torch.cat([top_logprobs, tail_logprob[:, None]], dim=-1)  # (N, K + 1)
     return F.log_softmax(buckets * (from_temperature / to_temperature), dim=-1)
+
+
+class _StudentBuckets(torch.autograd.Function):
+    """``log_softmax(z)`` summed into ``k + 1`` buckets, for ``k < V`` (a tail in every row).
+
+    Forward: ``A = logsumexp(z)``, ``B = logsumexp(z`` with the k ids masked out``)``;
+    the buckets are ``z[ids] − A`` and ``B − A`` (no ``(N, V)`` log-softmax is kept).
+    Backward, with ``p = softmax(z)``, ``G = Σ`` of the incoming bucket gradients and
+    ``P_tail = exp(B − A)``: ``∂/∂z_v = g_v − G p_v`` on the k ids and
+    ``(g_tail / P_tail − G) p_v`` elsewhere. One ``(N, V)`` pass builds it; autograd
+    through the masked log-sum-exps would take several.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        log_total = scores.logsumexp(dim=-1)  # (N,)
+        log_tail = scores.scatter(-1, ids, -torch.inf).logsumexp(dim=-1)  # (N,)
+        top = scores.gather(-1, ids) - log_total[:, None]  # (N, K)
+        ctx.save_for_backward(scores, ids, log_total, log_tail)
+        return torch.cat([top, (log_tail - log_total)[:, None]], dim=-1)  # (N, K + 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        scores, ids, log_total, log_tail = ctx.saved_tensors
+        grad_top, grad_tail = grad[:, :-1], grad[:, -1]  # (N, K), (N,)
+        total = grad.sum(dim=-1)  # (N,)
+        # exp(z − ref) · (g_tail · exp(ref − B) − G · exp(ref − A)) off the k ids. ref = A,
+        # except where the tail is so small (B ≪ A) that exp(A − B) could overflow: there
+        # ref = B. The k ids' entries (possibly inf then) are overwritten below.
+        ref = torch.where(log_total - log_tail > 60.0, log_tail, log_total)  # (N,)
+        scale = grad_tail * (ref - log_tail).exp() - total * (ref - log_total).exp()  # (N,)
+        grad_scores = (scores - ref[:, None]).exp_().mul_(scale[:, None])  # (N, V)
+        top = grad_top - total[:, None] * (scores.gather(-1, ids) - log_total[:, None]).exp()
+        return grad_scores.scatter_(-1, ids, top), None
 
 
 def _log_mass_outside(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
