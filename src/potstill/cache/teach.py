@@ -91,8 +91,8 @@ def _teach_blocks(
                 with torch.inference_mode():
                     logits = teacher(input_ids=blocks.input_ids[index]).logits[:, :-1]
                     signal = top_k_signal(logits, manifest.top_k, manifest.temperature)
-                    if offset == 0:  # a sample of every shard
-                        fidelity = _fidelity(logits, signal, manifest)
+                    if offset == 0:  # a sample of every shard: its first block
+                        fidelity = _fidelity(logits[:1], _first(signal), manifest)
                 signals.append(_flat(signal))
                 progress.advance(len(index))
             ids, logprobs, tail = (np.concatenate(parts) for parts in zip(*signals, strict=True))
@@ -100,6 +100,12 @@ def _teach_blocks(
                 ids, logprobs, tail, vocab_size=manifest.vocab_size, bits=manifest.bits
             )
             writer.write_shard(shard, payload, fidelity)
+
+
+def _first(signal: SparseSignal) -> SparseSignal:
+    return SparseSignal(
+        signal.ids[:1], signal.logprobs[:1], signal.tail_logprob[:1], signal.temperature
+    )
 
 
 def _flat(signal: SparseSignal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -49,10 +49,17 @@ def top_k_signal(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     dtype = torch.promote_types(teacher_logits.dtype, torch.float32)  # float64 stays
-    logprobs = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)  # (B, T, V)
-    top_logprobs, ids = logprobs.topk(k, dim=-1)  # (B, T, K)
-    tail_logprob = _log_mass_outside(logprobs, ids)  # (B, T)
-    return SparseSignal(ids, top_logprobs, tail_logprob, temperature)
+    scores = teacher_logits.to(dtype)
+    if temperature != 1.0:
+        scores = scores / temperature
+    # No (B, T, V) log-softmax: the normaliser, the top k and the log-sum-exp of the rest.
+    log_total = scores.logsumexp(dim=-1)  # (B, T)
+    top_scores, ids = scores.topk(k, dim=-1)  # (B, T, K)
+    if k < vocab:
+        tail_logprob = scores.scatter(-1, ids, -torch.inf).logsumexp(dim=-1) - log_total
+    else:
+        tail_logprob = torch.full_like(log_total, -torch.inf)
+    return SparseSignal(ids, top_scores - log_total[..., None], tail_logprob, temperature)
 
 
 def sparse_bucket_logprobs(
