@@ -1,6 +1,7 @@
 """Teacher cache size and fidelity for several k, and students trained from it vs live.
 
-    .venv/bin/python bench/cache.py [--blocks 32] [--train-steps 60]
+    .venv/bin/python bench/cache.py [--blocks 32] [--train-steps 60] [--train-k 64,256]
+        [--seeds 0,1]
 
 1. Size and fidelity. The bundled teacher runs over ``--blocks`` training blocks of the
    default data (127 predicted positions each). For every k the top-k signal is encoded
@@ -9,9 +10,10 @@
    probabilities, the tail mass spread evenly over the other ids), the part of it due to
    quantization alone (the same with exact log-probabilities), and the mean tail mass.
    Dense fp16 logits would take ``2 V`` bytes per token (98,304 at V = 49,152).
-2. Cache vs live (``--train-steps`` > 0). The default student trains ``--train-steps``
-   steps with the default loss twice, once fed by the cache (top-64) and once by the live
-   teacher, same data order and seed; both are scored on the default held-out split.
+2. Cache vs live (``--train-steps`` > 0). For every seed in ``--seeds``, the default
+   student trains ``--train-steps`` steps with the default loss from a cache of each k in
+   ``--train-k`` and from the live teacher, same data order; each is scored on the
+   default held-out split.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=32, help="training blocks measured")
     parser.add_argument("--train-steps", type=int, default=60, help="0 skips part 2")
+    parser.add_argument("--train-k", default="64", help="comma-separated k for part 2")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds for part 2")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -52,7 +56,9 @@ def main() -> None:
     data = load_data(recipe.data, tokenizer)
     results = {"fidelity": size_and_fidelity(teacher, data.train.input_ids[: args.blocks], recipe)}
     if args.train_steps > 0:
-        results["students"] = cache_vs_live(recipe, teacher, tokenizer, data)
+        ks = [int(k) for k in args.train_k.split(",")]
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        results["students"] = cache_vs_live(recipe, teacher, tokenizer, data, ks, seeds)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -96,54 +102,63 @@ def size_and_fidelity(teacher: torch.nn.Module, input_ids: torch.Tensor, recipe)
     return rows
 
 
-def cache_vs_live(recipe, teacher, tokenizer, data) -> dict:
-    students, seconds = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        cache = teach(recipe, teacher, tokenizer, data, directory=Path(tmp) / "cache")
-        seconds["teach"] = time.perf_counter() - started
-        for mode, source in (("cache", cache), ("live", LiveTeacher(teacher))):
-            student, _ = build_student(recipe.student, teacher, tokenizer, seed=0)
-            model = wrap_adapter(student, recipe.student)
-            run = Path(tmp) / mode
-            result = train(
-                model,
-                data.train,
-                recipe.loss,
-                recipe.train,
-                teacher=source,
-                name=mode,
-                checkpoint_dir=run / "ckpt",
-                metrics_path=run / "metrics.jsonl",
+def cache_vs_live(recipe, teacher, tokenizer, data, ks: list[int], seeds: list[int]) -> list[dict]:
+    """Per seed: one student from the live teacher, one from a top-k cache per k."""
+    rows = []
+    for seed in seeds:
+        seeded = recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": seed})})
+        sources = [(f"cache top-{k}", k) for k in ks] + [("live", None)]
+        for name, k in sources:
+            with tempfile.TemporaryDirectory() as tmp:
+                started = time.perf_counter()
+                if k is None:
+                    source, teach_seconds = LiveTeacher(teacher), 0.0
+                else:
+                    cfg = seeded.model_copy(
+                        update={"teach": seeded.teach.model_copy(update={"top_k": k})}
+                    )
+                    source = teach(cfg, teacher, tokenizer, data, directory=Path(tmp) / "cache")
+                    teach_seconds = time.perf_counter() - started
+                student, _ = build_student(seeded.student, teacher, tokenizer, seed=seed)
+                model = wrap_adapter(student, seeded.student)
+                result = train(
+                    model,
+                    data.train,
+                    seeded.loss,
+                    seeded.train,
+                    teacher=source,
+                    name=name,
+                    checkpoint_dir=Path(tmp) / "ckpt",
+                    metrics_path=Path(tmp) / "metrics.jsonl",
+                )
+            score = score_models(
+                {"teacher": teacher, "student": model},
+                data.heldout.input_ids,
+                data.heldout.labels,
+                teacher="teacher",
+                batch_size=recipe.eval.batch_size,
+            )["student"]
+            rows.append(
+                {
+                    "seed": seed,
+                    "from": name,
+                    "perplexity": score.perplexity,
+                    "top1": score.top1,
+                    "kl": score.kl,
+                    "teach_seconds": teach_seconds,
+                    "train_seconds": result.seconds,
+                }
             )
-            students[mode], seconds[mode] = model, result.seconds
-    scores = score_models(
-        {"teacher": teacher, **students},
-        data.heldout.input_ids,
-        data.heldout.labels,
-        teacher="teacher",
-        batch_size=recipe.eval.batch_size,
-    )
-    out = {
-        mode: {
-            "perplexity": scores[mode].perplexity,
-            "top1": scores[mode].top1,
-            "kl": scores[mode].kl,
-            "train_seconds": seconds[mode],
-        }
-        for mode in students
-    }
-    out["teach_seconds"] = seconds["teach"]
     heldout = data.heldout.num_tokens
     print(f"\nstudents after {recipe.train.steps} steps, held-out ({heldout:,} tokens):")
-    print(f"{'from':<7}{'perplexity':>12}{'top-1':>8}{'KL':>8}{'train s':>9}")
-    for mode in students:
-        o = out[mode]
+    header = f"{'seed':<6}{'from':<15}{'perplexity':>11}{'top-1':>8}{'KL':>8}"
+    print(f"{header}{'teach s':>9}{'train s':>9}")
+    for r in rows:
         print(
-            f"{mode:<7}{o['perplexity']:>12.2f}{o['top1']:>8.3f}{o['kl']:>8.3f}{o['train_seconds']:>9.0f}"
+            f"{r['seed']:<6}{r['from']:<15}{r['perplexity']:>11.2f}{r['top1']:>8.3f}"
+            f"{r['kl']:>8.3f}{r['teach_seconds']:>9.0f}{r['train_seconds']:>9.0f}"
         )
-    print(f"(teacher: {scores['teacher'].perplexity:.2f}; teaching took {seconds['teach']:.0f} s)")
-    return out
+    return rows
 
 
 if __name__ == "__main__":

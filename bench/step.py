@@ -1,13 +1,14 @@
 """One training step of the default student: cache-fed KD vs live-teacher KD vs CE only.
 
-    .venv/bin/python bench/step.py [--steps 8] [--rounds 2]
+    .venv/bin/python bench/step.py [--steps 8] [--rounds 2] [--top-k K]
 
 The default recipe's student (6 of the bundled SmolLM2's 30 layers, 49.6M parameters)
 trains through potstill's real loop (`potstill.train.loop.train`) on the default data,
 batch 4 × 128 tokens, in three modes, each from the same fresh student:
 
 - ``ce``: cross-entropy only (the baseline's step);
-- ``cache``: the default KD loss fed from the teacher cache (top-64, no teacher forward);
+- ``cache``: the default KD loss fed from the teacher cache (top-k, ``--top-k`` or the
+  recipe's default; no teacher forward);
 - ``live``: the same KD loss with the teacher running forward at every step.
 
 Each mode runs ``--steps`` steps per round; the first two of a round are warm-up and
@@ -43,10 +44,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="steps per mode and round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--top-k", type=int, help="the cache's k (default: the recipe's)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
-    recipe = load_recipe(None, [f"train.steps={args.steps}", "train.log_every=1"])
+    overrides = [f"train.steps={args.steps}", "train.log_every=1"]
+    if args.top_k is not None:
+        overrides.append(f"teach.top_k={args.top_k}")
+    recipe = load_recipe(None, overrides)
     teacher, tokenizer = load_causal_lm(recipe.teacher)
     data = load_data(recipe.data, tokenizer)
     times: dict[str, list[float]] = {"ce": [], "cache": [], "live": []}
@@ -82,6 +87,7 @@ def main() -> None:
         "tokens_per_step": recipe.train.batch_size * (recipe.data.block_size - 1),
         "teach_seconds": teach_seconds,
         "cache_tokens": cache.manifest.tokens,
+        "top_k": cache.manifest.top_k,
         "median_step_seconds": median,
         "steps_measured": {mode: len(values) for mode, values in times.items()},
         "cache_over_ce": median["cache"] / median["ce"],
