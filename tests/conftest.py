@@ -73,3 +73,17 @@ def corpus_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "hamlet.txt"
     path.write_text(TEXT * 12)
     return path
+
+
+@pytest.fixture
+def optimizer_grads(monkeypatch) -> list[list[torch.Tensor]]:
+    """Every AdamW step's gradients, in parameter order, recorded as the step is taken."""
+    grads: list[list[torch.Tensor]] = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    return grads

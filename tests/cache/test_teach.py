@@ -167,7 +167,7 @@ def test_plan_blocks():
     assert plan(8) == every[:8]
 
 
-def test_training_from_a_full_cache_matches_the_live_teacher(setup, tmp_path, monkeypatch):
+def test_training_from_a_full_cache_matches_the_live_teacher(setup, tmp_path, optimizer_grads):
     """k = V and 16-bit log-probabilities: a cache-fed step takes the live step's gradient."""
     recipe, teacher, tokenizer, data = setup
     vocab = teacher.get_output_embeddings().weight.shape[0]
@@ -175,14 +175,7 @@ def test_training_from_a_full_cache_matches_the_live_teacher(setup, tmp_path, mo
         {**recipe.model_dump(), "teach": {"top_k": vocab, "bits": 16}, "train": {"steps": 1}}
     )
     cache = teach(full, teacher, tokenizer, data, directory=tmp_path / "cache")
-    grads = []
-    real_step = torch.optim.AdamW.step
-
-    def recording_step(self, *args, **kwargs):
-        grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    grads = optimizer_grads
     for name, source in (("cache", cache), ("live", LiveTeacher(teacher))):
         train(
             layer_subset(teacher, [0, 3]),

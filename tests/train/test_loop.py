@@ -56,17 +56,10 @@ def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_gradient_accumulation_is_exact(blocks, teacher, tmp_path, monkeypatch):
+def test_gradient_accumulation_is_exact(blocks, teacher, tmp_path, optimizer_grads):
     """One step of 4 samples, or 2 micro-batches of 2: the same summed gradient, although
     the micro-batches hold different numbers of valid tokens."""
-    grads = []
-    real_step = torch.optim.AdamW.step
-
-    def recording_step(self, *args, **kwargs):
-        grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    grads = optimizer_grads
     _run(_student(teacher), blocks, teacher, tmp_path / "a", steps=1, batch_size=4, clip=None)
     _run(
         _student(teacher),
