@@ -189,3 +189,13 @@ def test_training_from_a_full_cache_matches_the_live_teacher(setup, tmp_path, op
         )
     for from_cache, live in zip(*grads, strict=True):
         torch.testing.assert_close(from_cache, live, rtol=1e-2, atol=1e-4)
+
+
+def test_a_cache_of_every_block_serves_a_shorter_schedule(setup, tmp_path):
+    recipe, teacher, tokenizer, data = setup
+    every = Recipe.model_validate({**recipe.model_dump(), "teach": {"blocks": "all", "top_k": 8}})
+    teach(every, teacher, tokenizer, data, directory=tmp_path)
+    before = shard_bytes(tmp_path)
+    cache = teach(recipe, teacher, tokenizer, data, directory=tmp_path)  # nothing to teach
+    assert shard_bytes(tmp_path) == before
+    cache.check_covers(scheduled_blocks(len(data.train), recipe.train))

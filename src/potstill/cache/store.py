@@ -194,9 +194,9 @@ class CacheWriter:
     def open(cls, directory: Path, fresh: Manifest, *, log=lambda _: None) -> CacheWriter:
         """Start ``fresh`` in ``directory``, or continue the cache already there.
 
-        An existing cache must match ``fresh`` in everything that made it and in its plan.
-        Its shards are verified; a missing, truncated or corrupt shard is dropped (and its
-        blocks taught again).
+        An existing cache must match ``fresh`` in everything that made it, and plan the same
+        blocks or be finished and hold them all. Its shards are verified; a missing,
+        truncated or corrupt shard is dropped (and its blocks taught again).
         """
         directory.mkdir(parents=True, exist_ok=True)
         found = read_manifest(directory)
@@ -205,7 +205,10 @@ class CacheWriter:
             writer._save()
             return writer
         check_source(found, fresh.model_dump(), directory, SOURCE_FIELDS | SETTINGS_FIELDS)
-        if found.plan != fresh.plan:
+        # A finished cache that holds every block wanted (e.g. one taught with
+        # teach.blocks=all) serves as it is.
+        serves = found.complete and set(fresh.plan) <= found.covered
+        if found.plan != fresh.plan and not serves:
             raise PotstillError(
                 f"teacher cache {directory} plans other blocks ({len(found.plan)}, the recipe "
                 f"needs {len(fresh.plan)}): teach into a new run (name=NEW)"
