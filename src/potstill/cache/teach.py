@@ -26,10 +26,8 @@ def plan_blocks(recipe: Recipe, num_blocks: int) -> list[int]:
     blocks = recipe.teach.blocks
     if blocks == "schedule":
         return order
-    if blocks == "all":
-        return list(dict.fromkeys([*order, *range(num_blocks)]))
-    every = list(dict.fromkeys([*order, *range(num_blocks)]))
-    return every[: int(blocks)]
+    every = list(dict.fromkeys([*order, *range(num_blocks)]))  # visited first, then the rest
+    return every if blocks == "all" else every[: int(blocks)]
 
 
 def source_of(recipe: Recipe, tokenizer: Any, data: LMData) -> dict[str, Any]:
