@@ -1,7 +1,7 @@
 import pytest
 
 from potstill.config import DEFAULT_STUDENT_LAYERS, load_recipe
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 
 def test_default_recipe_is_complete():

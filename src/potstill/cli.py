@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 app = typer.Typer(
     add_completion=False,
@@ -83,7 +83,7 @@ def teach(
     from potstill.config import load_recipe
     from potstill.data import load_data
     from potstill.pipeline import load_teacher, prepare_run_dir
-    from potstill.progress import log
+    from potstill.util.log import log
 
     cfg = load_recipe(recipe, overrides)
     # An existing cache of the same recipe is always continued: it is verified shard by
@@ -211,7 +211,7 @@ def pull(
 ) -> None:
     """Fetch, verify and convert a bundled model once (later loads take seconds)."""
     from potstill.models.bundled import pull as pull_model
-    from potstill.progress import log
+    from potstill.util.log import log
 
     print(pull_model(name.removeprefix("bundled:"), log=log))
 

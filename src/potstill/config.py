@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 LossName = Literal["cross_entropy", "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl"]
 

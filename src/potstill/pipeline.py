@@ -20,7 +20,7 @@ from potstill.cache.store import TeacherCache
 from potstill.cache.teach import source_of, teach
 from potstill.config import LossTerm, Recipe
 from potstill.data import LMData, load_data
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 from potstill.evaluate import (
     build_report,
     count_params,
@@ -30,10 +30,10 @@ from potstill.evaluate import (
     summary_table,
     write_report,
 )
-from potstill.io import atomic_write_json, atomic_write_text
+from potstill.util.io import atomic_write_json, atomic_write_text
 from potstill.models.load import load_causal_lm, resolve
 from potstill.models.student import build_student, save_student, wrap_adapter
-from potstill.progress import bar, log
+from potstill.util.log import bar, log
 from potstill.train.loop import scheduled_blocks, train
 from potstill.train.teacher import LiveTeacher, TeacherSource
 

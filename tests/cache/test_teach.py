@@ -12,7 +12,7 @@ from potstill.cache.store import MANIFEST, CacheWriter, TeacherCache
 from potstill.cache.teach import plan_blocks, source_of, teach
 from potstill.config import Recipe, TrainConfig
 from potstill.data import load_data
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 from potstill.losses import top_k_signal
 from potstill.models.load import load_causal_lm
 from potstill.models.student import layer_subset

@@ -23,7 +23,7 @@ from potstill.data.packing import (
     tokenize_examples,
     tokenize_texts,
 )
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 SENTENCE = "the question of fortune and the winter of discontent is nobler in the mind"
 

@@ -14,7 +14,7 @@ import pytest
 from potstill.config import DataConfig
 from potstill.data import load_data
 from potstill.data.sources import SUPPORTED, read_source
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 TEXTS = [
     "To be, or not to be, that is the question.",

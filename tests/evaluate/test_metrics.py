@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 from potstill.evaluate.metrics import count_params, score_models, size_on_disk
 from tests.conftest import make_llama
 

@@ -2,7 +2,7 @@ import zipfile
 
 import pytest
 
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 from potstill.models import bundled
 from potstill.models.load import load_causal_lm
 

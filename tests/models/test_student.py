@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from potstill.config import FreshConfig, StudentConfig
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 from potstill.models.student import (
     build_student,
     check_same_vocab,

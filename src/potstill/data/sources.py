@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from potstill.config import DataConfig
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 Kind = Literal["text", "prompt_response"]
 Document = str | tuple[str, str]  # a text, or a (prompt, response) example

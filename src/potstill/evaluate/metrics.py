@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
 
 IGNORE_INDEX = -100
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")

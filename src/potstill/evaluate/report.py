@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill import __version__
-from potstill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from potstill.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 ROLES = ("teacher", "student", "baseline")
 DASH = "–"

@@ -10,7 +10,7 @@ from potstill.losses.divergences import (
     skew_kl,
     tvd,
 )
-from potstill.losses.signal import DenseSignal, SparseSignal, TeacherSignal, as_signal
+from potstill.signals.distributions import DenseSignal, SparseSignal, TeacherSignal, as_signal
 from potstill.losses.sparse import top_k_signal
 from potstill.losses.terms import KD_LOSSES, combine_losses
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from potstill.config import LossTerm
 from potstill.losses.divergences import IGNORE_INDEX
-from potstill.losses.signal import DenseSignal, SparseSignal, TeacherSignal, as_signal
+from potstill.signals.distributions import DenseSignal, SparseSignal, TeacherSignal, as_signal
 from potstill.losses.terms import combine_losses
 
 

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from potstill.losses.signal import SparseSignal, TeacherSignal, as_signal
+from potstill.signals.distributions import SparseSignal, TeacherSignal, as_signal
 from potstill.losses.sparse import sparse_bucket_logprobs
 from potstill.losses.tokens import select_tokens, tempered_logprobs
 

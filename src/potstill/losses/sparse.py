@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from potstill.losses.signal import SparseSignal
+from potstill.signals.distributions import SparseSignal
 from potstill.losses.tokens import select_tokens, tempered_logprobs
 
 

@@ -18,7 +18,7 @@ from potstill.losses.divergences import (
     skew_kl,
     tvd,
 )
-from potstill.losses.signal import TeacherSignal
+from potstill.signals.distributions import TeacherSignal
 
 KD_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "forward_kl": forward_kl,

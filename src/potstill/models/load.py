@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from potstill.errors import PotstillError
-from potstill.fetch import sha256_file
+from potstill.util.errors import PotstillError
+from potstill.util.io import sha256_file
 from potstill.models import bundled
 
 BUNDLED_PREFIX = "bundled:"

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from potstill.config import StudentConfig
-from potstill.errors import PotstillError
-from potstill.io import atomic_dir
+from potstill.util.errors import PotstillError
+from potstill.util.io import atomic_dir
 from potstill.models.load import load_causal_lm
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from potstill.errors import PotstillError
-from potstill.io import atomic_dir
+from potstill.util.errors import PotstillError
+from potstill.util.io import atomic_dir
 
 
 @dataclass

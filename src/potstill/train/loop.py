@@ -18,8 +18,8 @@ import torch
 
 from potstill.config import LossTerm, TrainConfig
 from potstill.data import Blocks
-from potstill.io import atomic_write_text
-from potstill.progress import bar
+from potstill.util.io import atomic_write_text
+from potstill.util.log import bar
 from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from potstill.train.schedule import warmup_cosine
 from potstill.train.student_step import find_fused_head, student_loss

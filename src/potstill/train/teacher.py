@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from potstill.losses import DenseSignal, TeacherSignal
+from potstill.signals import DenseSignal, TeacherSignal
 
 
 class TeacherSource(Protocol):

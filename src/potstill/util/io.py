@@ -1,7 +1,9 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Files: atomic writes (a reader sees the old file or the new one, never half of either)
+and sha256 checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -55,3 +57,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

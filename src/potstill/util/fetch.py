@@ -6,21 +6,15 @@ never install them (their own dependencies are not needed), only read their file
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from potstill.errors import PotstillError
+from potstill.util.errors import PotstillError
+from potstill.util.io import sha256_file
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download(requirement: str, dest: str | Path, sha256: str | None = None) -> Path:
