@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from potstill.train.teacher import LiveTeacher
 
 from potstill.cache import codec
 from potstill.cache.teach import teach
@@ -37,7 +38,6 @@ from potstill.losses import top_k_signal
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
 from potstill.train.loop import train
-from potstill.train.teacher import LiveTeacher
 
 KS = (8, 16, 32, 64, 128)
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from potstill.train.teacher import LiveTeacher
 
 from potstill.cache.teach import teach
 from potstill.config import LossTerm, load_recipe
@@ -34,7 +35,6 @@ from potstill.data import load_data
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
 from potstill.train.loop import train
-from potstill.train.teacher import LiveTeacher
 
 WARMUP = 2
 CE_ONLY = [LossTerm(loss="cross_entropy", weight=1.0)]

@@ -174,12 +174,12 @@ def test_teach_then_distill_trains_from_the_cache(recipe, tmp_path, capsys, monk
     assert manifest["complete"] and f"{manifest['tokens']:,} tokens" in out
 
     # distill reads the cache: the teacher never runs forward while the student trains
-    from potstill.train.teacher import LiveTeacher
+    from potstill.teachers import LiveTeacher
 
     def no_live_teacher(*args, **kwargs):
         raise AssertionError("the live teacher ran")
 
-    monkeypatch.setattr(LiveTeacher, "signal", no_live_teacher)
+    monkeypatch.setattr(LiveTeacher, "outputs", no_live_teacher)
     code, _out, err = potstill("distill", str(recipe), capsys=capsys)
     assert code == 0, err
     assert "teacher cache" in err

@@ -43,7 +43,14 @@ def test_resolved_recipe_round_trips_through_yaml(tmp_path):
         (["student.adapter=qlora"], "student.adapter = 'qlora' is not allowed"),
         (["loss=[{loss: kl}]"], "loss.0.loss = 'kl' is not allowed"),
         (["loss=[{loss: tvd, beta: 0.5}]"], "beta applies only to jsd"),
-        (["loss=[{loss: jsd, beta: 0}]"], "loss.0.beta"),
+        (["loss=[{loss: jsd, beta: 0}]"], "loss.0: loss term jsd: beta = 0 must be in (0, 1)"),
+        (["loss=[{loss: skew_kl, gamma: 1}]"], "gamma is not a parameter"),
+        (["name=../../x"], "must be a plain folder name"),
+        (["name=/tmp/x"], "must be a plain folder name"),
+        (["name=.."], "must be a plain folder name"),
+        (["device=gpu"], "give auto, cpu, cuda, cuda:N or mps"),
+        (["train.precision=fp8"], "train.precision = 'fp8' is not allowed"),
+        (["stages=[distil]"], "stages.0 = 'distil' is not allowed"),
         (["loss=[{loss: cross_entropy, weight: 0}]"], "every term has weight 0"),
         (["student.model=x", "student.fresh={}"], "only one of model, from_teacher, fresh"),
         (["steps"], "is not key=value"),
@@ -68,3 +75,17 @@ def test_missing_and_malformed_recipe_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(PotstillError, match="mapping"):
         load_recipe(listy)
+
+
+def test_loss_names_come_from_the_registry():
+    from potstill.losses import REGISTRY
+
+    for name in REGISTRY:
+        assert load_recipe(None, [f"loss=[{{loss: {name}}}]"]).loss[0].loss == name
+
+
+def test_recipe_terms_are_the_losses_terms():
+    recipe = load_recipe(None, ["loss=[{loss: jsd, temperature: 2, beta: 0.3}]"])
+    (term,) = recipe.terms
+    assert (term.loss, term.temperature, dict(term.params)) == ("jsd", 2.0, {"beta": 0.3})
+    assert recipe.loss[0].alpha is None  # a parameter another loss takes reads None

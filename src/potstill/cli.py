@@ -61,12 +61,18 @@ def run(args: Overrides = None, resume: Resume = False) -> None:
     Usage: potstill run [RECIPE.yaml] [key=value ...]
     """
     from potstill.config import load_recipe
+    from potstill.evaluate.report import summary_table
     from potstill.pipeline import run as run_pipeline
 
     path, overrides = _split_recipe(args)
     recipe = load_recipe(path, overrides)
     with _resumable():
-        run_pipeline(recipe, resume=resume)
+        result = run_pipeline(recipe, resume=resume)
+    if result.report is not None:
+        print(summary_table(result.report))
+        print(f"report: {result.html}")
+    else:
+        print(f"run: {result.run_dir}")
 
 
 @app.command()
@@ -79,20 +85,12 @@ def teach(
     Keeps the top teach.top_k log-probabilities per token and the mass outside them. Run
     again, it continues a killed or interrupted teach where it stopped (no flag needed).
     """
-    from potstill.cache.teach import teach as fill_cache
     from potstill.config import load_recipe
-    from potstill.data import load_data
-    from potstill.pipeline import load_teacher, prepare_run_dir
-    from potstill.util.log import log
+    from potstill.pipeline import teach_only
 
     cfg = load_recipe(recipe, overrides)
-    # An existing cache of the same recipe is always continued: it is verified shard by
-    # shard, and teaching is deterministic, so that is the same as starting again.
-    prepare_run_dir(cfg, resume=True)
-    teacher, tokenizer = load_teacher(cfg)
-    data = load_data(cfg.data, tokenizer)
     with _resumable("rerun the same command to continue where it stopped"):
-        cache = fill_cache(cfg, teacher, tokenizer, data, log=log)
+        cache = teach_only(cfg)
     m = cache.manifest
     print(
         f"cache: {cfg.cache_dir} ({m.tokens:,} tokens, {m.bytes_per_token:.1f} bytes/token, "
@@ -112,27 +110,12 @@ def distill(
     when there is one; otherwise, or with teach.enabled=false, the teacher runs live.
     """
     from potstill.config import load_recipe
-    from potstill.data import load_data
-    from potstill.pipeline import distill_stage, load_teacher, prepare_run_dir, teacher_source
+    from potstill.pipeline import distill_only
 
     cfg = load_recipe(recipe, overrides)
-    run_dir = prepare_run_dir(cfg, resume=resume)
-    teacher, tokenizer = load_teacher(cfg)
-    data = load_data(cfg.data, tokenizer)
-    source = teacher_source(cfg, teacher, tokenizer, data, teach_now=False)
     with _resumable():
-        distill_stage(
-            cfg,
-            run_dir,
-            teacher,
-            tokenizer,
-            data,
-            name="student",
-            terms=cfg.loss,
-            source=source,
-            resume=resume,
-        )
-    print(f"student: {run_dir / 'student'}")
+        out = distill_only(cfg, resume=resume)
+    print(f"student: {out}")
 
 
 @app.command(name="eval")
@@ -148,51 +131,24 @@ def evaluate(
     block_size: Annotated[int, typer.Option(help="Tokens per evaluation block.")] = 128,
     max_tokens: Annotated[int, typer.Option(help="Cap on held-out tokens scored.")] = 16384,
     heldout: Annotated[float, typer.Option(help="Held-out fraction of the data scored.")] = 0.05,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
     """Score models on the held-out split of some data and write a report."""
-    from potstill.config import DataConfig
-    from potstill.data import load_data
-    from potstill.evaluate import build_report, summary_table, write_report
-    from potstill.models.load import load_causal_lm
-    from potstill.models.student import check_same_vocab
-    from potstill.pipeline import evaluate_models
+    from potstill.api import evaluate as evaluate_models
+    from potstill.evaluate.report import summary_table
 
-    if (out / "report.json").exists():
-        raise PotstillError(f"{out} already holds a report; choose another --out folder")
-    refs = {}
-    if teacher:
-        refs["teacher"] = teacher
-    for i, ref in enumerate(model):
-        refs[f"model{i + 1}" if len(model) > 1 else "model"] = ref
-    loaded = {key: load_causal_lm(ref) for key, ref in refs.items()}
-    first_tokenizer = next(iter(loaded.values()))[1]
-    for _, tok in loaded.values():
-        check_same_vocab(first_tokenizer, tok)
-    cfg = DataConfig(
-        path=data, block_size=block_size, max_heldout_tokens=max_tokens, heldout=heldout
+    report = evaluate_models(
+        model,
+        teacher=teacher,
+        data=data,
+        out=out,
+        block_size=block_size,
+        max_tokens=max_tokens,
+        heldout=heldout,
+        device=device,
     )
-    lm_data = load_data(cfg, first_tokenizer)
-    results = evaluate_models(
-        refs,
-        lm_data,
-        teacher_key="teacher" if teacher else None,
-        batch_size=8,
-        generate_tokens=32,
-        preloaded={k: m for k, (m, _) in loaded.items()},
-    )
-    report = build_report(
-        run={"name": out.name, "device": "cpu"},
-        data={
-            "name": lm_data.name,
-            "heldout_tokens": lm_data.heldout.num_tokens,
-            "split": lm_data.split,
-        },
-        recipe={},
-        models=results,
-    )
-    paths = write_report(out, report)
     print(summary_table(report))
-    print(f"report: {paths['report.html']}")
+    print(f"report: {out / 'report.html'}")
 
 
 @app.command()
@@ -219,6 +175,9 @@ def pull(
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from potstill.util.log import set_verbose
+
+    set_verbose(True)
     try:
         app()
     except PotstillError as e:

@@ -9,15 +9,48 @@ import torch
 
 from potstill.cache import codec
 from potstill.cache.store import MANIFEST, CacheWriter, TeacherCache
-from potstill.cache.teach import plan_blocks, source_of, teach
+from potstill.cache.teach import cache_source, plan_blocks
+from potstill.cache.teach import teach as teach_cache
 from potstill.config import Recipe, TrainConfig
 from potstill.data import load_data
-from potstill.util.errors import PotstillError
+from potstill.data.order import scheduled_blocks as order_blocks
 from potstill.losses import top_k_signal
 from potstill.models.load import load_causal_lm
 from potstill.models.student import layer_subset
-from potstill.train.loop import scheduled_blocks, train
-from potstill.train.teacher import LiveTeacher
+from potstill.tasks.causal_lm import CausalLM
+from potstill.teachers import LiveTeacher
+from potstill.train.loop import train
+from potstill.util.errors import PotstillError
+
+
+def scheduled_blocks(n, cfg):
+    return order_blocks(
+        n, micro_batches=cfg.steps * cfg.grad_accum, batch_size=cfg.batch_size, seed=cfg.seed
+    )
+
+
+def source_of(recipe, tokenizer, data):
+    return cache_source(
+        recipe.teacher,
+        tokenizer,
+        data_fingerprint=data.fingerprint,
+        block_size=recipe.data.block_size,
+    )
+
+
+def teach(recipe, teacher, tokenizer, data, *, directory):
+    plan = plan_blocks(
+        scheduled_blocks(len(data.train), recipe.train), len(data.train), recipe.teach.blocks
+    )
+    return teach_cache(
+        LiveTeacher(teacher),
+        data.train,
+        directory=directory,
+        source=source_of(recipe, tokenizer, data),
+        settings=recipe.teach,
+        temperature=recipe.teach_temperature,
+        plan=plan,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +78,18 @@ def test_cache_round_trip_and_manifest(setup, tmp_path):
     plan = scheduled_blocks(len(data.train), recipe.train)
     assert manifest["plan"] == plan and manifest["complete"]
     assert manifest["tokens"] == len(plan) * 15
-    assert manifest["top_k"] == 8 and manifest["temperature"] == 2.0  # the KD term's
-    assert manifest["block_size"] == 16 and manifest["data_fingerprint"] == data.fingerprint
-    assert manifest["teacher"] == recipe.teacher and len(manifest["teacher_sha256"]) == 64
+    source, top_k = manifest["source"], manifest["fields"]["top_k"]
+    assert top_k["k"] == 8 and top_k["temperature"] == 2.0  # the KD term's
+    assert source["block_size"] == 16 and source["data_fingerprint"] == data.fingerprint
+    assert source["teacher"] == recipe.teacher and len(source["teacher_sha256"]) == 64
     assert len(manifest["shards"]) == -(-len(plan) // 3)
-    assert manifest["reconstruction_kl_mean"] >= 0 and 0 < manifest["tail_mass_mean"] < 1
+    assert top_k["reconstruction_kl_mean"] >= 0 and 0 < top_k["tail_mass_mean"] < 1
 
     index = torch.tensor(plan[:3])
     with torch.no_grad():
         logits = teacher(input_ids=data.train.input_ids[index]).logits[:, :-1]
     expected = top_k_signal(logits, 8, temperature=2.0)
-    got = cache.signal(data.train.input_ids[index], index)
+    got = cache.signal(index)
     assert got.temperature == 2.0
     bound = codec.max_logprob_error(recipe.teach.bits)
     for row in range(3):
@@ -158,7 +192,7 @@ def test_training_needs_the_blocks_the_cache_holds(setup, tmp_path):
 def test_plan_blocks():
     def plan(blocks):
         recipe = Recipe(train={"steps": 2, "batch_size": 3}, teach={"blocks": blocks})
-        return plan_blocks(recipe, 20)
+        return plan_blocks(scheduled_blocks(20, recipe.train), 20, recipe.teach.blocks)
 
     schedule = plan("schedule")
     assert len(schedule) == 6 and len(set(schedule)) == 6
@@ -180,7 +214,7 @@ def test_training_from_a_full_cache_matches_the_live_teacher(setup, tmp_path, op
         train(
             layer_subset(teacher, [0, 3]),
             data.train,
-            full.loss,
+            CausalLM(full.terms),
             full.train,
             teacher=source,
             name=name,

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from potstill.config import LossTerm
-from potstill.losses import DenseSignal, chunked_kd_loss, combine_losses, top_k_signal
+from potstill.losses import DenseSignal, LossTerm, chunked_kd_loss, combine_losses, top_k_signal
 
 B, T, H, V, K = 2, 7, 5, 23, 4
 N_VALID = 10  # the valid tokens make_batch leaves: chunk sizes 1 and 5 divide it, 3 not
@@ -19,9 +18,9 @@ HINTON = [
 ]
 EVERY_LOSS = [
     LossTerm(loss="reverse_kl", weight=0.2, temperature=1.5),
-    LossTerm(loss="jsd", weight=0.3, beta=0.3),
+    LossTerm(loss="jsd", weight=0.3, params={"beta": 0.3}),
     LossTerm(loss="tvd", weight=0.1),
-    LossTerm(loss="skew_kl", weight=0.2, alpha=0.2, temperature=0.7),
+    LossTerm(loss="skew_kl", weight=0.2, temperature=0.7, params={"alpha": 0.2}),
     LossTerm(loss="forward_kl", weight=0.1),
     LossTerm(loss="cross_entropy", weight=0.1),
 ]

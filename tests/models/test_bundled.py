@@ -2,9 +2,9 @@ import zipfile
 
 import pytest
 
-from potstill.util.errors import PotstillError
 from potstill.models import bundled
 from potstill.models.load import load_causal_lm
+from potstill.util.errors import PotstillError
 
 
 def test_unknown_bundled_name_suggests_the_close_one():

@@ -3,7 +3,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from potstill.config import FreshConfig, StudentConfig
-from potstill.util.errors import PotstillError
 from potstill.models.student import (
     build_student,
     check_same_vocab,
@@ -12,6 +11,7 @@ from potstill.models.student import (
     save_student,
     wrap_adapter,
 )
+from potstill.util.errors import PotstillError
 from tests.conftest import make_llama, make_tokenizer
 
 

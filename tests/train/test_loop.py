@@ -4,12 +4,14 @@ import json
 import pytest
 import torch
 
-from potstill.config import LossTerm, TrainConfig
 from potstill.data import Blocks
+from potstill.losses import LossTerm
 from potstill.models.student import layer_subset
+from potstill.tasks.causal_lm import CausalLM
+from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.train.schedule import warmup_cosine
-from potstill.train.teacher import LiveTeacher
+from potstill.train.settings import TrainConfig
 from tests.conftest import make_llama
 
 VOCAB = 64
@@ -42,7 +44,7 @@ def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, **cfg):
     return train(
         student,
         blocks,
-        terms,
+        CausalLM(terms, chunk_tokens=config.chunk_tokens),
         config,
         teacher=LiveTeacher(teacher),
         name="student",

@@ -2,40 +2,51 @@
 
 ```
 runs/NAME/cache/
-  manifest.json      what made the cache (teacher, tokenizer, data, k, temperature, bits),
-                     the blocks it plans to hold, and every shard written so far
-  shard-00000.bin    one `codec` payload: ``len(blocks) × (block_size − 1)`` tokens
+  manifest.json      format 2: what made the cache (`Source`), one section per stored
+                     field (`Fields`: today only ``top_k``), the blocks it plans to hold,
+                     and every shard written so far
+  shard-00000.bin    the ``top_k`` field of shard 0: one `codec` payload of
+                     ``len(blocks) × (block_size − 1)`` tokens
 ```
 
 A shard holds the teacher's signal for the positions of whole training blocks: position
 ``t`` of a block is the teacher's prediction of token ``t + 1``, exactly what the training
-loop compares the student with. Every shard is written atomically and only then entered
-in the manifest (itself replaced atomically), so a killed ``teach`` leaves a valid cache
-of the shards it finished, and a rerun continues with the blocks still missing.
+loop compares the student with. A shard has one file per stored field, each with its own
+checksum, and the ``rank`` of the process that taught it (0 on one process). Every file is
+written atomically and only then entered in the manifest (itself replaced atomically), so
+a killed ``teach`` leaves a valid cache of the shards it finished, and a rerun continues
+with the blocks still missing.
+
+A format-1 manifest (flat: ``teacher``, ``top_k``, … at the top, one file per shard) is
+read as format 2; the next `CacheWriter.open` rewrites it on disk as format 2.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from potstill.cache import codec
+from potstill.data.batch import Batch
+from potstill.signals import SignalRequest, SparseSignal, TeacherOutputs
 from potstill.util.errors import PotstillError
-from potstill.util.io import sha256_file
-from potstill.util.io import atomic_write_bytes, atomic_write_text
-from potstill.signals.distributions import SparseSignal
+from potstill.util.io import atomic_write_bytes, atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2
+READS = (1, 2)  # manifest formats this potstill reads; 1 is upgraded to 2 on reading
+TOP_K_CODEC = "ptkc"  # `codec`'s payloads (its magic, "PTKC")
+TOP_K_CODEC_VERSION = codec.VERSION
 
-# Manifest fields that say what made a cache, with the words an error message uses.
-# The first group decides what the signal *means*: a cache with any of them different
-# is refused for training. The second only decides its resolution; `teach` refuses to
-# extend a cache made with other settings.
+# What made a cache, by the name a `Manifest` property and an ``expected`` dict use, with
+# the words an error message uses. The first group decides what the signal *means*: a
+# cache with any of them different is refused for training. The second only decides its
+# resolution; `teach` refuses to extend a cache made with other settings.
 SOURCE_FIELDS = {
     "teacher": "teacher",
     "teacher_sha256": "teacher (weights)",
@@ -81,36 +92,162 @@ class Fidelity(BaseModel):
         return self.tail_mass_sum / max(self.tokens, 1)
 
 
-class Shard(BaseModel):
+class Source(BaseModel):
+    """What the cached signal was computed from: a cache serves this source only."""
+
+    model_config = ConfigDict(extra="forbid")
+    teacher: str
+    teacher_sha256: str
+    tokenizer_sha256: str
+    data_fingerprint: str
+    block_size: int
+    vocab_size: int  # the teacher's output rows: what the stored ids index
+
+
+class TopK(BaseModel):
+    """The ``top_k`` field: per token the teacher's ``k`` likeliest ids, their
+    log-probabilities at ``temperature`` quantized to ``bits``, and the tail mass.
+
+    The totals (over every shard, recomputed on every write) are for readers of the JSON.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    codec: Literal["ptkc"] = TOP_K_CODEC
+    codec_version: int = TOP_K_CODEC_VERSION
+    k: int
+    temperature: float
+    bits: int
+    bytes: int = 0
+    bytes_per_token: float | None = None
+    reconstruction_kl_mean: float | None = None
+    tail_mass_mean: float | None = None
+
+
+class Fields(BaseModel):
+    """One section per field the cache stores."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_k: TopK
+
+
+class TopKFile(BaseModel):
+    """A shard's ``top_k`` file, and the fidelity measured on a sample of its tokens."""
+
     model_config = ConfigDict(extra="forbid")
     file: str
     sha256: str
     bytes: int
-    blocks: list[int]
     fidelity: Fidelity
 
 
-class Manifest(BaseModel):
+class ShardFields(BaseModel):
+    """A shard's file for each field in `Fields`."""
+
     model_config = ConfigDict(extra="forbid")
-    format: int = FORMAT
-    teacher: str
-    teacher_sha256: str
-    tokenizer_sha256: str
-    vocab_size: int
-    data_fingerprint: str
-    block_size: int
-    top_k: int
-    temperature: float
-    bits: int
+    top_k: TopKFile
+
+
+class Shard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    blocks: list[int]  # training blocks, in the order their positions are stored
+    rank: int = 0  # the process that taught it
+    fields: ShardFields
+
+    def files(self) -> list[TopKFile]:
+        """Every file of the shard, one per stored field."""
+        return [self.fields.top_k]
+
+
+class Manifest(BaseModel):
+    """``manifest.json``, format 2.
+
+    Read-only properties (``teacher``, ``block_size``, ``vocab_size``, ``top_k``,
+    ``temperature``, ``bits``, …) give one setting without naming its section.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal[2] = FORMAT
+    source: Source
+    fields: Fields
     plan: list[int]  # the training blocks the cache is to hold, in teaching order
     shards: list[Shard] = []
-    # Totals over the shards, kept for readers of the JSON (recomputed on every write).
+    # Totals over the shards and every field, kept for readers of the JSON.
     tokens: int = 0
     bytes: int = 0
     bytes_per_token: float | None = None
     complete: bool = False
-    reconstruction_kl_mean: float | None = None
-    tail_mass_mean: float | None = None
+
+    @classmethod
+    def new(
+        cls,
+        source: dict[str, Any],
+        *,
+        vocab_size: int,
+        top_k: int,
+        temperature: float,
+        bits: int,
+        plan: list[int],
+    ) -> Manifest:
+        """An empty cache: what made it (``source``: teacher, teacher_sha256,
+        tokenizer_sha256, data_fingerprint, block_size), its ``top_k`` settings and the
+        blocks it is to hold."""
+        return cls(
+            source=Source(**source, vocab_size=vocab_size),
+            fields=Fields(top_k=TopK(k=top_k, temperature=temperature, bits=bits)),
+            plan=plan,
+        ).with_totals()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_format_1(cls, data: Any) -> Any:
+        """A flat format-1 manifest (``format`` 1 or absent, no ``source``) as format 2."""
+        if isinstance(data, dict) and data.get("format", 1) == 1 and "source" not in data:
+            return ManifestV1.model_validate(data).upgrade()
+        return data
+
+    @property
+    def teacher(self) -> str:
+        return self.source.teacher
+
+    @property
+    def teacher_sha256(self) -> str:
+        return self.source.teacher_sha256
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.source.tokenizer_sha256
+
+    @property
+    def data_fingerprint(self) -> str:
+        return self.source.data_fingerprint
+
+    @property
+    def block_size(self) -> int:
+        return self.source.block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.source.vocab_size
+
+    @property
+    def top_k(self) -> int:
+        return self.fields.top_k.k
+
+    @property
+    def temperature(self) -> float:
+        return self.fields.top_k.temperature
+
+    @property
+    def bits(self) -> int:
+        return self.fields.top_k.bits
+
+    @property
+    def reconstruction_kl_mean(self) -> float | None:
+        return self.fields.top_k.reconstruction_kl_mean
+
+    @property
+    def tail_mass_mean(self) -> float | None:
+        return self.fields.top_k.tail_mass_mean
 
     @property
     def positions(self) -> int:
@@ -126,39 +263,122 @@ class Manifest(BaseModel):
         return [b for b in self.plan if b not in covered]
 
     def with_totals(self) -> Manifest:
-        fidelity = sum((s.fidelity for s in self.shards), Fidelity())
         tokens = sum(len(s.blocks) for s in self.shards) * self.positions
-        size = sum(s.bytes for s in self.shards)
-        return self.model_copy(
+        size = sum(f.bytes for s in self.shards for f in s.files())
+        top_k_files = [s.fields.top_k for s in self.shards]
+        top_k_size = sum(f.bytes for f in top_k_files)
+        fidelity = sum((f.fidelity for f in top_k_files), Fidelity())
+        top_k = self.fields.top_k.model_copy(
             update={
-                "tokens": tokens,
-                "bytes": size,
-                "bytes_per_token": size / tokens if tokens else None,
-                "complete": not self.remaining(),
+                "bytes": top_k_size,
+                "bytes_per_token": top_k_size / tokens if tokens else None,
                 "reconstruction_kl_mean": fidelity.kl_mean if fidelity.tokens else None,
                 "tail_mass_mean": fidelity.tail_mass_mean if fidelity.tokens else None,
             }
         )
+        return self.model_copy(
+            update={
+                "fields": self.fields.model_copy(update={"top_k": top_k}),
+                "tokens": tokens,
+                "bytes": size,
+                "bytes_per_token": size / tokens if tokens else None,
+                "complete": not self.remaining(),
+            }
+        )
+
+
+class ShardV1(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
+    bytes: int
+    blocks: list[int]
+    fidelity: Fidelity
+
+
+class ManifestV1(BaseModel):
+    """Format 1: one flat record (potstill before per-field sections). Read, never written."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal[1] = 1
+    teacher: str
+    teacher_sha256: str
+    tokenizer_sha256: str
+    vocab_size: int
+    data_fingerprint: str
+    block_size: int
+    top_k: int
+    temperature: float
+    bits: int
+    plan: list[int]
+    shards: list[ShardV1] = []
+    tokens: int = 0
+    bytes: int = 0
+    bytes_per_token: float | None = None
+    complete: bool = False
+    reconstruction_kl_mean: float | None = None
+    tail_mass_mean: float | None = None
+
+    def upgrade(self) -> dict[str, Any]:
+        """The same cache as a format-2 record; its payloads were all `codec` version 1."""
+        source = self.model_dump(include=set(SOURCE_FIELDS) | {"vocab_size"})
+        top_k = {
+            "codec": TOP_K_CODEC,
+            "codec_version": 1,
+            "k": self.top_k,
+            "temperature": self.temperature,
+            "bits": self.bits,
+            "bytes": self.bytes,
+            "bytes_per_token": self.bytes_per_token,
+            "reconstruction_kl_mean": self.reconstruction_kl_mean,
+            "tail_mass_mean": self.tail_mass_mean,
+        }
+        shards = [
+            {"blocks": s.blocks, "fields": {"top_k": s.model_dump(exclude={"blocks"})}}
+            for s in self.shards
+        ]
+        totals = self.model_dump(include={"tokens", "bytes", "bytes_per_token", "complete"})
+        return {
+            "source": source,
+            "fields": {"top_k": top_k},
+            "plan": self.plan,
+            "shards": shards,
+            **totals,
+        }
 
 
 def read_manifest(directory: Path) -> Manifest | None:
-    """The manifest in ``directory``, or None when there is none; a bad one is an error."""
+    """The manifest in ``directory`` (format 1 upgraded to 2), or None when there is none;
+    a bad one is an error."""
+    found = _read(directory)
+    return None if found is None else found[0]
+
+
+def _read(directory: Path) -> tuple[Manifest, int] | None:
+    """The manifest and the format it has on disk."""
     path = directory / MANIFEST
     if not path.is_file():
         return None
     try:
-        manifest = Manifest.model_validate_json(path.read_text())
+        data = json.loads(path.read_text())
+        version = data.get("format") if isinstance(data, dict) else None
+        if type(version) is int and version in READS:
+            return Manifest.model_validate(data), version
     except (ValidationError, ValueError) as e:
         raise PotstillError(
             f"teacher cache {directory} has an unreadable {MANIFEST} ({type(e).__name__}); "
             "delete the folder and rerun `potstill teach`"
         ) from None
-    if manifest.format != FORMAT:
+    if type(version) is int:
         raise PotstillError(
-            f"teacher cache {directory} has format {manifest.format}, this potstill reads "
-            f"format {FORMAT}: rerun `potstill teach` into a new run (name=NEW)"
+            f"teacher cache {directory} has {MANIFEST} format {version}, this potstill reads "
+            f"formats {READS[0]} to {READS[-1]}: update potstill, or rerun `potstill teach` "
+            "into a new run (name=NEW)"
         )
-    return manifest
+    raise PotstillError(
+        f"teacher cache {directory} has an unreadable {MANIFEST} (no format number); "
+        "delete the folder and rerun `potstill teach`"
+    )
 
 
 def check_source(found: Manifest, expected: dict[str, Any], directory: Path, fields: dict) -> None:
@@ -183,6 +403,16 @@ def _short(value: Any) -> str:
     )
 
 
+def _check_codec(manifest: Manifest, directory: Path) -> None:
+    version = manifest.fields.top_k.codec_version
+    if version != TOP_K_CODEC_VERSION:
+        raise PotstillError(
+            f"teacher cache {directory} stores top_k in codec version {version}, this potstill "
+            f"reads version {TOP_K_CODEC_VERSION}: rerun `potstill teach` into a new run "
+            "(name=NEW)"
+        )
+
+
 class CacheWriter:
     """Adds shards to a cache folder, one atomic shard and manifest update at a time."""
 
@@ -196,15 +426,19 @@ class CacheWriter:
 
         An existing cache must match ``fresh`` in everything that made it, and plan the same
         blocks or be finished and hold them all. Its shards are verified; a missing,
-        truncated or corrupt shard is dropped (and its blocks taught again).
+        truncated or corrupt shard is dropped (and its blocks taught again). A format-1
+        manifest is rewritten as format 2.
         """
         directory.mkdir(parents=True, exist_ok=True)
-        found = read_manifest(directory)
+        found = _read(directory)
         if found is None:
             writer = cls(directory, fresh.with_totals())
             writer._save()
             return writer
-        check_source(found, fresh.model_dump(), directory, SOURCE_FIELDS | SETTINGS_FIELDS)
+        found, version = found
+        fields = SOURCE_FIELDS | SETTINGS_FIELDS
+        check_source(found, {f: getattr(fresh, f) for f in fields}, directory, fields)
+        _check_codec(found, directory)
         # A finished cache that holds every block wanted (e.g. one taught with
         # teach.blocks=all) serves as it is.
         serves = found.complete and set(fresh.plan) <= found.covered
@@ -219,26 +453,25 @@ class CacheWriter:
             if problem is None:
                 good.append(shard)
             else:
-                log(f"cache shard {shard.file} {problem}: teaching its blocks again")
-                (directory / shard.file).unlink(missing_ok=True)
+                log(f"cache shard {problem}: teaching its blocks again")
+                for stored in shard.files():
+                    (directory / stored.file).unlink(missing_ok=True)
+        if version != FORMAT:
+            log(f"teacher cache {directory}: {MANIFEST} upgraded from format {version}")
         writer = cls(directory, found.model_copy(update={"shards": good}).with_totals())
         writer._save()
         return writer
 
     def write_shard(self, blocks: list[int], payload: bytes, fidelity: Fidelity) -> None:
-        used = {s.file for s in self.manifest.shards}
+        """Write ``payload``, the `codec` top-k payload of ``blocks``, as the next shard."""
+        used = {stored.file for s in self.manifest.shards for stored in s.files()}
         index = len(self.manifest.shards)
         while (name := f"shard-{index:05d}.bin") in used:
             index += 1
         path = self.directory / name
         atomic_write_bytes(path, payload)
-        shard = Shard(
-            file=name,
-            sha256=sha256_file(path),
-            bytes=len(payload),
-            blocks=list(blocks),
-            fidelity=fidelity,
-        )
+        top_k = TopKFile(file=name, sha256=sha256_file(path), bytes=len(payload), fidelity=fidelity)
+        shard = Shard(blocks=list(blocks), fields=ShardFields(top_k=top_k))
         self.manifest = self.manifest.model_copy(
             update={"shards": [*self.manifest.shards, shard]}
         ).with_totals()
@@ -249,15 +482,16 @@ class CacheWriter:
 
 
 def shard_problem(directory: Path, shard: Shard) -> str | None:
-    """Why a shard cannot be trusted ("is missing", "is truncated", …), or None."""
-    path = directory / shard.file
-    if not path.is_file():
-        return "is missing"
-    size = path.stat().st_size
-    if size != shard.bytes:
-        return f"is truncated ({size} of {shard.bytes} bytes)"
-    if sha256_file(path) != shard.sha256:
-        return "is corrupt (sha256 mismatch)"
+    """Why a shard cannot be trusted ("PATH is missing", "PATH is truncated …", …), or None."""
+    for stored in shard.files():
+        path = directory / stored.file
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != stored.bytes:
+            return f"{path} is truncated ({size} of {stored.bytes} bytes)"
+        if sha256_file(path) != stored.sha256:
+            return f"{path} is corrupt (sha256 mismatch)"
     return None
 
 
@@ -286,6 +520,7 @@ class TeacherCache:
                 "teach.enabled=false to run the teacher live"
             )
         check_source(manifest, expected, directory, SOURCE_FIELDS)
+        _check_codec(manifest, directory)
         if not manifest.complete:
             raise PotstillError(
                 f"teacher cache {directory} is incomplete ({len(manifest.covered)} of "
@@ -294,23 +529,22 @@ class TeacherCache:
         ids, logprobs, tail, blocks = [], [], [], []
         shape = (-1, manifest.positions)
         for shard in manifest.shards:
+            path = directory / shard.fields.top_k.file
             problem = shard_problem(directory, shard)
             if problem is None:
                 try:
-                    shard_ids, shard_logprobs, shard_tail = codec.decode(
-                        (directory / shard.file).read_bytes()
-                    )
+                    shard_ids, shard_logprobs, shard_tail = codec.decode(path.read_bytes())
                 except ValueError as e:
-                    problem = f"does not decode ({e})"
+                    problem = f"{path} does not decode ({e})"
             if problem is not None:
                 raise PotstillError(
-                    f"teacher cache shard {directory / shard.file} {problem}: rerun "
-                    "`potstill teach RECIPE` to teach its blocks again"
+                    f"teacher cache shard {problem}: rerun `potstill teach RECIPE` to teach "
+                    "its blocks again"
                 )
             if shard_ids.shape[0] != len(shard.blocks) * manifest.positions:
                 raise PotstillError(
-                    f"teacher cache shard {directory / shard.file} holds {shard_ids.shape[0]} "
-                    f"tokens, its manifest entry says {len(shard.blocks) * manifest.positions}"
+                    f"teacher cache shard {path} holds {shard_ids.shape[0]} tokens, its "
+                    f"manifest entry says {len(shard.blocks) * manifest.positions}"
                 )
             k = shard_ids.shape[1]
             ids.append(torch.from_numpy(shard_ids.astype(np.int32)).reshape(*shape, k))
@@ -331,11 +565,21 @@ class TeacherCache:
                 "settings, or with teach.blocks=all"
             )
 
-    def signal(self, input_ids: torch.Tensor, block_index: torch.Tensor) -> SparseSignal:
-        """The cached signal of training blocks ``block_index``: ``(B, block_size − 1, …)``.
+    def outputs(self, batch: Batch, request: SignalRequest) -> TeacherOutputs:
+        """The cached teacher outputs for ``batch`` (a `TeacherSource`, keyed by
+        ``batch.index``); a request for a field the cache does not hold is refused."""
+        if request.hidden_layers or request.attention_layers:
+            raise PotstillError(
+                "the teacher cache holds token distributions only, but a loss term asks for "
+                "hidden states or attention maps: set teach.enabled=false to run the teacher live"
+            )
+        if not request.distributions:
+            return TeacherOutputs()
+        return TeacherOutputs(self.signal(batch.index))
 
-        ``input_ids`` (the blocks' tokens) are not needed: the cache is keyed by block."""
-        rows = self._rows[block_index]
+    def signal(self, block_index: torch.Tensor) -> SparseSignal:
+        """The cached signal of training blocks ``block_index``: ``(B, block_size − 1, …)``."""
+        rows = self._rows[block_index.cpu()]
         if bool((rows < 0).any()):
             self.check_covers([int(b) for b in block_index])
         return SparseSignal(

@@ -11,76 +11,88 @@ import torch
 import torch.nn.functional as F
 
 from potstill.cache import codec
+from potstill.cache.settings import TeachConfig
 from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
-from potstill.config import Recipe
-from potstill.data import Blocks, LMData
+from potstill.data import Blocks
 from potstill.losses import top_k_signal
-from potstill.signals import SparseSignal
 from potstill.models.load import tokenizer_sha256, weights_sha256
+from potstill.signals import SignalRequest, SparseSignal
+from potstill.teachers import LiveTeacher
 from potstill.util.log import bar
-from potstill.train.loop import scheduled_blocks
 
 
-def plan_blocks(recipe: Recipe, num_blocks: int) -> list[int]:
-    """The training blocks to cache, in the order training first visits them."""
-    order = scheduled_blocks(num_blocks, recipe.train)
-    blocks = recipe.teach.blocks
+def plan_blocks(order: list[int], num_blocks: int, blocks: str | int) -> list[int]:
+    """The training blocks to cache, in the order training first visits them.
+
+    Args:
+        order: the blocks the training schedule visits, in order of first visit
+            (`potstill.data.order.scheduled_blocks`).
+        num_blocks: how many training blocks the data has.
+        blocks: ``"schedule"`` (exactly ``order``), ``"all"``, or the first N.
+
+    >>> plan_blocks([3, 1], 4, "all"), plan_blocks([3, 1], 4, 3)
+    ([3, 1, 0, 2], [3, 1, 0])
+    """
     if blocks == "schedule":
-        return order
+        return list(order)
     every = list(dict.fromkeys([*order, *range(num_blocks)]))  # visited first, then the rest
     return every if blocks == "all" else every[: int(blocks)]
 
 
-def source_of(recipe: Recipe, tokenizer: Any, data: LMData) -> dict[str, Any]:
-    """What the cache's signal depends on, as the manifest records it."""
+def cache_source(
+    teacher_ref: str, tokenizer: Any, *, data_fingerprint: str, block_size: int
+) -> dict[str, Any]:
+    """What a cache's signal depends on, as its manifest records it."""
     return {
-        "teacher": recipe.teacher,
-        "teacher_sha256": weights_sha256(recipe.teacher),
+        "teacher": teacher_ref,
+        "teacher_sha256": weights_sha256(teacher_ref),
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
-        "data_fingerprint": data.fingerprint,
-        "block_size": recipe.data.block_size,
+        "data_fingerprint": data_fingerprint,
+        "block_size": block_size,
     }
 
 
 def teach(
-    recipe: Recipe,
-    teacher: torch.nn.Module,
-    tokenizer: Any,
-    data: LMData,
+    teacher: LiveTeacher,
+    blocks: Blocks,
     *,
-    directory: Path | None = None,
+    directory: Path,
+    source: dict[str, Any],
+    settings: TeachConfig,
+    temperature: float,
+    plan: list[int],
     log: Callable[[str], None] = lambda _: None,
 ) -> TeacherCache:
-    """Fill the cache (continuing one a killed run left), then load and return it."""
-    directory = directory or recipe.cache_dir
-    source = source_of(recipe, tokenizer, data)
-    vocab = teacher.get_output_embeddings().weight.shape[0]  # what the cached ids index
-    fresh = Manifest(
-        **source,
+    """Fill the cache in ``directory`` with the teacher's top-k signal for the ``plan``
+    blocks (continuing one a killed run left), then load and return it."""
+    vocab = teacher.model.get_output_embeddings().weight.shape[0]  # what cached ids index
+    fresh = Manifest.new(
+        source,
         vocab_size=vocab,
-        top_k=min(recipe.teach.top_k, vocab),
-        temperature=recipe.teach_temperature,
-        bits=recipe.teach.bits,
-        plan=plan_blocks(recipe, len(data.train)),
+        top_k=min(settings.top_k, vocab),
+        temperature=temperature,
+        bits=settings.bits,
+        plan=plan,
     )
     writer = CacheWriter.open(directory, fresh, log=log)
     remaining = writer.manifest.remaining()
     if remaining:
-        _teach_blocks(teacher, data.train, remaining, writer, recipe)
+        _teach_blocks(teacher, blocks, remaining, writer, settings)
     return TeacherCache.load(directory, source)
 
 
 def _teach_blocks(
-    teacher: torch.nn.Module,
+    teacher: LiveTeacher,
     blocks: Blocks,
     remaining: list[int],
     writer: CacheWriter,
-    recipe: Recipe,
+    settings: TeachConfig,
 ) -> None:
     manifest = writer.manifest
-    shard_blocks, batch_size = recipe.teach.shard_blocks, recipe.teach.batch_size
-    teacher.eval()
+    shard_blocks, batch_size = settings.shard_blocks, settings.batch_size
+    teacher.model.eval()
     done = len(manifest.plan) - len(remaining)
+    request = SignalRequest(distributions=True)
     with bar("   teach", total=len(manifest.plan), completed=done) as progress:
         for start in range(0, len(remaining), shard_blocks):
             shard = remaining[start : start + shard_blocks]
@@ -88,7 +100,8 @@ def _teach_blocks(
             for offset in range(0, len(shard), batch_size):
                 index = torch.tensor(shard[offset : offset + batch_size])
                 with torch.inference_mode():
-                    logits = teacher(input_ids=blocks.input_ids[index]).logits[:, :-1]
+                    logits = teacher.outputs(blocks.batch(index), request).distributions.logits
+                    logits = logits.cpu()  # (B, L − 1, V)
                     signal = top_k_signal(logits, manifest.top_k, manifest.temperature)
                     if offset == 0:  # a sample of every shard: its first block
                         fidelity = _fidelity(logits[:1], _first(signal), manifest)

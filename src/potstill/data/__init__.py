@@ -12,7 +12,6 @@ import json
 import math
 from dataclasses import dataclass
 
-from potstill.config import DataConfig
 from potstill.data.corpus import shakespeare_documents
 from potstill.data.packing import (
     Blocks,
@@ -25,6 +24,7 @@ from potstill.data.packing import (
     tokenize_examples,
     tokenize_texts,
 )
+from potstill.data.settings import DataConfig
 from potstill.data.sources import Document, Source, read_source
 from potstill.util.errors import PotstillError
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from potstill.data.batch import Batch
 from potstill.util.errors import PotstillError
+from potstill.util.tokens import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _BATCH_CHARS = 4_000_000
 
 
@@ -45,6 +46,10 @@ class Blocks:
     def num_tokens(self) -> int:
         """Tokens that carry a label (not -100)."""
         return int((self.labels != IGNORE_INDEX).sum())
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Blocks ``index`` as a `Batch` (packed: no padding, so the mask is all True)."""
+        return Batch.of(self.input_ids[index], self.labels[index], index)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from potstill.config import DataConfig
+from potstill.data.settings import DataConfig
 from potstill.util.errors import PotstillError
 
 Kind = Literal["text", "prompt_response"]

@@ -1,16 +1,28 @@
-"""Evaluation: held-out metrics, generation speed, and the run report."""
+"""Evaluation: models side by side (`lm`), what they cost (`size`, `speed`), and the typed
+run report (`report`: report.json as a pydantic model, rendered to Markdown, HTML, plots)."""
 
-from potstill.evaluate.metrics import LMScores, count_params, score_models, size_on_disk
-from potstill.evaluate.report import build_report, gap_closed, summary_table, write_report
+from potstill.evaluate.report import (
+    SCHEMA_VERSION,
+    Agreement,
+    ModelEntry,
+    Report,
+    build_report,
+    gap_closed,
+    summary_table,
+    write_report,
+)
+from potstill.evaluate.size import count_params, size_on_disk
 from potstill.evaluate.speed import generation_tokens_per_second
 
 __all__ = [
-    "LMScores",
+    "SCHEMA_VERSION",
+    "Agreement",
+    "ModelEntry",
+    "Report",
     "build_report",
     "count_params",
     "gap_closed",
     "generation_tokens_per_second",
-    "score_models",
     "size_on_disk",
     "summary_table",
     "write_report",

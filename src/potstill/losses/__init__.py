@@ -1,4 +1,10 @@
-"""Distillation losses: pure functions of student logits and a teacher signal."""
+"""Distillation losses: pure functions of the student's outputs and a teacher signal.
+
+`registry` is the one list of loss names (function, kind, parameters); `divergences` the
+token-level losses (CE, forward/reverse KL, JSD, TVD, skew KL) on dense or sparse
+teachers (`sparse`); `terms` weighs them into one scalar; `chunked` computes that fused
+with the student's output layer, a chunk of tokens at a time.
+"""
 
 from potstill.losses.chunked import chunked_kd_loss
 from potstill.losses.divergences import (
@@ -10,14 +16,20 @@ from potstill.losses.divergences import (
     skew_kl,
     tvd,
 )
-from potstill.signals.distributions import DenseSignal, SparseSignal, TeacherSignal, as_signal
+from potstill.losses.registry import KD_LOSSES, LOSS_NAMES, REGISTRY, LossSpec, Param, loss_spec
 from potstill.losses.sparse import top_k_signal
-from potstill.losses.terms import KD_LOSSES, combine_losses
+from potstill.losses.terms import LossTerm, combine_losses, signal_request
+from potstill.signals import DenseSignal, SparseSignal, TeacherSignal, as_signal
 
 __all__ = [
     "IGNORE_INDEX",
     "KD_LOSSES",
+    "LOSS_NAMES",
+    "REGISTRY",
     "DenseSignal",
+    "LossSpec",
+    "LossTerm",
+    "Param",
     "SparseSignal",
     "TeacherSignal",
     "as_signal",
@@ -26,7 +38,9 @@ __all__ = [
     "cross_entropy",
     "forward_kl",
     "jsd",
+    "loss_spec",
     "reverse_kl",
+    "signal_request",
     "skew_kl",
     "top_k_signal",
     "tvd",

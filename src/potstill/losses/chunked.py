@@ -14,10 +14,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from potstill.config import LossTerm
 from potstill.losses.divergences import IGNORE_INDEX
+from potstill.losses.terms import LossTerm, combine_losses
 from potstill.signals.distributions import DenseSignal, SparseSignal, TeacherSignal, as_signal
-from potstill.losses.terms import combine_losses
 
 
 def chunked_kd_loss(
@@ -105,7 +104,7 @@ def chunked_kd_loss(
     flat_valid = valid.flatten()
     hidden = student_hidden.reshape(batch * seq, hidden_size)
     if bool(flat_valid.all()):
-        positions = torch.arange(batch * seq)  # no gather: every token counts
+        positions = torch.arange(batch * seq, device=hidden.device)  # no gather: every token counts
     else:
         positions = flat_valid.nonzero().squeeze(-1)  # (N,) flat indices of valid tokens
         hidden = hidden.index_select(0, positions)

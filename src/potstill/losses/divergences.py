@@ -24,11 +24,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from potstill.signals.distributions import SparseSignal, TeacherSignal, as_signal
 from potstill.losses.sparse import sparse_bucket_logprobs
 from potstill.losses.tokens import select_tokens, tempered_logprobs
-
-IGNORE_INDEX = -100
+from potstill.signals.distributions import SparseSignal, TeacherSignal, as_signal
+from potstill.util.tokens import IGNORE_INDEX
 
 PerToken = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

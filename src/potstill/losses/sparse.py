@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from potstill.signals.distributions import SparseSignal
 from potstill.losses.tokens import select_tokens, tempered_logprobs
+from potstill.signals.distributions import SparseSignal
 
 
 def top_k_signal(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> SparseSignal:

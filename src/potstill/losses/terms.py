@@ -1,32 +1,73 @@
-"""Combine a recipe's loss terms (``{loss, weight, temperature, beta, alpha}``) into one
-scalar, and report each term's own value for logging."""
+"""Loss terms (a registered loss with its weight, temperature and parameters), and their
+weighted combination into one scalar with each term's own value for logging."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
-from potstill.config import LossTerm
-from potstill.losses.divergences import (
-    IGNORE_INDEX,
-    cross_entropy,
-    forward_kl,
-    jsd,
-    reverse_kl,
-    skew_kl,
-    tvd,
-)
-from potstill.signals.distributions import TeacherSignal
+from potstill.losses.divergences import IGNORE_INDEX
+from potstill.losses.registry import REGISTRY, LossSpec, loss_spec
+from potstill.signals import SignalRequest, TeacherSignal
 
-KD_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "forward_kl": forward_kl,
-    "reverse_kl": reverse_kl,
-    "jsd": jsd,
-    "tvd": tvd,
-    "skew_kl": skew_kl,
-}
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of a recipe's loss, checked against the registry when made.
+
+    Args:
+        loss: a name in `potstill.losses.REGISTRY`.
+        weight: its weight in the sum, ``>= 0`` (0 = skipped).
+        temperature: the KD temperature ``T`` (softmax of ``logits / T``, loss times
+            ``T²``); must stay 1 for losses that take none.
+        params: the loss's own parameters (jsd's ``beta``, skew_kl's ``alpha``).
+
+    >>> LossTerm("jsd", 0.5, 2.0, {"beta": 0.3}).params["beta"]
+    0.3
+    >>> LossTerm("tvd", params={"beta": 0.3})
+    Traceback (most recent call last):
+    ...
+    ValueError: loss term tvd: beta applies only to jsd
+    """
+
+    loss: str
+    weight: float = 1.0
+    temperature: float = 1.0
+    params: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = loss_spec(self.loss)
+        if not self.weight >= 0:
+            raise ValueError(f"loss term {self.loss}: weight = {self.weight} must be >= 0")
+        if not self.temperature > 0:
+            raise ValueError(f"loss term {self.loss}: temperature must be > 0")
+        if not spec.tempered and self.temperature != 1.0:
+            raise ValueError(f"loss term {self.loss}: temperature applies only to KD terms")
+        for name, value in self.params.items():
+            if name not in spec.params:
+                owners = [n for n, s in REGISTRY.items() if name in s.params]
+                where = f"applies only to {', '.join(owners)}" if owners else "is not a parameter"
+                raise ValueError(f"loss term {self.loss}: {name} {where}")
+            spec.params[name].check(f"loss term {self.loss}: {name}", value)
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    @property
+    def spec(self) -> LossSpec:
+        return loss_spec(self.loss)
+
+
+def signal_request(terms: Sequence[LossTerm]) -> SignalRequest:
+    """What the teacher must produce for ``terms`` (nothing for cross-entropy alone).
+
+    >>> signal_request([LossTerm("cross_entropy")]).empty
+    True
+    """
+    active = [t for t in terms if t.weight > 0 and t.spec.needs_teacher]
+    return SignalRequest(distributions=any(t.spec.kind == "tokens" for t in active))
 
 
 def combine_losses(
@@ -66,7 +107,7 @@ def combine_losses(
     if not active:
         raise ValueError("every loss term has weight 0: give at least one term a weight > 0")
     if teacher is None:
-        kd_names = sorted({term.loss for _, term in active if term.loss in KD_LOSSES})
+        kd_names = sorted({term.loss for _, term in active if term.spec.needs_teacher})
         if kd_names:
             raise ValueError(
                 f"loss terms {', '.join(kd_names)} need the teacher's logits, but no teacher "
@@ -80,16 +121,19 @@ def combine_losses(
     weighted: list[torch.Tensor] = []
     parts: dict[str, torch.Tensor] = {}
     for key, term in active:
-        if term.loss == "cross_entropy":
-            value = cross_entropy(student_logits, labels, valid, num_tokens=num_tokens)
+        spec = term.spec
+        if spec.kind != "tokens":
+            raise ValueError(f"loss term {term.loss} compares {spec.kind}, not token logits")
+        if not spec.needs_teacher:
+            value = spec.fn(student_logits, labels, valid, num_tokens=num_tokens)
         else:
-            params = {}
-            if term.beta is not None:
-                params["beta"] = term.beta
-            if term.alpha is not None:
-                params["alpha"] = term.alpha
-            value = KD_LOSSES[term.loss](
-                student_logits, teacher, valid, term.temperature, num_tokens=num_tokens, **params
+            value = spec.fn(
+                student_logits,
+                teacher,
+                valid,
+                term.temperature,
+                num_tokens=num_tokens,
+                **term.params,
             )
         parts[key] = value.detach()
         weighted.append(term.weight * value)
@@ -104,10 +148,7 @@ def _part_keys(terms: Sequence[LossTerm]) -> list[str]:
         key = term.loss
         if repeats[term.loss] > 1:
             key = f"{key}@T{term.temperature:g}"
-            if term.beta is not None:
-                key += f",beta{term.beta:g}"
-            if term.alpha is not None:
-                key += f",alpha{term.alpha:g}"
+            key += "".join(f",{name}{value:g}" for name, value in term.params.items())
         keys.append(key)
     seen = Counter(keys)
     counts: Counter[str] = Counter()

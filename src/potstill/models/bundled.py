@@ -16,8 +16,7 @@ from pathlib import Path
 
 from potstill.util.errors import PotstillError
 from potstill.util.fetch import pip_download
-from potstill.util.io import sha256_file
-from potstill.util.io import atomic_dir, atomic_write_json
+from potstill.util.io import atomic_dir, atomic_write_json, sha256_file
 from potstill.util.paths import home
 
 

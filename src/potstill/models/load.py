@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
+from potstill.models import bundled
 from potstill.util.errors import PotstillError
 from potstill.util.io import sha256_file
-from potstill.models import bundled
 
 BUNDLED_PREFIX = "bundled:"
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from potstill.config import StudentConfig
+from potstill.models.load import load_causal_lm
+from potstill.models.settings import StudentConfig
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_dir
-from potstill.models.load import load_causal_lm
 
 
 def build_student(

@@ -35,9 +35,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainState,
+    *,
+    extra: torch.nn.ModuleDict | None = None,
 ) -> None:
+    """Save the student's trainable tensors, ``extra`` modules (projections; in
+    ``extra.safetensors``), optimizer, scheduler, RNG and position, atomically."""
     with atomic_dir(folder) as tmp:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        if extra:
+            save_file(trainable_state(extra), str(tmp / "extra.safetensors"))
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
@@ -54,10 +60,13 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    extra: torch.nn.ModuleDict | None = None,
 ) -> TrainState:
     try:
         weights = load_file(str(folder / "model.safetensors"))
-        extra = torch.load(folder / "optim.pt", weights_only=True)
+        extra_weights = load_file(str(folder / "extra.safetensors")) if extra else {}
+        saved = torch.load(folder / "optim.pt", weights_only=True, map_location="cpu")
         state = TrainState(**json.loads((folder / "state.json").read_text()))
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise PotstillError(
@@ -70,8 +79,15 @@ def load_checkpoint(
             f"checkpoint {folder} does not match this student ({len(missing)} tensors missing); "
             "it was made by another recipe: delete it or use another run name"
         )
+    if extra and set(trainable_state(extra)) - set(extra_weights):
+        raise PotstillError(
+            f"checkpoint {folder} lacks this recipe's projection weights; it was made by "
+            "another recipe: delete it or use another run name"
+        )
     model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["rng"])
+    if extra:
+        extra.load_state_dict(extra_weights, strict=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
     return state

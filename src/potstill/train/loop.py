@@ -1,29 +1,57 @@
-"""One readable training loop for the distilled student and the no-KD baseline.
+"""One readable training loop for any task: the distilled student and the no-KD baseline.
 
 AdamW, linear warm-up + cosine decay, gradient accumulation normalised by the global count
 of valid tokens (so accumulation is exact), clipping, seeds, checkpoints every
-``checkpoint_every`` steps and resume from the last one.
+``checkpoint_every`` steps and resume from the last one. The task (`potstill.tasks`)
+supplies the loss of a micro-batch; the teacher source supplies the teacher's outputs;
+``extra`` modules (projections for feature losses) train beside the student and are
+checkpointed with it, but never saved with it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from torch import nn
 
-from potstill.config import LossTerm, TrainConfig
-from potstill.data import Blocks
-from potstill.util.io import atomic_write_text
-from potstill.util.log import bar
+from potstill.data.batch import Batch
+from potstill.data.order import block_indices
+from potstill.signals import SignalRequest, TeacherOutputs
+from potstill.teachers import TeacherSource
 from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from potstill.train.schedule import warmup_cosine
-from potstill.train.student_step import find_fused_head, student_loss
-from potstill.train.teacher import TeacherSource
+from potstill.train.settings import TrainConfig
+from potstill.util.io import atomic_write_text
+from potstill.util.log import bar
+
+
+class Dataset(Protocol):
+    """What the loop draws micro-batches from (packed blocks, labelled examples, …)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor) -> Batch: ...
+
+
+class Task(Protocol):
+    """What the loop asks of a task (see `potstill.tasks.causal_lm.CausalLM`)."""
+
+    @property
+    def request(self) -> SignalRequest: ...
+
+    def count(self, batch: Batch) -> int: ...
+
+    def prepare(self, model: nn.Module, sample: Batch) -> None: ...
+
+    def loss(
+        self, model: nn.Module, batch: Batch, teacher: TeacherOutputs | None, *, num_tokens: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 @dataclass
@@ -35,9 +63,9 @@ class TrainResult:
 
 
 def train(
-    model: torch.nn.Module,
-    blocks: Blocks,
-    terms: Sequence[LossTerm],
+    model: nn.Module,
+    data: Dataset,
+    task: Task,
     cfg: TrainConfig,
     *,
     teacher: TeacherSource | None,
@@ -45,64 +73,77 @@ def train(
     checkpoint_dir: Path,
     metrics_path: Path,
     resume: bool = False,
+    extra: nn.ModuleDict | None = None,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``blocks`` with the weighted loss ``terms``.
+    """Train ``model`` in place on ``data`` with ``task``'s loss.
 
-    ``teacher`` (a `LiveTeacher` or a `TeacherCache`) gives the teacher's signal when a
-    term needs it. Metrics rows are appended to ``metrics_path`` tagged with ``name``
-    ("student", "baseline", …).
+    ``teacher`` (a `LiveTeacher` or a `TeacherCache`) gives the teacher's outputs when
+    the task's terms ask for them. Metrics rows are appended to ``metrics_path`` tagged
+    with ``name`` ("student", "baseline", …). ``device`` is where the model already is;
+    batches and teacher outputs are moved there. ``autocast_dtype`` runs forward passes
+    under ``torch.autocast`` (bf16/fp16 on a GPU).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    optimizer = _adamw(model, cfg)
+    modules = nn.ModuleDict({"student": model, **(dict(extra) if extra else {})})
+    optimizer = _adamw(modules, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: warmup_cosine(s, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio),
     )
     state = TrainState(step=0, tokens=0, elapsed=0.0)
     if resume and (checkpoint_dir / "state.json").is_file():
-        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra=extra)
     _truncate_metrics(metrics_path, name, after_step=state.step)
 
-    needs_teacher = any(t.loss != "cross_entropy" for t in terms)
-    if needs_teacher and teacher is None:
+    request = task.request
+    if not request.empty and teacher is None:
         raise ValueError("a distillation loss term needs a teacher")
-    fused = find_fused_head(model, blocks.input_ids[:1])
-    model.train()
+    task.prepare(model, data.batch(torch.tensor([0])).to(device))
+    autocast = (
+        torch.autocast(torch.device(device).type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else nullcontext()
+    )
+    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
+    modules.train()
     loss_value = float("nan")
     with bar(f"{name:>8}", total=cfg.steps, completed=state.step) as progress:
         while state.step < cfg.steps:
             started = time.perf_counter()
             micro = [
-                _batch(blocks, cfg, state.step * cfg.grad_accum + i) for i in range(cfg.grad_accum)
+                data.batch(_micro_index(len(data), cfg, state.step * cfg.grad_accum + i))
+                for i in range(cfg.grad_accum)
             ]
             # Normalise by the step's global valid-token count: every micro-batch's loss is a
             # sum over its tokens divided by the same number, so accumulation is exact.
-            num_tokens = sum(int((labels[:, 1:] != -100).sum()) for _, _, labels in micro)
-            total = torch.zeros(())
+            num_tokens = sum(task.count(batch) for batch in micro)
+            total = torch.zeros((), device=device)
             parts_sum: dict[str, float] = {}
-            for index, input_ids, labels in micro:
-                signal = teacher.signal(input_ids, index) if needs_teacher else None
-                loss, parts = student_loss(
-                    model,
-                    fused,
-                    input_ids,
-                    labels,
-                    signal,
-                    terms,
-                    num_tokens=max(num_tokens, 1),
-                    chunk_tokens=cfg.chunk_tokens,
-                )
-                loss.backward()
+            for batch in micro:
+                outputs = None if request.empty else teacher.outputs(batch, request)
+                with autocast:
+                    loss, parts = task.loss(
+                        model,
+                        batch.to(device),
+                        _to(outputs, device),
+                        num_tokens=max(num_tokens, 1),
+                    )
+                scaler.scale(loss).backward()
                 total += loss.detach()
                 # Parts are already divided by the step's count, so they simply add up.
                 for key, value in parts.items():
                     parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
-            grad_norm = _clip(model, cfg.clip)
-            optimizer.step()
+            scaler.unscale_(optimizer)
+            grad_norm = _clip(modules, cfg.clip)
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -128,17 +169,17 @@ def train(
                     },
                 )
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, extra=extra)
             progress.advance(
                 1, loss=f"loss {loss_value:.3f}", rate=f"{tokens_per_second:,.0f} tok/s"
             )
-    model.eval()
+    modules.eval()
     return TrainResult(state.step, state.tokens, state.elapsed, loss_value)
 
 
-def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     # Decay matrices only; norms and biases keep their scale (the usual GPT recipe).
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in modules.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
@@ -148,47 +189,34 @@ def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def _batch(
-    blocks: Blocks, cfg: TrainConfig, micro_index: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``micro_index``-th micro-batch ``(block indices, input_ids, labels)``."""
-    index = torch.tensor(_block_indices(len(blocks), cfg, micro_index))
-    return index, blocks.input_ids[index], blocks.labels[index]
+def _micro_index(n: int, cfg: TrainConfig, micro_index: int) -> torch.Tensor:
+    """The examples of the ``micro_index``-th micro-batch (`potstill.data.order`)."""
+    return torch.tensor(
+        block_indices(n, batch_size=cfg.batch_size, seed=cfg.seed, micro_index=micro_index)
+    )
 
 
-def _block_indices(n: int, cfg: TrainConfig, micro_index: int) -> list[int]:
-    """The blocks of the ``micro_index``-th micro-batch: a deterministic function of the
-    position alone, so a resumed run sees exactly the batches an uninterrupted one would
-    have (and ``teach`` knows in advance which blocks training will visit)."""
-    start = micro_index * cfg.batch_size
-    positions = [divmod(p, n) for p in range(start, start + cfg.batch_size)]
-    return [int(_epoch_order(n, cfg.seed, epoch)[i]) for epoch, i in positions]
+def _to(outputs: TeacherOutputs | None, device: torch.device | str) -> TeacherOutputs | None:
+    """The teacher's outputs on ``device`` (a cache decodes on the CPU)."""
+    if outputs is None:
+        return None
+    signal = outputs.distributions
+    if signal is not None:
+        signal = type(signal)(
+            *(
+                value.to(device) if isinstance(value, torch.Tensor) else value
+                for value in vars(signal).values()
+            )
+        )
+    return TeacherOutputs(
+        signal,
+        {k: v.to(device) for k, v in outputs.hidden_states.items()},
+        {k: v.to(device) for k, v in outputs.attentions.items()},
+    )
 
 
-def scheduled_blocks(n: int, cfg: TrainConfig) -> list[int]:
-    """Every block ``cfg.steps`` training steps visit, in order of first visit.
-
-    >>> from potstill.config import TrainConfig
-    >>> sorted(scheduled_blocks(5, TrainConfig(steps=3, batch_size=2)))  # 6 visits, 5 blocks
-    [0, 1, 2, 3, 4]
-    >>> len(scheduled_blocks(100, TrainConfig(steps=3, batch_size=2)))
-    6
-    """
-    micro_batches = cfg.steps * cfg.grad_accum
-    if micro_batches * cfg.batch_size >= n:  # epoch 0 visits every block, in its order
-        return [int(i) for i in _epoch_order(n, cfg.seed, 0)]
-    visits = (b for m in range(micro_batches) for b in _block_indices(n, cfg, m))
-    return list(dict.fromkeys(visits))
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator)
-
-
-def _clip(model: torch.nn.Module, clip: float | None) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
+def _clip(modules: nn.Module, clip: float | None) -> float:
+    params = [p for p in modules.parameters() if p.grad is not None]
     if not params:
         return 0.0
     max_norm = clip if clip is not None else float("inf")

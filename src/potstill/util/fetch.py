@@ -15,8 +15,6 @@ from potstill.util.errors import PotstillError
 from potstill.util.io import sha256_file
 
 
-
-
 def pip_download(requirement: str, dest: str | Path, sha256: str | None = None) -> Path:
     """Download one package archive (no dependencies) into ``dest`` and return its path.
 

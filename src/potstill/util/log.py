@@ -1,7 +1,13 @@
-"""Progress bars for long work: rate, ETA and live fields such as the loss."""
+"""Logging and progress bars: one logger (``potstill``), bars only when asked.
+
+The Python API prints nothing unless asked: messages go to the ``potstill`` logger
+(silent until someone adds a handler) and progress bars are off until `verbose(True)`;
+the command line turns both on.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +24,37 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+logger = logging.getLogger("potstill")
+logger.addHandler(logging.NullHandler())
+_state = {"verbose": False}
+
+
+class _ConsoleHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(record.getMessage(), markup=False)
+
+
+_handler = _ConsoleHandler()
+
+
+@contextmanager
+def verbose(on: bool = True) -> Iterator[None]:
+    """Within this block, log messages and progress bars go to stderr."""
+    previous = _state["verbose"]
+    set_verbose(on)
+    try:
+        yield
+    finally:
+        set_verbose(previous)
+
+
+def set_verbose(on: bool) -> None:
+    _state["verbose"] = on
+    if on and _handler not in logger.handlers:
+        logger.addHandler(_handler)
+        logger.setLevel(logging.INFO)
+    elif not on and _handler in logger.handlers:
+        logger.removeHandler(_handler)
 
 
 class Bar(Protocol):
@@ -34,7 +71,11 @@ class _RichBar:
 
 @contextmanager
 def bar(description: str, total: int, completed: int = 0) -> Iterator[Bar]:
-    """A progress bar on stderr (plain line updates when stderr is not a terminal)."""
+    """A progress bar on stderr (plain line updates when stderr is not a terminal); does
+    nothing unless `verbose` is on."""
+    if not _state["verbose"]:
+        yield _Silent()
+        return
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -71,5 +112,11 @@ class _LineBar:
             console.print(f"{self._desc} {self._done}/{self._total}  {info}")
 
 
+class _Silent:
+    def advance(self, n: int = 1, **fields: str) -> None:
+        pass
+
+
 def log(message: str) -> None:
-    console.print(message)
+    """One message to the ``potstill`` logger (stderr when verbose)."""
+    logger.info(message)

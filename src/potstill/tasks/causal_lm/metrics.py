@@ -10,17 +10,12 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from potstill.util.errors import PotstillError
-
-IGNORE_INDEX = -100
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
-# `.bin` files that a training run leaves beside the weights but that are not weights.
-NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.bin", "scheduler.bin", "rng_state.bin"})
+from potstill.util.tokens import IGNORE_INDEX
 
 
 @dataclass
@@ -191,31 +186,4 @@ def _finish(sums: _Sums, *, has_teacher: bool) -> LMScores:
         top1=sums.agree / tokens if has_teacher else None,
         kl=sums.kl / tokens if has_teacher else None,
         tokens=tokens,
-    )
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Every parameter held by the module, counted once (tied weights once).
-
-    For a PEFT-wrapped model this is the base plus the adapter parameters as they exist in
-    the module (a merged adapter adds nothing).
-    """
-    return sum(param.numel() for param in model.parameters())
-
-
-def size_on_disk(path: str | Path) -> int:
-    """Bytes of a weights file, or of the weight files in a model folder.
-
-    For a folder, the sum of its top-level `*.safetensors`, `*.bin` and `*.gguf` files;
-    tokenizer, config and training-state files are not counted.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    if not path.is_dir():
-        raise PotstillError(f"no model file or folder at {path}; check the path")
-    return sum(
-        file.stat().st_size
-        for file in path.iterdir()
-        if file.is_file() and file.suffix in WEIGHT_SUFFIXES and file.name not in NOT_WEIGHTS
     )

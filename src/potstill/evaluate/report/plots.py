@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from potstill.evaluate.report import fmt_params
+from potstill.evaluate.report.format import fmt_params
+from potstill.evaluate.report.schema import Report
 
 ROLE_COLORS = {"teacher": "#4d4d4d", "student": "#1f77b4", "baseline": "#ff7f0e"}
 OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
@@ -29,7 +30,7 @@ class Plot:
     wide: bool = False  # spans the page; the others sit side by side
 
 
-def make_plots(report: dict, curves: dict[str, list[dict]]) -> list[Plot]:
+def make_plots(report: Report, curves: dict[str, list[dict]]) -> list[Plot]:
     """Every plot the data allows; a plot with nothing to draw is left out."""
     plots = [training_curves(curves), quality_vs_size(report), quality_vs_speed(report)]
     return [plot for plot in plots if plot is not None]
@@ -82,7 +83,7 @@ def training_curves(curves: dict[str, list[dict]]) -> Plot | None:
     )
 
 
-def quality_vs_size(report: dict) -> Plot | None:
+def quality_vs_size(report: Report) -> Plot | None:
     """Perplexity against parameter count, one labelled point per model."""
     points = _points(report, "params")
     if not points:
@@ -105,7 +106,7 @@ def quality_vs_size(report: dict) -> Plot | None:
     )
 
 
-def quality_vs_speed(report: dict) -> Plot | None:
+def quality_vs_speed(report: Report) -> Plot | None:
     """Perplexity against batch-1 generation speed, one labelled point per model."""
     points = _points(report, "tokens_per_second")
     if not points:
@@ -178,18 +179,18 @@ def _ema(values: list[float], span: int) -> list[float]:
     return smoothed
 
 
-def _points(report: dict, x_key: str) -> list[tuple[str, float, float]]:
+def _points(report: Report, x_field: str) -> list[tuple[str, float, float]]:
     """(name, x, perplexity) for models that have both, positive and finite."""
     points = []
-    for name, entry in report.get("models", {}).items():
-        x, y = entry.get(x_key), entry.get("perplexity")
+    for name, entry in report.models.items():
+        x, y = getattr(entry, x_field), entry.perplexity
         if _finite(x) and _finite(y) and x > 0 and y > 0:
             points.append((name, float(x), float(y)))
     return points
 
 
-def _scatter(ax: Any, points: list[tuple[str, float, float]], report: dict) -> None:
-    colors = _colors(report.get("models", {}))
+def _scatter(ax: Any, points: list[tuple[str, float, float]], report: Report) -> None:
+    colors = _colors(report.models)
     for name, x, y in points:
         ax.scatter([x], [y], s=60, color=colors[name], zorder=3)
         ax.annotate(name, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9)

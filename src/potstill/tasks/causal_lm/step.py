@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from potstill.config import LossTerm
-from potstill.losses import TeacherSignal, chunked_kd_loss, combine_losses
+from potstill.losses import LossTerm, TeacherSignal, chunked_kd_loss, combine_losses
 
 
 @dataclass(frozen=True)
@@ -60,27 +59,46 @@ def student_loss(
     *,
     num_tokens: int,
     chunk_tokens: int,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted loss of one micro-batch of blocks (labels unshifted, HF-aligned).
+    """The weighted loss of one micro-batch (labels unshifted, HF-aligned): the causal
+    shift is here, position ``t`` predicting token ``t + 1``.
 
-    ``teacher`` is aligned with ``labels[:, 1:]``: position ``t`` predicts token ``t + 1``.
+    Args:
+        input_ids, labels: ``(B, L)`` long; labels -100 where no loss is taken.
+        teacher: the teacher's distributions aligned with ``labels[:, 1:]``, ``(B, L − 1, ·)``.
+        attention_mask: ``(B, L)`` bool, or None when no token is padding.
     """
-    targets = labels[:, 1:]
+    targets = labels[:, 1:]  # (B, L-1)
+    mask = None if attention_mask is None else attention_mask[:, 1:]
     if fused is None:
-        logits = model(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
-        return combine_losses(terms, logits, targets, teacher, num_tokens=num_tokens)
-    hidden = _hidden(fused, input_ids)[:, :-1]  # (B, L-1, H)
+        logits = _forward(model, input_ids, attention_mask).logits[:, :-1]  # (B, L-1, V)
+        return combine_losses(terms, logits, targets, teacher, mask, num_tokens=num_tokens)
+    hidden = _hidden(fused, input_ids, attention_mask)[:, :-1]  # (B, L-1, H)
     return chunked_kd_loss(
         hidden,
         fused.head.weight,
         teacher,
         terms,
         targets,
+        mask,
         num_tokens=num_tokens,
         chunk_size=chunk_tokens,
         lm_head_bias=fused.head.bias,
     )
 
 
-def _hidden(fused: FusedHead, input_ids: torch.Tensor) -> torch.Tensor:
-    return fused.decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor | None) -> object:
+    if mask is None:  # packed blocks: no mask keeps the model on its causal fast path
+        return model(input_ids=input_ids)
+    return model(input_ids=input_ids, attention_mask=mask)
+
+
+def _hidden(
+    fused: FusedHead, input_ids: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    if mask is None:
+        return fused.decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+    return fused.decoder(
+        input_ids=input_ids, attention_mask=mask, use_cache=False
+    ).last_hidden_state

@@ -10,7 +10,16 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from potstill.evaluate.plots import Plot
+from potstill.evaluate.report.format import (
+    METRICS_NOTE,
+    details,
+    headline,
+    metrics_table,
+    subtitle,
+    title,
+)
+from potstill.evaluate.report.plots import Plot
+from potstill.evaluate.report.schema import Report
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -54,21 +63,11 @@ window.addEventListener("load", function () {
 """
 
 
-def render_html(
-    *,
-    title: str,
-    subtitle: str,
-    headline: list[tuple[str, str, str]],
-    header: list[str],
-    rows: list[list[str]],
-    details: list[tuple[str, list[tuple[str, str]]]],
-    plots: list[Plot],
-) -> str:
-    """The whole page as text.
-
-    headline: (label, value, sentence) cards; header/rows: the metrics table as text;
-    details: (section title, [(key, value)]) tables; plots: inlined as <img> in order.
-    """
+def render_html(report: Report, plots: list[Plot]) -> str:
+    """report.html as text: the headline as cards, the metrics table, the plots inlined
+    as <img> in order, then the data, recipe and run tables."""
+    page_title = title(report)
+    header, rows = metrics_table(report)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -76,30 +75,28 @@ def render_html(
         '<meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{escape(CSP)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title>",
+        f"<title>{escape(page_title)}</title>",
         f"<style>{STYLE}</style>",
         "</head>",
         f'<body data-images="{len(plots)}" data-loaded="0">',
-        f"<h1>{escape(title)}</h1>",
-        f'<p class="subtitle">{escape(subtitle)}</p>',
-        _cards(headline),
+        f"<h1>{escape(page_title)}</h1>",
+        f'<p class="subtitle">{escape(subtitle(report))}</p>',
+        _cards(headline(report)),
         "<h2>Models</h2>",
         _table(header, rows, css_id="metrics"),
-        '<p class="note">Perplexity is on the held-out split; top-1 agreement and '
-        "KL(teacher ‖ model) are measured against the teacher on the same tokens; tokens/s "
-        "is batch-1 greedy generation on this machine.</p>",
+        f'<p class="note">{escape(METRICS_NOTE)}</p>',
     ]
     if plots:
         parts += ["<h2>Plots</h2>", '<div class="plots">', *map(_figure, plots), "</div>"]
-    sections = [_details(title, pairs) for title, pairs in details if pairs]
+    sections = [_details(section, pairs) for section, pairs in details(report) if pairs]
     if sections:
         parts += ['<div class="sections">', *sections, "</div>"]
     parts += [f"<script>{SCRIPT}</script>", "</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
 
-def _cards(headline: list[tuple[str, str, str]]) -> str:
-    if not headline:
+def _cards(findings: list[tuple[str, str, str]]) -> str:
+    if not findings:
         return ""
     cards = [
         '<div class="card">'
@@ -107,7 +104,7 @@ def _cards(headline: list[tuple[str, str, str]]) -> str:
         f'<div class="value">{escape(value)}</div>'
         f'<p class="sentence">{escape(sentence)}</p>'
         "</div>"
-        for label, value, sentence in headline
+        for label, value, sentence in findings
     ]
     return '<div class="cards">' + "".join(cards) + "</div>"
 
@@ -122,12 +119,12 @@ def _table(header: list[str], rows: list[list[str]], css_id: str) -> str:
     )
 
 
-def _details(title: str, pairs: list[tuple[str, str]]) -> str:
+def _details(section: str, pairs: list[tuple[str, str]]) -> str:
     body = "".join(
         f"<tr><td>{escape(key)}</td><td>{escape(value)}</td></tr>" for key, value in pairs
     )
     table = f'<table class="kv"><tbody>{body}</tbody></table>'
-    return f"<section><h2>{escape(title)}</h2>{table}</section>"
+    return f"<section><h2>{escape(section)}</h2>{table}</section>"
 
 
 def _figure(plot: Plot) -> str:

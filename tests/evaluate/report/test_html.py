@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from potstill.evaluate.report import build_report, write_report
+from potstill.evaluate.report import write_report
+from tests.evaluate.report.numbers import plausible_curves, plausible_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -22,60 +22,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def plausible_report(name: str = "shakespeare-smollm2") -> dict:
-    """Numbers shaped like a real default run (SmolLM2-135M teacher, 6-layer student)."""
-
-    def model(params, ppl, tps, agreement=None, train_seconds=None):
-        entry = {
-            "ref": "bundled:smollm2-135m-instruct" if agreement is None else "runs/x",
-            "params": params,
-            "size_bytes": params * 4,
-            "perplexity": ppl,
-            "loss": math.log(ppl),
-            "tokens_per_second": tps,
-        }
-        if agreement is not None:
-            entry["agreement"] = {"top1": agreement[0], "kl": agreement[1]}
-            entry["train_seconds"] = train_seconds
-        return entry
-
-    return build_report(
-        run={"name": name, "wall_seconds": 1830.0, "device": "cpu", "threads": 2},
-        data={"name": "shakespeare", "train_tokens": 2_400_000, "heldout_tokens": 120_000},
-        recipe={
-            "loss": [
-                {"loss": "forward_kl", "weight": 0.5, "temperature": 2.0},
-                {"loss": "cross_entropy", "weight": 0.5},
-            ],
-            "steps": 300,
-            "batch_size": 8,
-            "block_size": 256,
-            "lr": 3e-4,
-        },
-        models={
-            "teacher": model(134_515_008, 18.7, 21.3),
-            "student": model(49_600_000, 31.2, 52.8, (0.58, 0.61), 640.0),
-            "baseline": model(49_600_000, 44.9, 53.1, (0.41, 1.37), 410.0),
-        },
-    )
-
-
-def plausible_curves() -> dict[str, list[dict]]:
-    student, baseline = [], []
-    for step in range(0, 300, 5):
-        decay = math.exp(-step / 80)
-        ce = 3.4 + 2.5 * decay + 0.08 * math.sin(step)
-        kl = 0.6 + 1.8 * decay
-        student.append(
-            {"step": step, "loss": 0.5 * ce + 0.5 * kl, "cross_entropy": ce, "forward_kl": kl}
-        )
-        baseline.append({"step": step, "loss": 3.8 + 2.3 * decay + 0.08 * math.cos(step)})
-    for rows, level in ((student, 3.45), (baseline, 3.8)):
-        for row in rows[::12]:
-            row["heldout_loss"] = level + 2.0 * math.exp(-row["step"] / 80)
-    return {"student": student, "baseline": baseline}
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +40,18 @@ def test_page_is_self_contained(written):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "@import" not in page and "url(" not in page
     assert "Content-Security-Policy" in page
-    assert '<table id="metrics">' in page and "<td>student</td>" in page
+    assert '<table id="metrics">' in page
+    cells = ["student", "49.6M", "198", "31.20", "58.0%", "0.610", "52.8"]
+    student_row = "".join(f"<td>{cell}</td>" for cell in cells)
+    assert f"<tr>{student_row}</tr>" in page
+    assert '<div class="label">gap closed</div><div class="value">42%</div>' in page
+    assert "<title>potstill report: shakespeare-smollm2</title>" in page
+    assert "<td>loss</td><td>0.5 × forward_kl (temperature=2.0) + 0.5 × cross_entropy</td>" in page
 
 
 def test_strings_are_escaped(tmp_path):
     report = plausible_report(name='<script>alert("run")</script> & co')
-    report["models"]['<img src=x onerror="alert(1)">'] = report["models"].pop("baseline")
+    report.models['<img src=x onerror="alert(1)">'] = report.models.pop("baseline")
     page = write_report(tmp_path, report)["report.html"].read_text()
     assert "<script>alert" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(&quot;run&quot;)&lt;/script&gt; &amp; co" in page

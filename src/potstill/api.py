@@ -1,0 +1,133 @@
+"""The Python API: everything the command line does, as functions that return values.
+
+Nothing here prints unless asked (``verbose=True``, or a handler on the ``potstill``
+logger). Overrides are keyword arguments, a double underscore for each dot:
+``train__steps=2`` is ``train.steps=2`` on the command line.
+
+>>> recipe = load_recipe(train__steps=3, student__adapter="lora")
+>>> recipe.train.steps, recipe.student.adapter
+(3, 'lora')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from potstill.cache.store import TeacherCache
+from potstill.config import DataConfig, Recipe
+from potstill.config import load_recipe as _load_recipe
+from potstill.data import load_data
+from potstill.evaluate.lm import evaluate_models
+from potstill.evaluate.report import Report, build_report, write_report
+from potstill.models.load import load_causal_lm
+from potstill.models.student import check_same_vocab
+from potstill.pipeline import RunResult, distill_only, teach_only
+from potstill.pipeline import run as _run
+from potstill.util.device import resolve_device
+from potstill.util.errors import PotstillError
+from potstill.util.log import verbose as _verbose
+
+RecipeLike = str | Path | Mapping[str, Any] | Recipe | None
+
+
+def load_recipe(recipe: RecipeLike = None, /, **overrides: Any) -> Recipe:
+    """A validated `Recipe` from a YAML path, a mapping, a `Recipe` or the default (None),
+    with ``key__sub=value`` overrides."""
+    raw_overrides = [_override(key, value) for key, value in overrides.items()]
+    return _load_recipe(recipe, raw_overrides)
+
+
+def run(
+    recipe: RecipeLike = None, /, *, resume: bool = False, verbose: bool = False, **overrides: Any
+) -> RunResult:
+    """The whole pipeline; returns the typed report and the run folder.
+
+    ``potstill.run("recipes/hinton-classic.yaml", train__steps=2).report.models["student"]``
+    """
+    with _verbose(verbose):
+        return _run(load_recipe(recipe, **overrides), resume=resume)
+
+
+def teach(recipe: RecipeLike = None, /, *, verbose: bool = False, **overrides: Any) -> TeacherCache:
+    """Run the teacher once over the training data into the recipe's cache (resumable)."""
+    with _verbose(verbose):
+        return teach_only(load_recipe(recipe, **overrides))
+
+
+def distill(
+    recipe: RecipeLike = None, /, *, resume: bool = False, verbose: bool = False, **overrides: Any
+) -> Path:
+    """Train the recipe's student (from its cache when there is one); returns its folder."""
+    with _verbose(verbose):
+        return distill_only(load_recipe(recipe, **overrides), resume=resume)
+
+
+def evaluate(
+    models: Sequence[str] | Mapping[str, str],
+    *,
+    teacher: str | None = None,
+    data: str | None = None,
+    out: str | Path | None = None,
+    block_size: int = 128,
+    max_tokens: int = 16384,
+    heldout: float = 0.05,
+    batch_size: int = 8,
+    generate_tokens: int = 32,
+    device: str = "auto",
+    verbose: bool = False,
+) -> Report:
+    """Score models (references) on the held-out split of ``data`` (None: the shipped
+    corpus); with ``teacher``, also their agreement with it. Writes the report files to
+    ``out`` when given."""
+    if out is not None and (Path(out) / "report.json").exists():
+        raise PotstillError(f"{out} already holds a report; choose another out folder")
+    refs: dict[str, str] = {"teacher": teacher} if teacher else {}
+    if isinstance(models, Mapping):
+        refs.update(models)
+    else:
+        refs.update(
+            {f"model{i + 1}" if len(models) > 1 else "model": m for i, m in enumerate(models)}
+        )
+    with _verbose(verbose):
+        target = resolve_device(device)
+        loaded = {key: load_causal_lm(ref) for key, ref in refs.items()}
+        first_tokenizer = next(iter(loaded.values()))[1]
+        for _, tokenizer in loaded.values():
+            check_same_vocab(first_tokenizer, tokenizer)
+        cfg = DataConfig(
+            path=data, block_size=block_size, max_heldout_tokens=max_tokens, heldout=heldout
+        )
+        lm_data = load_data(cfg, first_tokenizer)
+        results = evaluate_models(
+            refs,
+            lm_data,
+            teacher_key="teacher" if teacher else None,
+            batch_size=batch_size,
+            generate_tokens=generate_tokens,
+            preloaded={k: m.to(target) for k, (m, _) in loaded.items()},
+            device=target,
+        )
+        report = build_report(
+            run={"name": Path(out).name if out else "eval", "device": str(target)},
+            data={
+                "name": lm_data.name,
+                "heldout_tokens": lm_data.heldout.num_tokens,
+                "split": lm_data.split,
+            },
+            recipe={},
+            models=results,
+        )
+        if out is not None:
+            write_report(Path(out), report)
+    return report
+
+
+def _override(key: str, value: Any) -> str:
+    """``train__steps=2`` as the command line's ``train.steps=2`` (value as YAML)."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("\n...").removesuffix("...").strip()
+    return f"{key.replace('__', '.')}={text}"

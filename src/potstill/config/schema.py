@@ -1,0 +1,138 @@
+"""The recipe: one typed model assembled from the sections each layer owns.
+
+Every key has a default, so a recipe names only what it changes. Loss terms are
+validated against the loss registry (`potstill.losses.REGISTRY`), the one list of names.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from potstill.cache.settings import TeachConfig
+from potstill.data.settings import DataConfig
+from potstill.evaluate.settings import EvalConfig
+from potstill.losses import LOSS_NAMES, REGISTRY, LossTerm
+from potstill.models.settings import StudentConfig
+from potstill.train.settings import TrainConfig
+from potstill.util.schema import Strict
+
+# The registry's names as a Literal, so a wrong name lists the valid ones.
+LossName = Literal[LOSS_NAMES]  # type: ignore[valid-type]
+STAGES = ("teach", "distill", "baseline", "evaluate", "report")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class LossTermConfig(Strict):
+    """A loss term as a recipe writes it: ``{loss, weight, temperature, <loss params>}``.
+
+    The loss's own parameters (jsd's ``beta``, skew_kl's ``alpha``) sit beside the
+    common keys; which ones a loss takes, and their ranges, come from the registry.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    loss: LossName
+    weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _valid_term(self) -> LossTermConfig:
+        self.to_term()  # the registry checks names, parameters and ranges
+        return self
+
+    @property
+    def params(self) -> dict[str, float]:
+        return dict(self.model_extra or {})
+
+    def to_term(self) -> LossTerm:
+        return LossTerm(self.loss, self.weight, self.temperature, self.params)
+
+    def __getattr__(self, name: str) -> Any:
+        # A loss parameter the recipe left out (or another loss's) reads as None.
+        extra = self.__pydantic_extra__ or {}
+        if name in extra:
+            return extra[name]
+        if any(name in spec.params for spec in REGISTRY.values()):
+            return None
+        return super().__getattr__(name)  # type: ignore[misc]
+
+
+class Recipe(Strict):
+    name: str = "shakespeare-smollm2"
+    teacher: str = "bundled:smollm2-135m-instruct"
+    student: StudentConfig = StudentConfig()
+    data: DataConfig = DataConfig()
+    loss: list[LossTermConfig] = Field(
+        default_factory=lambda: [
+            LossTermConfig(loss="forward_kl", weight=0.7, temperature=1.0),
+            LossTermConfig(loss="cross_entropy", weight=0.3),
+        ],
+        min_length=1,
+    )
+    train: TrainConfig = TrainConfig()
+    teach: TeachConfig = TeachConfig()
+    eval: EvalConfig = EvalConfig()
+    runs_dir: str = "runs"
+    # auto: a CUDA GPU when there is one, else Apple's mps, else the CPU.
+    device: str = "auto"
+    # The stages `run` performs, in this order; None = all that apply (see STAGES).
+    stages: list[Literal[STAGES]] | None = None  # type: ignore[valid-type]
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                f"name = {value!r} must be a plain folder name (letters, digits, . _ -), "
+                "not a path: the run lives in runs_dir/NAME; set runs_dir to move it"
+            )
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"device = {value!r}: give auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Recipe:
+        if all(term.weight == 0 for term in self.loss):
+            raise ValueError("loss: every term has weight 0; give at least one a positive weight")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def terms(self) -> list[LossTerm]:
+        """The loss terms as the losses take them."""
+        return [t.to_term() for t in self.loss]
+
+    @property
+    def needs_teacher_logits(self) -> bool:
+        return any(t.to_term().spec.needs_teacher for t in self.loss)
+
+    def wants(self, stage: str) -> bool:
+        """Whether ``run`` performs ``stage`` (the recipe's `stages`, default all)."""
+        return self.stages is None or stage in self.stages
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.teach.cache) if self.teach.cache else self.run_dir / "cache"
+
+    @property
+    def teach_temperature(self) -> float:
+        """The temperature the cache is taken at (see `TeachConfig.temperature`)."""
+        if self.teach.temperature is not None:
+            return self.teach.temperature
+        kd = {t.temperature for t in self.terms if t.spec.tempered and t.weight > 0}
+        return kd.pop() if len(kd) == 1 else 1.0
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,37 @@
+"""The run report: report.json as a type (`Report`), the one builder that makes it, and
+the views rendered from it (report.md, report.html, plots/*.png, the terminal table).
+
+Modules, each importing only those before it: `schema` (the types), `summary` (the
+student-against-teacher ratios), `build`, `format` (the text every view shares), `plots`,
+`markdown`, `html`, `write`.
+"""
+
+from potstill.evaluate.report.build import build_report
+from potstill.evaluate.report.format import summary_table
+from potstill.evaluate.report.schema import (
+    SCHEMA_VERSION,
+    Agreement,
+    BreakEven,
+    DataInfo,
+    ModelEntry,
+    Report,
+    RunInfo,
+    Summary,
+)
+from potstill.evaluate.report.summary import gap_closed
+from potstill.evaluate.report.write import write_report
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Agreement",
+    "BreakEven",
+    "DataInfo",
+    "ModelEntry",
+    "Report",
+    "RunInfo",
+    "Summary",
+    "build_report",
+    "gap_closed",
+    "summary_table",
+    "write_report",
+]

@@ -1,0 +1,62 @@
+"""The one way to make a `Report`: the caller's sections plus version, time and summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from potstill import __version__
+from potstill.evaluate.report.schema import (
+    BreakEven,
+    DataInfo,
+    ModelEntry,
+    Report,
+    RunInfo,
+    json_ready,
+)
+from potstill.evaluate.report.summary import summarize
+
+
+def build_report(
+    *,
+    run: RunInfo | Mapping[str, Any],
+    data: DataInfo | Mapping[str, Any],
+    recipe: Mapping[str, Any],
+    models: Mapping[str, ModelEntry | Mapping[str, Any]],
+    budget: Mapping[str, Any] | None = None,
+    seeds: Mapping[str, Any] | None = None,
+    break_even: BreakEven | Mapping[str, Any] | None = None,
+) -> Report:
+    """The report of a run, from typed sections or plain dicts.
+
+    `models` maps a model's name to its entry (`params`, `size_bytes`, `perplexity`,
+    `loss`, `tokens_per_second`, and for students `agreement` and `train_seconds`); the
+    roles `teacher`, `student`, `baseline` come first. Tensors, paths and dataclasses
+    are unpacked and non-finite floats become None. An unknown key in a typed section
+    raises `pydantic.ValidationError`.
+
+    >>> report = build_report(
+    ...     run={"name": "tiny"},
+    ...     data={},
+    ...     recipe={},
+    ...     models={"student": {"params": 25}, "teacher": {"params": 100}},
+    ... )
+    >>> list(report.models), report.summary.student_params_fraction
+    (['teacher', 'student'], 0.25)
+    """
+    entries = {
+        str(name): ModelEntry.model_validate(json_ready(entry)) for name, entry in models.items()
+    }
+    return Report(
+        potstill_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run=RunInfo.model_validate(json_ready(run)),
+        data=DataInfo.model_validate(json_ready(data)),
+        recipe=json_ready(recipe),
+        models=entries,
+        summary=summarize(entries),
+        budget=json_ready(budget),
+        seeds=json_ready(seeds),
+        break_even=json_ready(break_even),
+    )

@@ -1,0 +1,224 @@
+"""What the report says, as text: the headline findings, the metrics table, the details,
+and the number formats they share. The markdown, HTML and terminal views all read these,
+so they never disagree."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from potstill.evaluate.report.schema import Agreement, ModelEntry, Report
+
+DASH = "–"
+METRICS_NOTE = (
+    "Perplexity is on the held-out split; top-1 agreement and KL(teacher ‖ model) are "
+    "measured against the teacher on the same tokens; tokens/s is batch-1 greedy "
+    "generation on this machine."
+)
+
+
+def title(report: Report) -> str:
+    return f"potstill report: {report.run.name}" if report.run.name else "potstill report"
+
+
+def subtitle(report: Report) -> str:
+    """Version, time, device and wall time on one line."""
+    parts = [f"potstill {report.potstill_version}", report.created]
+    if report.run.device:
+        parts.append(f"device {report.run.device}")
+    if report.run.wall_seconds is not None:
+        parts.append(f"{report.run.wall_seconds:.0f} s wall")
+    return " · ".join(part for part in parts if part)
+
+
+def headline(report: Report) -> list[tuple[str, str, str]]:
+    """The findings in a few (label, value, sentence) triples, most important first."""
+    models, summary = report.models, report.summary
+    teacher, student = models.get("teacher", ModelEntry()), models.get("student", ModelEntry())
+    lines = []
+    if summary.gap_closed is not None:
+        gap = fmt_percent(summary.gap_closed, digits=0)
+        lines.append(
+            (
+                "gap closed",
+                gap,
+                f"Distillation closed {gap} of the log-perplexity gap "
+                "between the no-distillation baseline and the teacher "
+                "(100% = as good as the teacher, 0% = no better than the baseline).",
+            )
+        )
+    elif "student" in models:
+        lines.append(
+            (
+                "gap closed",
+                DASH,
+                "Gap closed is not known: it needs the perplexity of the teacher, the student "
+                "and the baseline, and a teacher that differs from the baseline.",
+            )
+        )
+    fraction = summary.student_params_fraction
+    if fraction is not None:
+        lines.append(
+            (
+                "student size",
+                f"{fmt_percent(fraction, digits=0)} of teacher",
+                f"The student has {fmt_params(student.params)} parameters, "
+                f"{fmt_percent(fraction, digits=1)} of the teacher's "
+                f"{fmt_params(teacher.params)}.",
+            )
+        )
+    named = [(role, models[role]) for role in ("student", "baseline", "teacher") if role in models]
+    if not named:
+        named = list(models.items())
+    if any(entry.perplexity is not None for _, entry in named):
+        value = " / ".join(fmt_perplexity(entry.perplexity) for _, entry in named)
+        parts = ", ".join(f"{name} {fmt_perplexity(entry.perplexity)}" for name, entry in named)
+        lines.append(
+            (
+                "perplexity " + " / ".join(name for name, _ in named),
+                value,
+                f"Held-out perplexity (lower is better): {parts}.",
+            )
+        )
+    speedup = summary.student_speedup
+    if speedup is not None:
+        lines.append(
+            (
+                "speed",
+                f"{speedup:.1f}× teacher",
+                f"The student generates {fmt_rate(student.tokens_per_second)} tokens/s, "
+                f"{speedup:.1f}× the teacher's {fmt_rate(teacher.tokens_per_second)} "
+                "(batch 1, greedy, this machine).",
+            )
+        )
+    return lines
+
+
+def metrics_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The per-model table as formatted strings: (header, rows)."""
+    header = [
+        "model",
+        "params",
+        "size (MB)",
+        "perplexity",
+        "top-1 agreement",
+        "KL (nats/token)",
+        "tokens/s",
+    ]
+    rows = []
+    for name, entry in report.models.items():
+        agreement = entry.agreement or Agreement()
+        rows.append(
+            [
+                name,
+                fmt_params(entry.params),
+                fmt_megabytes(entry.size_bytes),
+                fmt_perplexity(entry.perplexity),
+                fmt_percent(agreement.top1, digits=1),
+                fmt_number(agreement.kl, digits=3),
+                fmt_rate(entry.tokens_per_second),
+            ]
+        )
+    return header, rows
+
+
+def details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The data, recipe and run sections as (section, [(key, value)]) for display.
+
+    Typed sections show the fields that are known; the recipe shows every key it has.
+    """
+    sections = {
+        "Data": report.data.model_dump(exclude_none=True),
+        "Recipe": report.recipe,
+        "Run": report.run.model_dump(exclude_none=True),
+    }
+    return [
+        (section, [(str(key), _describe(key, value)) for key, value in content.items()])
+        for section, content in sections.items()
+    ]
+
+
+def summary_table(report: Report) -> str:
+    """A short fixed-width table for the terminal: params, perplexity, tokens/s per model."""
+    header = ["model", "params", "perplexity", "tokens/s"]
+    rows = [
+        [
+            name,
+            fmt_params(entry.params, missing="-"),
+            fmt_perplexity(entry.perplexity, missing="-"),
+            fmt_rate(entry.tokens_per_second, missing="-"),
+        ]
+        for name, entry in report.models.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    if report.summary.gap_closed is not None:
+        lines.append(f"gap closed: {fmt_percent(report.summary.gap_closed, digits=0)}")
+    return "\n".join(lines)
+
+
+# ---- numbers ------------------------------------------------------------------------
+
+
+def fmt_params(n: float | None, missing: str = DASH) -> str:
+    """134515008 -> '134.5M'.
+
+    >>> fmt_params(134_515_008), fmt_params(None)
+    ('134.5M', '–')
+    """
+    if n is None:
+        return missing
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}"
+
+
+def fmt_megabytes(size_bytes: float | None, missing: str = DASH) -> str:
+    """Three significant figures or so: 538 / 19.8 / 0.54 (MB, 10^6 bytes)."""
+    if size_bytes is None:
+        return missing
+    mb = size_bytes / 1e6
+    return f"{mb:.0f}" if mb >= 100 else f"{mb:.1f}" if mb >= 10 else f"{mb:.2f}"
+
+
+def fmt_perplexity(ppl: float | None, missing: str = DASH) -> str:
+    if ppl is None:
+        return missing
+    return f"{ppl:.0f}" if ppl >= 1000 else f"{ppl:.2f}"
+
+
+def fmt_percent(fraction: float | None, digits: int = 1, missing: str = DASH) -> str:
+    return missing if fraction is None else f"{fraction * 100:.{digits}f}%"
+
+
+def fmt_rate(rate: float | None, missing: str = DASH) -> str:
+    return missing if rate is None else f"{rate:.1f}"
+
+
+def fmt_number(value: float | None, digits: int = 3, missing: str = DASH) -> str:
+    return missing if value is None else f"{value:.{digits}f}"
+
+
+def _describe(key: str, value: Any) -> str:
+    """One readable line for a data/recipe/run value; loss terms read as a sum."""
+    if key == "loss" and isinstance(value, list) and all(isinstance(t, dict) for t in value):
+        terms = []
+        for term in value:
+            text = f"{term.get('weight', 1)} × {term.get('loss', term.get('name', '?'))}"
+            extra = {k: v for k, v in term.items() if k not in ("loss", "name", "weight")}
+            if extra:
+                text += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
+            terms.append(text)
+        return " + ".join(terms) if terms else DASH
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return DASH if value is None else str(value)

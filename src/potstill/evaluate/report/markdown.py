@@ -1,0 +1,46 @@
+"""report.md: the same findings, table and details as the HTML page, for a terminal or a
+repository viewer; plots are linked, not inlined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from potstill.evaluate.report.format import (
+    METRICS_NOTE,
+    details,
+    headline,
+    metrics_table,
+    subtitle,
+    title,
+)
+from potstill.evaluate.report.schema import Report
+
+
+def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:
+    """report.md: headline, the metrics table, data, recipe and run, and the plots.
+
+    `plot_files` are paths relative to report.md (``plots/NAME.png``).
+    """
+    lines = [f"# {title(report)}", "", f"_{subtitle(report)}_", ""]
+    lines += [f"- **{label}: {value}.** {sentence}" for label, value, sentence in headline(report)]
+    header, rows = metrics_table(report)
+    lines += ["", "## Models", "", _row(header)]
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += [_row(row) for row in rows]
+    lines += ["", METRICS_NOTE]
+    for section, pairs in details(report):
+        if pairs:
+            lines += ["", f"## {section}", ""]
+            lines += [f"- **{key}**: {_cell(value)}" for key, value in pairs]
+    if plot_files:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(file).stem.replace('_', ' ')}]({file})" for file in plot_files]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(_cell(cell) for cell in cells) + " |"

@@ -1,0 +1,156 @@
+"""report.json as a type: the sections DESIGN.md fixes ("Run folder", "Report additions").
+
+Every number is optional, so one schema serves a full run (teacher, student, baseline),
+an `eval` of one model, and any task. A non-finite float is stored as None, so the file
+is valid JSON (null) and reading it back gives an equal `Report`. The typed sections
+refuse unknown keys, so a misspelt field fails where it is written, not where it is read;
+`recipe`, `budget` and `seeds` are free, JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
+
+SCHEMA_VERSION = 2
+ROLES = ("teacher", "student", "baseline")
+
+
+def json_ready(value: Any) -> Any:
+    """Plain JSON types: dataclasses and tensors unpacked, paths as text, NaN/inf as None.
+
+    Pydantic models become their JSON-mode dicts.
+
+    >>> json_ready({"ppl": float("inf"), "path": Path("runs/x"), "steps": (1, 2)})
+    {'ppl': None, 'path': 'runs/x', 'steps': [1, 2]}
+    """
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # torch / numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# Optional values, None when unknown: tensor and numpy scalars are unpacked, paths become
+# text, and NaN or ±inf become None.
+Number = Annotated[float | None, BeforeValidator(json_ready)]
+Count = Annotated[int | None, BeforeValidator(json_ready)]
+Text = Annotated[str | None, BeforeValidator(json_ready)]
+
+
+class Section(BaseModel):
+    """A typed part of the report: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Agreement(Section):
+    """How often a model agrees with the teacher, on the held-out tokens."""
+
+    top1: Number = None  # share of tokens where the argmaxes match, 0..1
+    kl: Number = None  # KL(teacher ‖ model), nats per token
+
+
+class ModelEntry(Section):
+    """One evaluated model: size, quality, speed, and for students agreement with the teacher."""
+
+    ref: Text = None  # the model reference it was loaded from
+    params: Count = None
+    size_bytes: Count = None
+    perplexity: Number = None  # held-out split
+    loss: Number = None  # held-out cross-entropy, nats per token
+    tokens_per_second: Number = None  # generation, batch 1, greedy, this machine
+    train_seconds: Number = None
+    agreement: Agreement | None = None
+    accuracy: Number = None  # tasks with labels
+    f1: Number = None  # macro-F1
+    ece: Number = None  # expected calibration error
+    peak_ram_bytes: Count = None
+
+
+class RunInfo(Section):
+    """Where and how the run happened."""
+
+    name: Text = None
+    wall_seconds: Number = None
+    device: Text = None
+    threads: Count = None
+    machine: Text = None
+    precision: Text = None
+
+
+class DataInfo(Section):
+    """The data the models were trained and scored on."""
+
+    name: Text = None
+    train_tokens: Count = None
+    heldout_tokens: Count = None
+    split: Text = None  # one line: how the held-out set was chosen
+    fingerprint: Text = None
+
+
+class Summary(Section):
+    """The student against the teacher and the baseline; None where a number is missing."""
+
+    gap_closed: Number = None
+    student_params_fraction: Number = None
+    student_size_fraction: Number = None
+    student_vs_baseline_perplexity: Number = None
+    student_vs_teacher_perplexity: Number = None
+    student_speedup: Number = None
+
+
+class BreakEven(Section):
+    """Teacher and training compute against the student's saving per call."""
+
+    distill_seconds: Number = None
+    teacher_seconds_per_1k: Number = None
+    student_seconds_per_1k: Number = None
+    calls_to_repay: Number = None
+
+
+FreeDict = Annotated[dict[str, Any], BeforeValidator(json_ready)]
+
+
+class Report(Section):
+    """The whole of report.json. Models are keyed by role (`teacher`, `student`,
+    `baseline`) or any other name, and kept in that order, roles first."""
+
+    schema_version: int = SCHEMA_VERSION
+    potstill_version: str
+    created: str  # ISO 8601, UTC
+    run: RunInfo = RunInfo()
+    data: DataInfo = DataInfo()
+    recipe: FreeDict = {}
+    models: dict[str, ModelEntry] = {}
+    summary: Summary
+    budget: FreeDict | None = None
+    seeds: FreeDict | None = None
+    break_even: BreakEven | None = None
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _roles_first(cls, models: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        ordered = {name: models[name] for name in ROLES if name in models}
+        ordered.update((name, entry) for name, entry in models.items() if name not in ordered)
+        return ordered
+
+    @classmethod
+    def load(cls, path: str | Path) -> Report:
+        """Read a report.json written by `write_report`."""
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))

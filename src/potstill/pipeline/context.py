@@ -1,0 +1,61 @@
+"""What the stages of one run share: the recipe, its folder, its device, and the teacher,
+tokenizer and data, each loaded once and only when a stage needs it."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from potstill.config import Recipe
+from potstill.data import LMData, load_data
+from potstill.models.load import load_causal_lm, weights_sha256
+from potstill.util.device import autocast_dtype, resolve_device
+from potstill.util.log import log
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    run_dir: Path
+    resume: bool = False
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self.recipe.device)
+
+    @functools.cached_property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.recipe.train.precision, self.device)
+
+    @functools.cached_property
+    def _teacher(self) -> tuple[torch.nn.Module, Any]:
+        if self.recipe.train.threads:
+            torch.set_num_threads(self.recipe.train.threads)
+        log(f"teacher {self.recipe.teacher}")
+        model, tokenizer = load_causal_lm(self.recipe.teacher, log=lambda m: log(f"  {m}"))
+        return model.to(self.device), tokenizer
+
+    @property
+    def teacher(self) -> torch.nn.Module:
+        return self._teacher[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._teacher[1]
+
+    @functools.cached_property
+    def data(self) -> LMData:
+        data = load_data(self.recipe.data, self.tokenizer)
+        log(
+            f"data {data.name}: {data.train.num_tokens:,} train tokens, "
+            f"{data.heldout.num_tokens:,} held-out ({data.split})"
+        )
+        return data
+
+    @functools.cached_property
+    def teacher_sha256(self) -> str:
+        return weights_sha256(self.recipe.teacher)

@@ -1,0 +1,52 @@
+"""Stage markers: what each finished stage was made from.
+
+A finished stage writes ``stages/NAME.json`` holding the fingerprint of its inputs (a
+sha256 over the recipe keys it reads and the fingerprints of the stages it consumes) and
+what it measured. ``--resume`` skips a stage whose marker matches and redoes one whose
+inputs changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from potstill.util.io import atomic_write_json
+
+
+def fingerprint(*parts: Any) -> str:
+    """sha256 of the parts as canonical JSON.
+
+    >>> fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+    True
+    """
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def marker_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / "stages" / f"{stage}.json"
+
+
+def finished(run_dir: Path, stage: str, print_: str) -> dict[str, Any] | None:
+    """The marker of ``stage`` if it finished with fingerprint ``print_``, else None."""
+    path = marker_path(run_dir, stage)
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return marker if marker.get("fingerprint") == print_ else None
+
+
+def mark_finished(run_dir: Path, stage: str, print_: str, **info: Any) -> dict[str, Any]:
+    marker = {"stage": stage, "fingerprint": print_, **info}
+    atomic_write_json(marker_path(run_dir, stage), marker)
+    return marker
+
+
+def forget(run_dir: Path, stage: str) -> None:
+    marker_path(run_dir, stage).unlink(missing_ok=True)

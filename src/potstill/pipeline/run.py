@@ -1,0 +1,99 @@
+"""Runs of the pipeline: the whole plan (`run`), or one stage (`teach`, `distill`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from potstill.cache.store import TeacherCache
+from potstill.config import Recipe
+from potstill.evaluate.report import Report
+from potstill.pipeline.context import RunContext
+from potstill.pipeline.run_dir import prepare_run_dir
+from potstill.pipeline.stages import (
+    CE_ONLY,
+    distill_stage,
+    evaluate_stage,
+    report_stage,
+    teacher_signal,
+)
+from potstill.util.errors import PotstillError
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `run` leaves: the typed report and the run folder."""
+
+    report: Report | None
+    run_dir: Path
+
+    @property
+    def html(self) -> Path:
+        return self.run_dir / "report.html"
+
+
+def plan(recipe: Recipe) -> list[str]:
+    """The stages `run` performs for ``recipe``, in order.
+
+    >>> plan(Recipe())
+    ['teach', 'distill', 'baseline', 'evaluate', 'report']
+    >>> plan(Recipe(teach={"enabled": False}, eval={"baseline": False}))
+    ['distill', 'evaluate', 'report']
+    """
+    stages = []
+    if recipe.needs_teacher_logits and recipe.teach.enabled:
+        stages.append("teach")
+    stages.append("distill")
+    if recipe.eval.baseline:
+        stages.append("baseline")
+    stages += ["evaluate", "report"]
+    return [s for s in stages if recipe.wants(s)]
+
+
+def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
+    """Run ``recipe``'s plan: teach, distil, train the baseline, evaluate, report."""
+    started = time.perf_counter()
+    stages = plan(recipe)
+    if "report" in stages and "evaluate" not in stages:
+        raise PotstillError("stages: report needs evaluate; add it, or drop report")
+    ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
+    source, source_print = teacher_signal(ctx, teach_now="teach" in stages)
+    trained: dict[str, tuple[float, str]] = {}
+    if "distill" in stages:
+        trained["student"] = distill_stage(
+            ctx, name="student", terms=recipe.terms, source=source, source_print=source_print
+        )
+    if "baseline" in stages:
+        trained["baseline"] = distill_stage(
+            ctx, name="baseline", terms=CE_ONLY, source=None, source_print="none"
+        )
+    report = None
+    if "evaluate" in stages:
+        models = evaluate_stage(ctx, trained)
+        if "report" in stages:
+            report = report_stage(
+                ctx, models, source=source, wall_seconds=time.perf_counter() - started
+            )
+    return RunResult(report, ctx.run_dir)
+
+
+def teach_only(recipe: Recipe) -> TeacherCache:
+    """Fill (or finish) the recipe's teacher cache; return it."""
+    # An existing cache of the same recipe is always continued: it is verified shard by
+    # shard, and teaching is deterministic, so that is the same as starting again.
+    ctx = RunContext(recipe, prepare_run_dir(recipe, resume=True))
+    if not recipe.needs_teacher_logits:
+        raise PotstillError("this recipe has no distillation loss term: nothing to teach")
+    source, _ = teacher_signal(ctx, teach_now=True)
+    if not isinstance(source, TeacherCache):
+        raise PotstillError("teach.enabled is false: set teach.enabled=true to teach a cache")
+    return source
+
+
+def distill_only(recipe: Recipe, *, resume: bool = False) -> Path:
+    """Train the recipe's student from its cache (or a live teacher); return its folder."""
+    ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
+    source, source_print = teacher_signal(ctx, teach_now=False)
+    distill_stage(ctx, name="student", terms=recipe.terms, source=source, source_print=source_print)
+    return ctx.run_dir / "student"

@@ -1,0 +1,297 @@
+"""The stages of a run: teach, distill, baseline, evaluate, report.
+
+Each leaves a finished artefact (the cache, ``student/``, ``baseline/``, the evaluation,
+the report files) and a marker with the fingerprint of its inputs (`markers`), so a
+resumed run skips what is done and redoes what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from potstill.cache.store import TeacherCache
+from potstill.cache.teach import cache_source, plan_blocks, teach
+from potstill.data.order import scheduled_blocks
+from potstill.evaluate.lm import evaluate_models
+from potstill.evaluate.report import Report, build_report, write_report
+from potstill.losses import LossTerm
+from potstill.models.student import build_student, save_student, wrap_adapter
+from potstill.pipeline.context import RunContext
+from potstill.pipeline.markers import fingerprint, finished, forget, mark_finished
+from potstill.tasks.causal_lm import CausalLM
+from potstill.teachers import LiveTeacher, TeacherSource
+from potstill.train.loop import train
+from potstill.util.log import log
+
+CE_ONLY = [LossTerm("cross_entropy")]
+
+
+# --- teach -------------------------------------------------------------------------------
+
+
+def schedule(ctx: RunContext) -> list[int]:
+    """The blocks training visits, in order of first visit (the cache must hold them)."""
+    cfg = ctx.recipe.train
+    return scheduled_blocks(
+        len(ctx.data.train),
+        micro_batches=cfg.steps * cfg.grad_accum,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+
+
+def cache_plan(ctx: RunContext) -> list[int]:
+    """The blocks to teach: the schedule's, or more with `teach.blocks`."""
+    return plan_blocks(schedule(ctx), len(ctx.data.train), ctx.recipe.teach.blocks)
+
+
+def _source(ctx: RunContext) -> dict[str, Any]:
+    return cache_source(
+        ctx.recipe.teacher,
+        ctx.tokenizer,
+        data_fingerprint=ctx.data.fingerprint,
+        block_size=ctx.recipe.data.block_size,
+    )
+
+
+def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource | None, str]:
+    """Where the student's teacher signal comes from, and that source's fingerprint.
+
+    With ``teach.enabled`` the cache is used; ``teach_now`` fills (or finishes) it first,
+    otherwise an existing one is used and, without one, the teacher runs live.
+    """
+    recipe = ctx.recipe
+    if not recipe.needs_teacher_logits:
+        return None, "none"
+    live = LiveTeacher(ctx.teacher, autocast_dtype=ctx.autocast_dtype)
+    live_print = fingerprint("live", ctx.teacher_sha256, recipe.teacher)
+    if not recipe.teach.enabled:
+        log("teacher: live at every step (teach.enabled=false)")
+        return live, live_print
+    directory = recipe.cache_dir
+    if not teach_now and not (directory / "manifest.json").is_file():
+        log(
+            f"no teacher cache at {directory}: the teacher runs live at every step "
+            "(`potstill teach` first pays it once)"
+        )
+        return live, live_print
+    source = _source(ctx)
+    plan = cache_plan(ctx)
+    settings = recipe.teach.model_dump(exclude={"cache", "batch_size", "shard_blocks"})
+    print_ = fingerprint(source, settings, recipe.teach_temperature, plan)
+    if teach_now:
+        started = time.perf_counter()
+        cache = teach(
+            live,
+            ctx.data.train,
+            directory=directory,
+            source=source,
+            settings=recipe.teach,
+            temperature=recipe.teach_temperature,
+            plan=plan,
+            log=log,
+        )
+        seconds = time.perf_counter() - started
+        done = finished(ctx.run_dir, "teach", print_)
+        if done is None:  # first time (or changed): record how long teaching took
+            done = mark_finished(ctx.run_dir, "teach", print_, seconds=seconds)
+        log(f"teacher cache {directory}: {_cache_line(cache)} ({seconds:.0f} s)")
+    else:
+        cache = TeacherCache.load(directory, source)
+        log(f"teacher cache {directory}: {_cache_line(cache)}")
+    cache.check_covers(schedule(ctx))
+    return cache, print_
+
+
+def _cache_line(cache: TeacherCache) -> str:
+    m = cache.manifest
+    return (
+        f"{m.tokens:,} tokens, top {m.top_k} at T={m.temperature:g}, "
+        f"{m.bytes_per_token:.1f} B/token, reconstruction KL {m.reconstruction_kl_mean:.4f}"
+    )
+
+
+def teach_seconds(ctx: RunContext) -> float:
+    path = ctx.run_dir / "stages" / "teach.json"
+    return float(json.loads(path.read_text()).get("seconds", 0.0)) if path.is_file() else 0.0
+
+
+# --- distill / baseline ---------------------------------------------------------------------
+
+
+def distill_stage(
+    ctx: RunContext,
+    *,
+    name: str,
+    terms: list[LossTerm],
+    source: TeacherSource | None,
+    source_print: str,
+) -> tuple[float, str]:
+    """Train one student (``name`` = "student" or "baseline") and save it.
+
+    Returns the training seconds and the stage's fingerprint. Skipped when the stage
+    finished with the same inputs; a checkpoint made from other inputs is discarded.
+    """
+    recipe, run_dir = ctx.recipe, ctx.run_dir
+    out = run_dir / name
+    train_keys = recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"})
+    print_ = fingerprint(
+        name,
+        recipe.student.model_dump(mode="json"),
+        [[t.loss, t.weight, t.temperature, dict(t.params)] for t in terms],
+        train_keys,
+        recipe.data.model_dump(mode="json"),
+        recipe.teacher,
+        source_print,
+    )
+    done = finished(run_dir, name, print_)
+    if done is not None and (out / "config.json").is_file():
+        log(f"{name}: already trained, skipping ({out})")
+        return float(done["train_seconds"]), print_
+    forget(run_dir, name)
+    checkpoints = run_dir / "checkpoints" / name
+    owner = run_dir / "checkpoints" / f"{name}.fingerprint"
+    if checkpoints.exists() and (not owner.is_file() or owner.read_text() != print_):
+        log(f"{name}: its checkpoint was made from other inputs; starting again")
+        shutil.rmtree(checkpoints)
+    owner.parent.mkdir(parents=True, exist_ok=True)
+    owner.write_text(print_)
+    student, student_tokenizer = build_student(
+        recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
+    )
+    model = wrap_adapter(student.to(ctx.device), recipe.student)
+    result = train(
+        model,
+        ctx.data.train,
+        CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens),
+        recipe.train,
+        teacher=source,
+        name=name,
+        checkpoint_dir=checkpoints,
+        metrics_path=run_dir / "metrics.jsonl",
+        resume=True,
+        device=ctx.device,
+        autocast_dtype=ctx.autocast_dtype,
+    )
+    save_student(model, student_tokenizer, out)
+    mark_finished(run_dir, name, print_, train_seconds=result.seconds, steps=result.steps)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    owner.unlink(missing_ok=True)
+    return result.seconds, print_
+
+
+# --- evaluate / report ------------------------------------------------------------------------
+
+
+def evaluate_stage(
+    ctx: RunContext, trained: dict[str, tuple[float, str]]
+) -> dict[str, dict[str, Any]]:
+    """Score the teacher and every trained model; cached in the stage marker."""
+    recipe = ctx.recipe
+    print_ = fingerprint(
+        recipe.eval.model_dump(exclude={"baseline"}),
+        recipe.data.model_dump(mode="json"),
+        recipe.teacher,
+        {name: p for name, (_, p) in trained.items()},
+    )
+    done = finished(ctx.run_dir, "evaluate", print_)
+    if done is not None:
+        log("evaluate: already done for these models, skipping")
+        return done["models"]
+    refs = {"teacher": recipe.teacher, **{k: str(ctx.run_dir / k) for k in trained}}
+    models = evaluate_models(
+        refs,
+        ctx.data,
+        teacher_key="teacher",
+        batch_size=recipe.eval.batch_size,
+        generate_tokens=recipe.eval.generate_tokens,
+        preloaded={"teacher": ctx.teacher},
+        device=ctx.device,
+    )
+    for key, (seconds, _) in trained.items():
+        models[key]["train_seconds"] = seconds
+    mark_finished(ctx.run_dir, "evaluate", print_, models=_jsonable(models))
+    return models
+
+
+def report_stage(
+    ctx: RunContext,
+    models: dict[str, dict[str, Any]],
+    *,
+    source: TeacherSource | None,
+    wall_seconds: float,
+) -> Report:
+    recipe, data = ctx.recipe, ctx.data
+    report = build_report(
+        run={
+            "name": recipe.name,
+            "wall_seconds": wall_seconds,
+            "device": str(ctx.device),
+            "precision": str(ctx.autocast_dtype or torch.float32).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+        },
+        data={
+            "name": data.name,
+            "train_tokens": data.train.num_tokens,
+            "heldout_tokens": data.heldout.num_tokens,
+            "split": data.split,
+            "fingerprint": data.fingerprint,
+        },
+        recipe={
+            "loss": [_term_summary(t) for t in recipe.terms],
+            "student": recipe.student.model_dump(
+                exclude_none=True, exclude={"lora"} if recipe.student.adapter == "full" else None
+            ),
+            **recipe.train.model_dump(include={"steps", "batch_size", "grad_accum", "lr"}),
+            "block_size": recipe.data.block_size,
+            "teacher_signal": _signal_summary(source, teach_seconds(ctx)),
+        },
+        models=models,
+    )
+    write_report(ctx.run_dir, report, read_curves(ctx.run_dir / "metrics.jsonl"))
+    return report
+
+
+def read_curves(metrics: Path) -> dict[str, list[dict]]:
+    curves: dict[str, list[dict]] = {}
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line)
+            curves.setdefault(row["model"], []).append(row)
+    return curves
+
+
+def _term_summary(term: LossTerm) -> dict[str, Any]:
+    """A loss term as the report shows it: no temperature on cross-entropy."""
+    summary: dict[str, Any] = {"loss": term.loss, "weight": term.weight}
+    if term.spec.tempered:
+        summary["temperature"] = term.temperature
+    return {**summary, **term.params}
+
+
+def _signal_summary(source: TeacherSource | None, seconds: float) -> dict[str, Any]:
+    if isinstance(source, TeacherCache):
+        summary = {"from": "cache", "teach_seconds": seconds, **source.summary()}
+        return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in summary.items()}
+    return {"from": "live teacher" if source is not None else "none"}
+
+
+def _jsonable(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    import math
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return clean(models)

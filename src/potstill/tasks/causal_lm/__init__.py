@@ -1,0 +1,75 @@
+"""Causal-LM distillation: next-token losses on text blocks, perplexity and agreement.
+
+Everything that knows about the causal shift and the language-model head lives here:
+the student's step (`step`: the loss fused with the output layer), the count of tokens a
+batch trains on, and the held-out metrics (`metrics`: perplexity, top-1 agreement and
+KL to the teacher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from potstill.data.batch import Batch
+from potstill.losses import LossTerm, signal_request
+from potstill.signals import SignalRequest, TeacherOutputs
+from potstill.tasks.causal_lm.metrics import LMScores, score_models
+from potstill.tasks.causal_lm.step import FusedHead, find_fused_head, student_loss
+from potstill.util.tokens import IGNORE_INDEX
+
+__all__ = ["CausalLM", "FusedHead", "LMScores", "find_fused_head", "score_models", "student_loss"]
+
+
+@dataclass
+class CausalLM:
+    """The causal-LM task: what a training loop asks of a task.
+
+    Args:
+        terms: the loss terms (token kinds: cross-entropy and KD divergences).
+        chunk_tokens: tokens per chunk of the loss fused with the output layer.
+    """
+
+    terms: Sequence[LossTerm]
+    chunk_tokens: int = 128
+    name: str = "causal_lm"
+    _fused: dict[int, FusedHead | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def request(self) -> SignalRequest:
+        """What the teacher must produce for these terms."""
+        return signal_request(self.terms)
+
+    def count(self, batch: Batch) -> int:
+        """The tokens ``batch`` trains on: labels after the causal shift, not -100."""
+        return int(((batch.labels[:, 1:] != IGNORE_INDEX) & batch.attention_mask[:, 1:]).sum())
+
+    def prepare(self, model: nn.Module, sample: Batch) -> None:
+        """Find the model's fused head once (checked against its own logits)."""
+        self._fused[id(model)] = find_fused_head(model, sample.input_ids[:1])
+
+    def loss(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        teacher: TeacherOutputs | None,
+        *,
+        num_tokens: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted loss of one micro-batch, divided by ``num_tokens`` (the step's)."""
+        if id(model) not in self._fused:
+            self.prepare(model, batch)
+        return student_loss(
+            model,
+            self._fused[id(model)],
+            batch.input_ids,
+            batch.labels,
+            None if teacher is None else teacher.distributions,
+            self.terms,
+            num_tokens=num_tokens,
+            chunk_tokens=self.chunk_tokens,
+            attention_mask=None if batch.packed else batch.attention_mask,
+        )
