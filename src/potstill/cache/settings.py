@@ -17,9 +17,8 @@ class TeachConfig(Strict):
     """
 
     enabled: bool = True
-    # 64: 88.9 bytes/token on the default data. The teacher keeps 19% of its mass outside
-    # its top 64 there, and students trained from the cache trail live-teacher ones (60
-    # steps: 188.5 vs 169.5 perplexity; top-256 177.1); see README, Benchmarks.
+    # 64: under 100 bytes/token on the default data; larger k costs bytes and, at the
+    # default lr, stability (bench/results/defaults.md, bench/results/cache.txt).
     top_k: int = Field(64, ge=1)
     # The temperature the cached log-probabilities are taken at. None: the KD terms' own
     # temperature when they share one (re-tempering the tail is then exact), else 1.

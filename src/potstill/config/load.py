@@ -18,6 +18,10 @@ from pydantic import BaseModel, ValidationError
 from potstill.config.schema import Recipe
 from potstill.util.errors import PotstillError
 
+# The embedded default run (`potstill run` with no recipe) fits its steps to this many
+# minutes on the machine it runs on (README: the time range measured).
+DEFAULT_BUDGET_MINUTES = 14.0
+
 
 def load_recipe(
     path: str | Path | Mapping[str, Any] | Recipe | None = None,
@@ -51,6 +55,8 @@ def load_recipe(
         if loaded is not None and not isinstance(loaded, dict):
             raise PotstillError(f"recipe {path} must be a YAML mapping of keys to values")
         raw = loaded or {}
+    if path is None and not raw:  # the embedded default: it must fit a slow machine too
+        raw["budget_minutes"] = DEFAULT_BUDGET_MINUTES
     apply_overrides(raw, overrides or [])
     return validate_recipe(raw, source=str(path) if path else "recipe")
 

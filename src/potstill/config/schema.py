@@ -79,6 +79,9 @@ class Recipe(Strict):
     runs_dir: str = "runs"
     # auto: a CUDA GPU when there is one, else Apple's mps, else the CPU.
     device: str = "auto"
+    # Fit train.steps to this many minutes for the whole run, measured on this machine
+    # (pipeline/budget.py); None = run the steps as given. The embedded default sets it.
+    budget_minutes: float | None = Field(None, gt=0.0)
     # The stages `run` performs, in this order; None = all that apply (see STAGES).
     stages: list[Literal[STAGES]] | None = None  # type: ignore[valid-type]
 

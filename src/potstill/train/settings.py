@@ -10,8 +10,8 @@ from potstill.util.schema import Strict
 
 
 class TrainConfig(Strict):
-    # lr 7e-4: at 1e-3 the cross-entropy-only baseline of the default run can diverge
-    # (measured: gradient norm 105, held-out perplexity 530), which flatters distillation.
+    # lr 7e-4: at 1e-3 the cross-entropy-only baseline of the default run can diverge,
+    # which flatters distillation (bench/results/defaults.md).
     steps: int = Field(130, ge=1)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -28,8 +28,7 @@ class TrainConfig(Strict):
     # Tokens per chunk of the loss fused with the student's output projection: the
     # student's (tokens x vocab) logits exist one chunk at a time. 128 keeps a chunk's
     # float32 (c, V) temporaries under glibc's 32 MB mmap threshold at V = 49,152, so they
-    # are reused instead of mapped and page-faulted afresh (measured: the default KD loss
-    # on 508 tokens 0.75 s at 128, 1.03 s at 512; bench/loss.py at 4,096 tokens).
+    # are reused instead of mapped afresh (bench/results/defaults.md, bench/loss.py).
     chunk_tokens: int = Field(128, ge=1)
     # auto: bf16 autocast on a GPU (fp16 where bf16 is missing), fp32 on the CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -1,0 +1,147 @@
+"""A time budget for a whole run: measure this machine, then fit the step count to it.
+
+Machines of one kind differ by up to 3× in speed, so a fixed step count that fits 15
+minutes on one can take 30 on another. With ``budget_minutes`` set (the embedded default
+recipe sets it), the run times the teacher's forward pass and two training steps of the
+student on this machine before teaching, estimates the whole run (teach, student,
+baseline, evaluation), and lowers ``train.steps`` until the estimate fits. The decision
+is kept in ``stages/budget.json`` (a resumed run reuses it, so its fingerprints do not
+move) and shown in the report. A machine fast enough keeps every step: the result is
+the unscaled recipe's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+
+from potstill.config import Recipe
+from potstill.data.order import scheduled_blocks
+from potstill.losses import LossTerm
+from potstill.models.student import build_student, wrap_adapter
+from potstill.pipeline.context import RunContext
+from potstill.signals import SignalRequest
+from potstill.tasks.causal_lm import CausalLM
+from potstill.teachers import LiveTeacher
+from potstill.util.io import atomic_write_json
+from potstill.util.log import log
+
+# A cache-fed KD step costs this much more than a cross-entropy step (the sparse KD
+# term on top of the same forward/backward; see bench/results/step.txt).
+KD_STEP_FACTOR = 1.2
+# Fixed costs not covered by the measurements: saving students, loading them for
+# evaluation, generation-speed timing, the report.
+OVERHEAD_SECONDS = 45.0
+MIN_STEPS = 20
+
+
+def fit_budget(ctx: RunContext, started: float) -> Recipe:
+    """The recipe to run: ``ctx.recipe`` with ``train.steps`` fitted to its budget."""
+    recipe = ctx.recipe
+    if recipe.budget_minutes is None:
+        return recipe
+    path = ctx.run_dir / "stages" / "budget.json"
+    if path.is_file():
+        decision = json.loads(path.read_text())
+    else:
+        decision = _decide(ctx, started)
+        atomic_write_json(path, decision)
+    steps = decision["steps"]
+    if steps != recipe.train.steps:
+        log(
+            f"budget {recipe.budget_minutes:g} min: train.steps {recipe.train.steps} → {steps} "
+            f"on this machine (estimated {decision['estimated_minutes_at_requested']:.1f} min "
+            f"at {recipe.train.steps} steps)"
+        )
+    else:
+        log(
+            f"budget {recipe.budget_minutes:g} min: all {steps} steps fit (estimated "
+            f"{decision['estimated_minutes']:.1f} min)"
+        )
+    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"steps": steps})})
+
+
+def _decide(ctx: RunContext, started: float) -> dict[str, Any]:
+    recipe, data = ctx.recipe, ctx.data
+    teacher_block = _teacher_seconds_per_block(ctx)
+    step = _student_step_seconds(ctx)
+    kd_step = step * (KD_STEP_FACTOR if recipe.needs_teacher_logits else 1.0)
+    baseline_step = step if recipe.eval.baseline else 0.0
+    heldout_blocks = len(data.heldout)
+    # evaluation: teacher + two students forward over the held-out blocks
+    evaluate = heldout_blocks * teacher_block * 1.8
+    spent = time.perf_counter() - started
+    cached = recipe.needs_teacher_logits and recipe.teach.enabled
+
+    def estimate(steps: int) -> float:
+        cfg = recipe.train
+        blocks = len(
+            scheduled_blocks(
+                len(data.train),
+                micro_batches=steps * cfg.grad_accum,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+            )
+        )
+        teach = blocks * teacher_block * 1.1 if cached else 0.0
+        live = 0.0 if cached or not recipe.needs_teacher_logits else steps * cfg.batch_size
+        live *= teacher_block
+        train = steps * cfg.grad_accum * (kd_step + baseline_step) + live
+        return spent + teach + train + evaluate + OVERHEAD_SECONDS
+
+    budget = recipe.budget_minutes * 60
+    steps = recipe.train.steps
+    while steps > MIN_STEPS and estimate(steps) > budget:
+        steps = max(MIN_STEPS, int(steps * 0.95))
+    return {
+        "minutes": recipe.budget_minutes,
+        "requested_steps": recipe.train.steps,
+        "steps": steps,
+        "estimated_minutes": estimate(steps) / 60,
+        "estimated_minutes_at_requested": estimate(recipe.train.steps) / 60,
+        "measured": {
+            "teacher_seconds_per_block": teacher_block,
+            "student_step_seconds": step,
+            "seconds_before_teaching": spent,
+        },
+    }
+
+
+def _teacher_seconds_per_block(ctx: RunContext) -> float:
+    """The teacher's forward pass over one teach batch, per block (second of two runs)."""
+    n = min(ctx.recipe.teach.batch_size, len(ctx.data.train))
+    batch = ctx.data.train.batch(torch.arange(n))
+    live = LiveTeacher(ctx.teacher, autocast_dtype=ctx.autocast_dtype)
+    seconds = []
+    for _ in range(2):
+        begin = time.perf_counter()
+        live.outputs(batch, SignalRequest())
+        seconds.append(time.perf_counter() - begin)
+    return min(seconds) / n
+
+
+def _student_step_seconds(ctx: RunContext) -> float:
+    """Two forward/backward/update steps of a throwaway student with cross-entropy."""
+    recipe = ctx.recipe
+    student, _ = build_student(recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed)
+    model = wrap_adapter(student.to(ctx.device), recipe.student)
+    task = CausalLM([LossTerm("cross_entropy")], chunk_tokens=recipe.train.chunk_tokens)
+    n = min(recipe.train.batch_size, len(ctx.data.train))
+    batch = ctx.data.train.batch(torch.arange(n)).to(ctx.device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    rng = torch.get_rng_state()
+    seconds = []
+    model.train()
+    for _ in range(3):
+        begin = time.perf_counter()
+        loss, _ = task.loss(model, batch, None, num_tokens=task.count(batch))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - begin)
+    torch.set_rng_state(rng)
+    del model, student, optimizer
+    return min(seconds[1:]) * recipe.train.grad_accum
