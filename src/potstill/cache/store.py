@@ -23,394 +23,43 @@ read as format 2; the next `CacheWriter.open` rewrites it on disk as format 2.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from potstill.cache import codec
+from potstill.cache.manifest import (
+    FORMAT,
+    MANIFEST,
+    SETTINGS_FIELDS,
+    SOURCE_FIELDS,
+    Fidelity,
+    Manifest,
+    Shard,
+    ShardFields,
+    TopKFile,
+    check_codec,
+    check_source,
+    read_manifest,
+    read_with_format,
+)
 from potstill.data.batch import Batch
 from potstill.signals import SignalRequest, SparseSignal, TeacherOutputs
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_bytes, atomic_write_text, sha256_file
 
-MANIFEST = "manifest.json"
-FORMAT = 2
-READS = (1, 2)  # manifest formats this potstill reads; 1 is upgraded to 2 on reading
-TOP_K_CODEC = "ptkc"  # `codec`'s payloads (its magic, "PTKC")
-TOP_K_CODEC_VERSION = codec.VERSION
-
-# What made a cache, by the name a `Manifest` property and an ``expected`` dict use, with
-# the words an error message uses. The first group decides what the signal *means*: a
-# cache with any of them different is refused for training. The second only decides its
-# resolution; `teach` refuses to extend a cache made with other settings.
-SOURCE_FIELDS = {
-    "teacher": "teacher",
-    "teacher_sha256": "teacher (weights)",
-    "tokenizer_sha256": "tokenizer",
-    "data_fingerprint": "dataset",
-    "block_size": "block size",
-}
-SETTINGS_FIELDS = {
-    "vocab_size": "vocabulary size",
-    "top_k": "teach.top_k",
-    "temperature": "temperature",
-    "bits": "teach.bits",
-}
-
-
-class Fidelity(BaseModel):
-    """How far the reconstructed distribution is from the teacher's full one.
-
-    Measured on a sample of each shard's tokens, its first block (the full-vocabulary KL
-    of 8 blocks took 1.2 s against 2.0 s for the teacher's forward pass over them):
-    ``KL(teacher ‖ cache)`` where the cache's distribution puts the dequantized
-    probabilities on the k ids and spreads the tail mass evenly over the other ids.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    tokens: int = 0
-    kl_sum: float = 0.0
-    tail_mass_sum: float = 0.0
-
-    def __add__(self, other: Fidelity) -> Fidelity:
-        return Fidelity(
-            tokens=self.tokens + other.tokens,
-            kl_sum=self.kl_sum + other.kl_sum,
-            tail_mass_sum=self.tail_mass_sum + other.tail_mass_sum,
-        )
-
-    @property
-    def kl_mean(self) -> float:
-        return self.kl_sum / max(self.tokens, 1)
-
-    @property
-    def tail_mass_mean(self) -> float:
-        return self.tail_mass_sum / max(self.tokens, 1)
-
-
-class Source(BaseModel):
-    """What the cached signal was computed from: a cache serves this source only."""
-
-    model_config = ConfigDict(extra="forbid")
-    teacher: str
-    teacher_sha256: str
-    tokenizer_sha256: str
-    data_fingerprint: str
-    block_size: int
-    vocab_size: int  # the teacher's output rows: what the stored ids index
-
-
-class TopK(BaseModel):
-    """The ``top_k`` field: per token the teacher's ``k`` likeliest ids, their
-    log-probabilities at ``temperature`` quantized to ``bits``, and the tail mass.
-
-    The totals (over every shard, recomputed on every write) are for readers of the JSON.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    codec: Literal["ptkc"] = TOP_K_CODEC
-    codec_version: int = TOP_K_CODEC_VERSION
-    k: int
-    temperature: float
-    bits: int
-    bytes: int = 0
-    bytes_per_token: float | None = None
-    reconstruction_kl_mean: float | None = None
-    tail_mass_mean: float | None = None
-
-
-class Fields(BaseModel):
-    """One section per field the cache stores."""
-
-    model_config = ConfigDict(extra="forbid")
-    top_k: TopK
-
-
-class TopKFile(BaseModel):
-    """A shard's ``top_k`` file, and the fidelity measured on a sample of its tokens."""
-
-    model_config = ConfigDict(extra="forbid")
-    file: str
-    sha256: str
-    bytes: int
-    fidelity: Fidelity
-
-
-class ShardFields(BaseModel):
-    """A shard's file for each field in `Fields`."""
-
-    model_config = ConfigDict(extra="forbid")
-    top_k: TopKFile
-
-
-class Shard(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    blocks: list[int]  # training blocks, in the order their positions are stored
-    rank: int = 0  # the process that taught it
-    fields: ShardFields
-
-    def files(self) -> list[TopKFile]:
-        """Every file of the shard, one per stored field."""
-        return [self.fields.top_k]
-
-
-class Manifest(BaseModel):
-    """``manifest.json``, format 2.
-
-    Read-only properties (``teacher``, ``block_size``, ``vocab_size``, ``top_k``,
-    ``temperature``, ``bits``, …) give one setting without naming its section.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    format: Literal[2] = FORMAT
-    source: Source
-    fields: Fields
-    plan: list[int]  # the training blocks the cache is to hold, in teaching order
-    shards: list[Shard] = []
-    # Totals over the shards and every field, kept for readers of the JSON.
-    tokens: int = 0
-    bytes: int = 0
-    bytes_per_token: float | None = None
-    complete: bool = False
-
-    @classmethod
-    def new(
-        cls,
-        source: dict[str, Any],
-        *,
-        vocab_size: int,
-        top_k: int,
-        temperature: float,
-        bits: int,
-        plan: list[int],
-    ) -> Manifest:
-        """An empty cache: what made it (``source``: teacher, teacher_sha256,
-        tokenizer_sha256, data_fingerprint, block_size), its ``top_k`` settings and the
-        blocks it is to hold."""
-        return cls(
-            source=Source(**source, vocab_size=vocab_size),
-            fields=Fields(top_k=TopK(k=top_k, temperature=temperature, bits=bits)),
-            plan=plan,
-        ).with_totals()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _upgrade_format_1(cls, data: Any) -> Any:
-        """A flat format-1 manifest (``format`` 1 or absent, no ``source``) as format 2."""
-        if isinstance(data, dict) and data.get("format", 1) == 1 and "source" not in data:
-            return ManifestV1.model_validate(data).upgrade()
-        return data
-
-    @property
-    def teacher(self) -> str:
-        return self.source.teacher
-
-    @property
-    def teacher_sha256(self) -> str:
-        return self.source.teacher_sha256
-
-    @property
-    def tokenizer_sha256(self) -> str:
-        return self.source.tokenizer_sha256
-
-    @property
-    def data_fingerprint(self) -> str:
-        return self.source.data_fingerprint
-
-    @property
-    def block_size(self) -> int:
-        return self.source.block_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.source.vocab_size
-
-    @property
-    def top_k(self) -> int:
-        return self.fields.top_k.k
-
-    @property
-    def temperature(self) -> float:
-        return self.fields.top_k.temperature
-
-    @property
-    def bits(self) -> int:
-        return self.fields.top_k.bits
-
-    @property
-    def reconstruction_kl_mean(self) -> float | None:
-        return self.fields.top_k.reconstruction_kl_mean
-
-    @property
-    def tail_mass_mean(self) -> float | None:
-        return self.fields.top_k.tail_mass_mean
-
-    @property
-    def positions(self) -> int:
-        """Teacher predictions per block: every position but the last."""
-        return self.block_size - 1
-
-    @property
-    def covered(self) -> set[int]:
-        return {b for shard in self.shards for b in shard.blocks}
-
-    def remaining(self) -> list[int]:
-        covered = self.covered
-        return [b for b in self.plan if b not in covered]
-
-    def with_totals(self) -> Manifest:
-        tokens = sum(len(s.blocks) for s in self.shards) * self.positions
-        size = sum(f.bytes for s in self.shards for f in s.files())
-        top_k_files = [s.fields.top_k for s in self.shards]
-        top_k_size = sum(f.bytes for f in top_k_files)
-        fidelity = sum((f.fidelity for f in top_k_files), Fidelity())
-        top_k = self.fields.top_k.model_copy(
-            update={
-                "bytes": top_k_size,
-                "bytes_per_token": top_k_size / tokens if tokens else None,
-                "reconstruction_kl_mean": fidelity.kl_mean if fidelity.tokens else None,
-                "tail_mass_mean": fidelity.tail_mass_mean if fidelity.tokens else None,
-            }
-        )
-        return self.model_copy(
-            update={
-                "fields": self.fields.model_copy(update={"top_k": top_k}),
-                "tokens": tokens,
-                "bytes": size,
-                "bytes_per_token": size / tokens if tokens else None,
-                "complete": not self.remaining(),
-            }
-        )
-
-
-class ShardV1(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    file: str
-    sha256: str
-    bytes: int
-    blocks: list[int]
-    fidelity: Fidelity
-
-
-class ManifestV1(BaseModel):
-    """Format 1: one flat record (potstill before per-field sections). Read, never written."""
-
-    model_config = ConfigDict(extra="forbid")
-    format: Literal[1] = 1
-    teacher: str
-    teacher_sha256: str
-    tokenizer_sha256: str
-    vocab_size: int
-    data_fingerprint: str
-    block_size: int
-    top_k: int
-    temperature: float
-    bits: int
-    plan: list[int]
-    shards: list[ShardV1] = []
-    tokens: int = 0
-    bytes: int = 0
-    bytes_per_token: float | None = None
-    complete: bool = False
-    reconstruction_kl_mean: float | None = None
-    tail_mass_mean: float | None = None
-
-    def upgrade(self) -> dict[str, Any]:
-        """The same cache as a format-2 record; its payloads were all `codec` version 1."""
-        source = self.model_dump(include=set(SOURCE_FIELDS) | {"vocab_size"})
-        top_k = {
-            "codec": TOP_K_CODEC,
-            "codec_version": 1,
-            "k": self.top_k,
-            "temperature": self.temperature,
-            "bits": self.bits,
-            "bytes": self.bytes,
-            "bytes_per_token": self.bytes_per_token,
-            "reconstruction_kl_mean": self.reconstruction_kl_mean,
-            "tail_mass_mean": self.tail_mass_mean,
-        }
-        shards = [
-            {"blocks": s.blocks, "fields": {"top_k": s.model_dump(exclude={"blocks"})}}
-            for s in self.shards
-        ]
-        totals = self.model_dump(include={"tokens", "bytes", "bytes_per_token", "complete"})
-        return {
-            "source": source,
-            "fields": {"top_k": top_k},
-            "plan": self.plan,
-            "shards": shards,
-            **totals,
-        }
-
-
-def read_manifest(directory: Path) -> Manifest | None:
-    """The manifest in ``directory`` (format 1 upgraded to 2), or None when there is none;
-    a bad one is an error."""
-    found = _read(directory)
-    return None if found is None else found[0]
-
-
-def _read(directory: Path) -> tuple[Manifest, int] | None:
-    """The manifest and the format it has on disk."""
-    path = directory / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        version = data.get("format") if isinstance(data, dict) else None
-        if type(version) is int and version in READS:
-            return Manifest.model_validate(data), version
-    except (ValidationError, ValueError) as e:
-        raise PotstillError(
-            f"teacher cache {directory} has an unreadable {MANIFEST} ({type(e).__name__}); "
-            "delete the folder and rerun `potstill teach`"
-        ) from None
-    if type(version) is int:
-        raise PotstillError(
-            f"teacher cache {directory} has {MANIFEST} format {version}, this potstill reads "
-            f"formats {READS[0]} to {READS[-1]}: update potstill, or rerun `potstill teach` "
-            "into a new run (name=NEW)"
-        )
-    raise PotstillError(
-        f"teacher cache {directory} has an unreadable {MANIFEST} (no format number); "
-        "delete the folder and rerun `potstill teach`"
-    )
-
-
-def check_source(found: Manifest, expected: dict[str, Any], directory: Path, fields: dict) -> None:
-    """Refuse a cache whose ``fields`` differ from ``expected``, naming the first one."""
-    for field, words in fields.items():
-        if field not in expected:
-            continue
-        have, want = getattr(found, field), expected[field]
-        if have != want:
-            raise PotstillError(
-                f"teacher cache {directory} was made with another {words} "
-                f"({_short(have)}, the recipe has {_short(want)}): rerun `potstill teach` "
-                "for this recipe under a new name (name=NEW), or set teach.cache to a "
-                "cache made by it"
-            )
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return (
-        f"{text[:12]}…" if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
-    )
-
-
-def _check_codec(manifest: Manifest, directory: Path) -> None:
-    version = manifest.fields.top_k.codec_version
-    if version != TOP_K_CODEC_VERSION:
-        raise PotstillError(
-            f"teacher cache {directory} stores top_k in codec version {version}, this potstill "
-            f"reads version {TOP_K_CODEC_VERSION}: rerun `potstill teach` into a new run "
-            "(name=NEW)"
-        )
+__all__ = [
+    "MANIFEST",
+    "CacheWriter",
+    "Fidelity",
+    "Manifest",
+    "TeacherCache",
+    "check_source",
+    "read_manifest",
+    "shard_problem",
+]
 
 
 class CacheWriter:
@@ -430,7 +79,7 @@ class CacheWriter:
         manifest is rewritten as format 2.
         """
         directory.mkdir(parents=True, exist_ok=True)
-        found = _read(directory)
+        found = read_with_format(directory)
         if found is None:
             writer = cls(directory, fresh.with_totals())
             writer._save()
@@ -438,7 +87,7 @@ class CacheWriter:
         found, version = found
         fields = SOURCE_FIELDS | SETTINGS_FIELDS
         check_source(found, {f: getattr(fresh, f) for f in fields}, directory, fields)
-        _check_codec(found, directory)
+        check_codec(found, directory)
         # A finished cache that holds every block wanted (e.g. one taught with
         # teach.blocks=all) serves as it is.
         serves = found.complete and set(fresh.plan) <= found.covered
@@ -520,7 +169,7 @@ class TeacherCache:
                 "teach.enabled=false to run the teacher live"
             )
         check_source(manifest, expected, directory, SOURCE_FIELDS)
-        _check_codec(manifest, directory)
+        check_codec(manifest, directory)
         if not manifest.complete:
             raise PotstillError(
                 f"teacher cache {directory} is incomplete ({len(manifest.covered)} of "
