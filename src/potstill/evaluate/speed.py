@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from potstill.util.modes import eval_mode
+
 
 def _pad_token_id(model: torch.nn.Module) -> int:
     """A pad id for generate(): the model's own, else its end-of-sequence id, else 0."""
@@ -59,9 +61,7 @@ def generation_tokens_per_second(
         )  # (1, P + n)
         return out.shape[-1] - prompt_ids.shape[-1]
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         generate(min(4, new_tokens))  # warm-up: allocations, kernels, lazy init
         best = 0.0
         for _ in range(repeats):
@@ -71,8 +71,6 @@ def generation_tokens_per_second(
             _synchronize(device)
             elapsed = time.perf_counter() - start
             best = max(best, made / max(elapsed, 1e-9))
-    finally:
-        model.train(was_training)
     if not math.isfinite(best) or best <= 0:
         raise RuntimeError(f"generation speed came out as {best}; the model generated nothing")
     return best

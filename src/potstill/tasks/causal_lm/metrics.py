@@ -7,14 +7,14 @@ reused for every other model, so no model runs twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from potstill.util.errors import PotstillError
+from potstill.util.modes import eval_mode
 from potstill.util.tokens import IGNORE_INDEX
 
 
@@ -101,7 +101,7 @@ def score_models(
     order += [name for name in models if name != teacher]
     sums = {name: _Sums() for name in order}
 
-    with _all_eval(models.values()):
+    with eval_mode(*models.values()):
         n_blocks = input_ids.shape[0]
         for start in range(0, n_blocks, batch_size):
             batch_ids = input_ids[start : start + batch_size]  # (B, L)
@@ -114,19 +114,6 @@ def score_models(
                 progress(min(start + batch_size, n_blocks))
 
     return {name: _finish(sums[name], has_teacher=teacher not in (None, name)) for name in models}
-
-
-@contextmanager
-def _all_eval(models: Iterable[torch.nn.Module]) -> Iterator[None]:
-    """Eval mode for the duration; each model gets its own previous mode back."""
-    modes = [(model, model.training) for model in models]
-    for model, _ in modes:
-        model.eval()
-    try:
-        yield
-    finally:
-        for model, was_training in modes:
-            model.train(was_training)
 
 
 def _score_batch(

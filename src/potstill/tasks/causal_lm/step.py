@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from potstill.losses import LossTerm, TeacherSignal, chunked_kd_loss, combine_losses
+from potstill.util.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,12 @@ def find_fused_head(model: nn.Module, sample_ids: torch.Tensor) -> FusedHead | N
     if get_decoder is None or type(head) is not nn.Linear:
         return None
     fused = FusedHead(get_decoder(), head)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             expected = model(input_ids=sample_ids).logits
             got = fused.head(_hidden(fused, sample_ids))
     except (TypeError, AttributeError, ValueError):
         return None
-    finally:
-        model.train(was_training)
     return fused if torch.allclose(got, expected, rtol=1e-4, atol=1e-4) else None
 
 

@@ -1,0 +1,127 @@
+"""Where a default training step's time goes, against what this machine's GEMM can do.
+
+    .venv/bin/python bench/profile_step.py [--steps 6]
+
+Measures, in one process on this machine: the fp32 GEMM rate (square 1024 and 2048
+matmuls, and the LM head's own shape), the memory bandwidth (a 256 MB copy), and one
+cross-entropy training step of the default student (6 of SmolLM2's 30 layers, batch
+4 x 128) split into its phases: decoder forward, the loss fused with the LM head (its
+backward runs inside, chunk by chunk), decoder backward, clip + AdamW. Each phase's
+FLOPs (2 per multiply-add, from the layer shapes) divided by its time gives the rate it
+reaches; a phase far below the GEMM rate is bound by something else (memory traffic,
+elementwise kernels, the allocator). Median of ``--steps`` steps after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from potstill.config import load_recipe
+from potstill.data import load_data
+from potstill.losses import LossTerm, chunked_kd_loss
+from potstill.models.load import load_causal_lm
+from potstill.models.student import build_student
+from potstill.tasks.causal_lm import find_fused_head
+
+
+def gemm_rate(m: int, k: int, n: int, repeats: int = 5) -> float:
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - begin)
+    return 2 * m * k * n / min(times) / 1e9
+
+
+def bandwidth() -> float:
+    src = torch.empty(64 * 1024 * 1024)  # 256 MB of float32
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    begin = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    return 5 * 2 * src.numel() * 4 / (time.perf_counter() - begin) / 1e9  # read + write
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    square = {n: gemm_rate(n, n, n) for n in (1024, 2048)}
+    for n, rate in square.items():
+        print(f"fp32 GEMM {n}x{n}x{n}: {rate:6.1f} GFLOP/s")
+
+    recipe = load_recipe(None, ["budget_minutes=null"])
+    teacher, tokenizer = load_causal_lm(recipe.teacher)
+    data = load_data(recipe.data, tokenizer)
+    student, _ = build_student(recipe.student, teacher, tokenizer)
+    fused = find_fused_head(student, data.train.input_ids[:1])
+    assert fused is not None
+    hidden_size = student.config.hidden_size
+    vocab = fused.head.weight.shape[0]
+    b, t = recipe.train.batch_size, recipe.data.block_size
+    tokens = b * (t - 1)
+    head_rate = gemm_rate(tokens, hidden_size, vocab)
+    print(f"fp32 GEMM LM-head shape {tokens}x{hidden_size}x{vocab}: {head_rate:6.1f} GFLOP/s")
+    print(f"memory bandwidth (copy): {bandwidth():6.1f} GB/s")
+
+    decoder_params = sum(
+        p.numel() for n, p in student.named_parameters() if "layers." in n and p.dim() == 2
+    )
+    flops = {
+        "decoder forward": 2 * decoder_params * b * t,
+        "fused head loss": 6 * hidden_size * vocab * tokens,  # forward + both backward GEMMs
+        "decoder backward": 4 * decoder_params * b * t,
+        "clip + AdamW": 0,
+    }
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    terms = [LossTerm("cross_entropy")]
+    phases: dict[str, list[float]] = {name: [] for name in flops}
+    student.train()
+    for step in range(args.steps + 1):
+        batch = data.train.batch(torch.arange(step * b, (step + 1) * b))
+        marks = [time.perf_counter()]
+        hidden = fused.decoder(input_ids=batch.input_ids, use_cache=False).last_hidden_state
+        marks.append(time.perf_counter())
+        loss, _ = chunked_kd_loss(
+            hidden[:, :-1], fused.head.weight, None, terms, batch.labels[:, 1:], chunk_size=128
+        )
+        marks.append(time.perf_counter())
+        loss.backward()
+        marks.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        marks.append(time.perf_counter())
+        if step > 0:
+            for name, begin, end in zip(flops, marks, marks[1:], strict=True):
+                phases[name].append(end - begin)
+    total = sum(statistics.median(v) for v in phases.values())
+    print(f"\ndefault student step (CE, {b}x{t} tokens), median of {args.steps}: {total:.3f} s")
+    print(f"{'phase':<18} {'seconds':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'of GEMM':>8}")
+    peak = max(square.values())
+    for name, times in phases.items():
+        seconds = statistics.median(times)
+        gflop = flops[name] / 1e9
+        rate = gflop / seconds if gflop else 0.0
+        share = f"{rate / peak:7.0%}" if gflop else "      –"
+        print(
+            f"{name:<18} {seconds:8.3f} {seconds / total:6.0%} {gflop:7.1f} {rate:8.1f} {share:>8}"
+        )
+    all_flops = sum(flops.values()) / 1e9
+    print(f"{'step':<18} {total:8.3f} {'100%':>6} {all_flops:7.1f} {all_flops / total:8.1f}")
+    print(
+        f"\nat this machine's best GEMM rate ({peak:.0f} GFLOP/s) the step's matmuls alone take "
+        f"{all_flops / peak:.3f} s; the step takes {total / (all_flops / peak):.2f}x that"
+    )
+
+
+if __name__ == "__main__":
+    main()
