@@ -157,3 +157,31 @@ def test_summary_missing_teacher_or_baseline():
     assert no_teacher.student_vs_baseline_perplexity == pytest.approx(0.5)
     no_roles = summarize({"my-model": ModelEntry(**entry(1_000, 55.0, 3.0))}).model_dump()
     assert len(no_roles) == 6 and all(value is None for value in no_roles.values())
+
+
+def test_the_time_budget_is_said_in_the_table_and_the_headline():
+    from potstill.evaluate.report import build_report, summary_table
+    from potstill.evaluate.report.format import headline
+
+    budget = {
+        "minutes": 14,
+        "steps": 78,
+        "requested_steps": 130,
+        "estimated_minutes": 13.9,
+        "estimated_minutes_at_requested": 21.0,
+    }
+    report = build_report(
+        run={"name": "x"},
+        data={},
+        recipe={},
+        models={"student": {"perplexity": 10.0}},
+        budget=budget,
+    )
+    assert summary_table(report).splitlines()[-1] == "time budget: 78 of 130 steps"
+    label, value, sentence = headline(report)[-1]
+    assert (label, value) == ("time budget", "78 of 130 steps")
+    assert "14-minute budget" in sentence and "21.0 min at 130 steps" in sentence
+    fits = build_report(run={}, data={}, recipe={}, models={}, budget={**budget, "steps": 130})
+    assert summary_table(fits).splitlines()[-1] == "time budget: all 130 steps"
+    no_budget = build_report(run={}, data={}, recipe={}, models={})
+    assert "time budget" not in summary_table(no_budget)

@@ -91,6 +91,9 @@ def headline(report: Report) -> list[tuple[str, str, str]]:
                 "(batch 1, greedy, this machine).",
             )
         )
+    budget = budget_line(report)
+    if budget is not None:
+        lines.append(("time budget", *budget))
     return lines
 
 
@@ -160,7 +163,31 @@ def summary_table(report: Report) -> str:
     ]
     if report.summary.gap_closed is not None:
         lines.append(f"gap closed: {fmt_percent(report.summary.gap_closed, digits=0)}")
+    budget = budget_line(report)
+    if budget is not None:
+        lines.append(f"time budget: {budget[0]}")
     return "\n".join(lines)
+
+
+def budget_line(report: Report) -> tuple[str, str] | None:
+    """(value, sentence) on the time budget, when the run had one; None otherwise."""
+    budget = report.budget or {}
+    if "steps" not in budget or "requested_steps" not in budget:
+        return None
+    steps, asked, minutes = budget["steps"], budget["requested_steps"], budget.get("minutes")
+    if steps == asked:
+        return (
+            f"all {steps} steps",
+            f"The run had a {minutes:g}-minute budget; measured on this machine, all {steps} "
+            f"training steps fit (estimated {budget.get('estimated_minutes', 0):.1f} min).",
+        )
+    return (
+        f"{steps} of {asked} steps",
+        f"To fit the {minutes:g}-minute budget on this machine (estimated "
+        f"{budget.get('estimated_minutes_at_requested', 0):.1f} min at {asked} steps), each "
+        f"model trained {steps} steps instead of the recipe's {asked}: a slower machine than "
+        "the recipe was tuned on, so its numbers are not the full recipe's.",
+    )
 
 
 # ---- numbers ------------------------------------------------------------------------
