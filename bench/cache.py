@@ -23,20 +23,23 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from potstill.train.teacher import LiveTeacher
 
 from potstill.cache import codec
-from potstill.cache.teach import teach
-from potstill.config import load_recipe
-from potstill.data import load_data
-from potstill.evaluate import score_models
+from potstill.cache.store import TeacherCache
+from potstill.cache.teach import cache_source, plan_blocks, teach
+from potstill.config import Recipe, load_recipe
+from potstill.data import LMData, load_data
+from potstill.data.order import scheduled_blocks
 from potstill.losses import top_k_signal
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
+from potstill.tasks.causal_lm import CausalLM, score_models
+from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 
 KS = (8, 16, 32, 64, 128)
@@ -117,14 +120,16 @@ def cache_vs_live(recipe, teacher, tokenizer, data, ks: list[int], seeds: list[i
                     cfg = seeded.model_copy(
                         update={"teach": seeded.teach.model_copy(update={"top_k": k})}
                     )
-                    source = teach(cfg, teacher, tokenizer, data, directory=Path(tmp) / "cache")
+                    source = teach_cache(
+                        cfg, teacher, tokenizer, data, directory=Path(tmp) / "cache"
+                    )
                     teach_seconds = time.perf_counter() - started
                 student, _ = build_student(seeded.student, teacher, tokenizer, seed=seed)
                 model = wrap_adapter(student, seeded.student)
                 result = train(
                     model,
                     data.train,
-                    seeded.loss,
+                    CausalLM(seeded.terms, chunk_tokens=seeded.train.chunk_tokens),
                     seeded.train,
                     teacher=source,
                     name=name,
@@ -159,6 +164,35 @@ def cache_vs_live(recipe, teacher, tokenizer, data, ks: list[int], seeds: list[i
             f"{r['kl']:>8.3f}{r['teach_seconds']:>9.0f}{r['train_seconds']:>9.0f}"
         )
     return rows
+
+
+def teach_cache(
+    recipe: Recipe, teacher: torch.nn.Module, tokenizer: Any, data: LMData, *, directory: Path
+) -> TeacherCache:
+    """The teacher's top-k cache of the blocks ``recipe.train`` visits, taught into
+    ``directory`` (as the run's teach stage does it, `potstill.pipeline.stages`)."""
+    cfg = recipe.train
+    order = scheduled_blocks(
+        len(data.train),
+        micro_batches=cfg.steps * cfg.grad_accum,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    source = cache_source(
+        recipe.teacher,
+        tokenizer,
+        data_fingerprint=data.fingerprint,
+        block_size=recipe.data.block_size,
+    )
+    return teach(
+        LiveTeacher(teacher),
+        data.train,
+        directory=directory,
+        source=source,
+        settings=recipe.teach,
+        temperature=recipe.teach_temperature,
+        plan=plan_blocks(order, len(data.train), recipe.teach.blocks),
+    )
 
 
 if __name__ == "__main__":

@@ -103,8 +103,7 @@ def naive_loss(x: Inputs, chunk_size: int) -> torch.Tensor:
 
 
 def potstill_loss(x: Inputs, chunk_size: int) -> torch.Tensor:
-    from potstill.config import LossTerm
-    from potstill.losses import chunked_kd_loss
+    from potstill.losses import LossTerm, chunked_kd_loss
 
     terms = [LossTerm(loss="forward_kl", weight=1.0, temperature=1.0)]
     total, _ = chunked_kd_loss(

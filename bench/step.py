@@ -25,19 +25,24 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from potstill.train.teacher import LiveTeacher
 
-from potstill.cache.teach import teach
-from potstill.config import LossTerm, load_recipe
-from potstill.data import load_data
+from potstill.cache.store import TeacherCache
+from potstill.cache.teach import cache_source, plan_blocks, teach
+from potstill.config import Recipe, load_recipe
+from potstill.data import LMData, load_data
+from potstill.data.order import scheduled_blocks
+from potstill.losses import LossTerm
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
+from potstill.tasks.causal_lm import CausalLM
+from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 
 WARMUP = 2
-CE_ONLY = [LossTerm(loss="cross_entropy", weight=1.0)]
+CE_ONLY = [LossTerm("cross_entropy")]
 
 
 def main() -> None:
@@ -57,19 +62,19 @@ def main() -> None:
     times: dict[str, list[float]] = {"ce": [], "cache": [], "live": []}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        cache = teach(recipe, teacher, tokenizer, data, directory=Path(tmp) / "cache")
+        cache = teach_cache(recipe, teacher, tokenizer, data, directory=Path(tmp) / "cache")
         teach_seconds = time.perf_counter() - started
         sources = {"ce": None, "cache": cache, "live": LiveTeacher(teacher)}
         for round_ in range(args.rounds):
             for mode, source in sources.items():
-                terms = CE_ONLY if mode == "ce" else recipe.loss
+                terms = CE_ONLY if mode == "ce" else recipe.terms
                 run = Path(tmp) / f"{mode}-{round_}"
                 student, _ = build_student(recipe.student, teacher, tokenizer, seed=0)
                 model = wrap_adapter(student, recipe.student)
                 train(
                     model,
                     data.train,
-                    terms,
+                    CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens),
                     recipe.train,
                     teacher=source,
                     name=mode,
@@ -103,6 +108,35 @@ def main() -> None:
     print(f"(teaching the {taught:,} tokens these steps use took {teach_seconds:.1f} s)")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def teach_cache(
+    recipe: Recipe, teacher: torch.nn.Module, tokenizer: Any, data: LMData, *, directory: Path
+) -> TeacherCache:
+    """The teacher's top-k cache of the blocks ``recipe.train`` visits, taught into
+    ``directory`` (as the run's teach stage does it, `potstill.pipeline.stages`)."""
+    cfg = recipe.train
+    order = scheduled_blocks(
+        len(data.train),
+        micro_batches=cfg.steps * cfg.grad_accum,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    source = cache_source(
+        recipe.teacher,
+        tokenizer,
+        data_fingerprint=data.fingerprint,
+        block_size=recipe.data.block_size,
+    )
+    return teach(
+        LiveTeacher(teacher),
+        data.train,
+        directory=directory,
+        source=source,
+        settings=recipe.teach,
+        temperature=recipe.teach_temperature,
+        plan=plan_blocks(order, len(data.train), recipe.teach.blocks),
+    )
 
 
 def _step_seconds(metrics: Path) -> list[float]:

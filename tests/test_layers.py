@@ -22,7 +22,7 @@ LAYERS = {
     "cache": 5,
     "tasks": 6,
     "train": 7,
-    "evaluate": 8,
+    "evaluation": 8,
     "config": 9,
     "pipeline": 10,
     "api": 11,

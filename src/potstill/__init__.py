@@ -3,7 +3,7 @@
 The package is cut into layers that import one way only (a test keeps it so)::
 
     util → signals → losses → models, data → teachers → cache → tasks → train
-         → evaluate → config → pipeline → api → cli
+         → evaluation → config → pipeline → api → cli
 
 The public API is available from here: `run`, `teach`, `distill`, `evaluate`,
 `load_recipe`, the `Recipe` and `RunResult` types, the typed `Report`, the losses
@@ -25,7 +25,7 @@ _EXPORTS = {
     "evaluate": "potstill.api",
     "load_recipe": "potstill.api",
     "Recipe": "potstill.config",
-    "Report": "potstill.evaluate.report",
+    "Report": "potstill.evaluation.report",
     "RunResult": "potstill.pipeline",
     "DenseSignal": "potstill.signals",
     "SparseSignal": "potstill.signals",

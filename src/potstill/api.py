@@ -19,8 +19,8 @@ from potstill.cache.store import TeacherCache
 from potstill.config import DataConfig, Recipe
 from potstill.config import load_recipe as _load_recipe
 from potstill.data import load_data
-from potstill.evaluate.lm import evaluate_models
-from potstill.evaluate.report import Report, build_report, write_report
+from potstill.evaluation.lm import evaluate_models
+from potstill.evaluation.report import Report, build_report, write_report
 from potstill.models.load import load_causal_lm
 from potstill.models.student import check_same_vocab
 from potstill.pipeline import RunResult, distill_only, teach_only

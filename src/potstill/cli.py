@@ -61,7 +61,7 @@ def run(args: Overrides = None, resume: Resume = False) -> None:
     Usage: potstill run [RECIPE.yaml] [key=value ...]
     """
     from potstill.config import load_recipe
-    from potstill.evaluate.report import summary_table
+    from potstill.evaluation.report import summary_table
     from potstill.pipeline import run as run_pipeline
 
     path, overrides = _split_recipe(args)
@@ -135,7 +135,7 @@ def evaluate(
 ) -> None:
     """Score models on the held-out split of some data and write a report."""
     from potstill.api import evaluate as evaluate_models
-    from potstill.evaluate.report import summary_table
+    from potstill.evaluation.report import summary_table
 
     report = evaluate_models(
         model,

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from potstill.config import Recipe, load_recipe
-from potstill.evaluate.report import Report
+from potstill.evaluation.report import Report
 from potstill.pipeline import RunResult, plan, run
 from potstill.pipeline import stages as pipeline_stages
 from potstill.util.errors import PotstillError
@@ -306,14 +306,6 @@ def test_report_without_evaluate_is_refused_before_anything_is_written(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PotstillError,
-    reason="src bug: a resumed run whose teach inputs changed (train.steps plans other "
-    "blocks; a new KD temperature or teach.top_k) refuses the existing cache instead of "
-    "redoing the teach stage, though prepare_run_dir and markers promise that a stage "
-    "whose inputs changed is redone",
-)
 def test_changing_train_steps_on_resume_teaches_again(resumed, trained):
     run_dir, resume = resumed
     before = fingerprints(run_dir)

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from potstill.evaluate.size import count_params, size_on_disk
-from potstill.tasks.causal_lm import score_models
 
+from potstill.evaluation.size import count_params, size_on_disk
+from potstill.tasks.causal_lm import score_models
 from potstill.util.errors import PotstillError
 from tests.conftest import make_llama
 

@@ -158,13 +158,6 @@ def test_a_prefix_must_be_one_row_of_long_ids(model, bad_prefix):
         LiveTeacher(model, prefix_ids=bad_prefix)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="src bug: with transformers 5 an sdpa model returns attentions=() (not None), so "
-    "LiveTeacher indexes out.attentions[0] and raises IndexError instead of the ValueError "
-    "that says to load the teacher with attn_implementation='eager'",
-)
 def test_attention_from_an_sdpa_teacher_says_to_load_it_eager(model, ids):
     request = SignalRequest(distributions=False, attention_layers=(0,))
     with pytest.raises(ValueError, match="eager"):

@@ -73,8 +73,8 @@ class CacheWriter:
     def open(cls, directory: Path, fresh: Manifest, *, log=lambda _: None) -> CacheWriter:
         """Start ``fresh`` in ``directory``, or continue the cache already there.
 
-        An existing cache must match ``fresh`` in everything that made it, and plan the same
-        blocks or be finished and hold them all. Its shards are verified; a missing,
+        An existing cache must match ``fresh`` in everything that made it; blocks ``fresh``
+        plans that it does not are added to its plan. Its shards are verified; a missing,
         truncated or corrupt shard is dropped (and its blocks taught again). A format-1
         manifest is rewritten as format 2.
         """
@@ -88,14 +88,14 @@ class CacheWriter:
         fields = SOURCE_FIELDS | SETTINGS_FIELDS
         check_source(found, {f: getattr(fresh, f) for f in fields}, directory, fields)
         check_codec(found, directory)
-        # A finished cache that holds every block wanted (e.g. one taught with
-        # teach.blocks=all) serves as it is.
-        serves = found.complete and set(fresh.plan) <= found.covered
-        if found.plan != fresh.plan and not serves:
-            raise PotstillError(
-                f"teacher cache {directory} plans other blocks ({len(found.plan)}, the recipe "
-                f"needs {len(fresh.plan)}): teach into a new run (name=NEW)"
-            )
+        # A block's signal depends only on what made the cache (checked above), not on the
+        # plan: a recipe that needs other blocks (more steps, teach.blocks=all) extends the
+        # plan, and what is already taught is kept.
+        planned = set(found.plan)
+        extra = [b for b in fresh.plan if b not in planned]
+        if extra:
+            log(f"teacher cache {directory}: {len(extra)} more blocks planned")
+            found = found.model_copy(update={"plan": [*found.plan, *extra]})
         good = []
         for shard in found.shards:
             problem = shard_problem(directory, shard)

@@ -5,7 +5,7 @@ from potstill.cache.settings import TeachConfig
 from potstill.config.load import apply_overrides, load_recipe, validate_recipe
 from potstill.config.schema import STAGES, LossName, LossTermConfig, Recipe
 from potstill.data.settings import DataConfig
-from potstill.evaluate.settings import EvalConfig
+from potstill.evaluation.settings import EvalConfig
 from potstill.models.settings import (
     DEFAULT_STUDENT_LAYERS,
     FreshConfig,

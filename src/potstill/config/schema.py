@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from potstill.cache.settings import TeachConfig
 from potstill.data.settings import DataConfig
-from potstill.evaluate.settings import EvalConfig
+from potstill.evaluation.settings import EvalConfig
 from potstill.losses import LOSS_NAMES, REGISTRY, LossTerm
 from potstill.models.settings import StudentConfig
 from potstill.train.settings import TrainConfig

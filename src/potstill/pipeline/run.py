@@ -8,7 +8,7 @@ from pathlib import Path
 
 from potstill.cache.store import TeacherCache
 from potstill.config import Recipe
-from potstill.evaluate.report import Report
+from potstill.evaluation.report import Report
 from potstill.pipeline.budget import fit_budget
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir

@@ -19,8 +19,8 @@ import torch
 from potstill.cache.store import TeacherCache
 from potstill.cache.teach import cache_source, plan_blocks, teach
 from potstill.data.order import scheduled_blocks
-from potstill.evaluate.lm import evaluate_models
-from potstill.evaluate.report import Report, build_report, write_report
+from potstill.evaluation.lm import evaluate_models
+from potstill.evaluation.report import Report, build_report, write_report
 from potstill.losses import LossTerm
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
@@ -84,9 +84,12 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
         return live, live_print
     source = _source(ctx)
     plan = cache_plan(ctx)
-    settings = recipe.teach.model_dump(exclude={"cache", "batch_size", "shard_blocks"})
-    print_ = fingerprint(source, settings, recipe.teach_temperature, plan)
+    settings = recipe.teach.model_dump(exclude={"cache", "batch_size", "shard_blocks", "blocks"})
+    # What each block's cached signal depends on; the plan only says which blocks.
+    content = fingerprint(source, settings, recipe.teach_temperature)
+    print_ = fingerprint(content, plan)
     if teach_now:
+        _drop_stale_cache(ctx, content)
         started = time.perf_counter()
         cache = teach(
             live,
@@ -101,13 +104,29 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
         seconds = time.perf_counter() - started
         done = finished(ctx.run_dir, "teach", print_)
         if done is None:  # first time (or changed): record how long teaching took
-            done = mark_finished(ctx.run_dir, "teach", print_, seconds=seconds)
+            done = mark_finished(ctx.run_dir, "teach", print_, content=content, seconds=seconds)
         log(f"teacher cache {directory}: {_cache_line(cache)} ({seconds:.0f} s)")
     else:
         cache = TeacherCache.load(directory, source)
         log(f"teacher cache {directory}: {_cache_line(cache)}")
     cache.check_covers(schedule(ctx))
     return cache, print_
+
+
+def _drop_stale_cache(ctx: RunContext, content: str) -> None:
+    """A resumed run whose teacher signal changed (teacher, data, k, temperature, bits)
+    teaches again: the run's own cache, made from the old inputs, is removed first. A
+    cache named by ``teach.cache`` belongs to someone else and is never removed (a
+    mismatch there is refused by the cache itself)."""
+    marker = ctx.run_dir / "stages" / "teach.json"
+    if ctx.recipe.teach.cache is not None or not marker.is_file():
+        return
+    old = json.loads(marker.read_text()).get("content")
+    directory = ctx.recipe.cache_dir
+    if old is not None and old != content and directory.exists():
+        log(f"teach: the teacher signal's inputs changed; teaching {directory} again")
+        shutil.rmtree(directory)
+        forget(ctx.run_dir, "teach")
 
 
 def _cache_line(cache: TeacherCache) -> str:

@@ -78,7 +78,7 @@ class LiveTeacher:
         hidden = {layer: out.hidden_states[layer][:, skip:] for layer in request.hidden_layers}
         attentions = {}
         if request.attention_layers:
-            if out.attentions is None or out.attentions[0] is None:
+            if not out.attentions or out.attentions[0] is None:  # sdpa gives () or None
                 raise ValueError(
                     "the teacher returned no attention maps: load it with "
                     'attn_implementation="eager" to distil attention'

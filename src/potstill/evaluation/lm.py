@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from potstill.data import LMData
-from potstill.evaluate.size import count_params, size_on_disk
-from potstill.evaluate.speed import generation_tokens_per_second
+from potstill.evaluation.size import count_params, size_on_disk
+from potstill.evaluation.speed import generation_tokens_per_second
 from potstill.models.load import load_causal_lm, resolve
 from potstill.tasks.causal_lm import score_models
 from potstill.util.log import bar

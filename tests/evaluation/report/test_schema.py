@@ -7,7 +7,7 @@ import json
 import pydantic
 import pytest
 
-from potstill.evaluate.report import (
+from potstill.evaluation.report import (
     SCHEMA_VERSION,
     Agreement,
     ModelEntry,
@@ -15,7 +15,7 @@ from potstill.evaluate.report import (
     build_report,
     write_report,
 )
-from tests.evaluate.report.numbers import DATA, RECIPE, RUN, three_models
+from tests.evaluation.report.numbers import DATA, RECIPE, RUN, three_models
 
 
 def test_round_trip_through_json_with_nan_as_null(tmp_path):

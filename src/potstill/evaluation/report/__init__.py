@@ -6,9 +6,9 @@ student-against-teacher ratios), `build`, `format` (the text every view shares),
 `markdown`, `html`, `write`.
 """
 
-from potstill.evaluate.report.build import build_report
-from potstill.evaluate.report.format import summary_table
-from potstill.evaluate.report.schema import (
+from potstill.evaluation.report.build import build_report
+from potstill.evaluation.report.format import summary_table
+from potstill.evaluation.report.schema import (
     SCHEMA_VERSION,
     Agreement,
     BreakEven,
@@ -18,8 +18,8 @@ from potstill.evaluate.report.schema import (
     RunInfo,
     Summary,
 )
-from potstill.evaluate.report.summary import gap_closed
-from potstill.evaluate.report.write import write_report
+from potstill.evaluation.report.summary import gap_closed
+from potstill.evaluation.report.write import write_report
 
 __all__ = [
     "SCHEMA_VERSION",

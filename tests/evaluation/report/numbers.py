@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from potstill.evaluate.report import Report, build_report
+from potstill.evaluation.report import Report, build_report
 
 RUN = {"name": "tiny", "wall_seconds": 12.5, "device": "cpu", "threads": 2}
 DATA = {"name": "shakespeare", "train_tokens": 120_000, "heldout_tokens": 6_000, "split": "5%"}

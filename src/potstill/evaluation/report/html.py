@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from potstill.evaluate.report.format import (
+from potstill.evaluation.report.format import (
     METRICS_NOTE,
     details,
     headline,
@@ -18,8 +18,8 @@ from potstill.evaluate.report.format import (
     subtitle,
     title,
 )
-from potstill.evaluate.report.plots import Plot
-from potstill.evaluate.report.schema import Report
+from potstill.evaluation.report.plots import Plot
+from potstill.evaluation.report.schema import Report
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from potstill.evaluate.report import Report, build_report, summary_table, write_report
-from potstill.evaluate.report.format import details, headline, metrics_table
-from tests.evaluate.report.numbers import DATA, RECIPE, RUN, entry, three_models
+from potstill.evaluation.report import Report, build_report, summary_table, write_report
+from potstill.evaluation.report.format import details, headline, metrics_table
+from tests.evaluation.report.numbers import DATA, RECIPE, RUN, entry, three_models
 
 
 @pytest.mark.parametrize("missing", [("baseline",), ("teacher",), ("teacher", "baseline")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from potstill.evaluate.report.format import (
+from potstill.evaluation.report.format import (
     METRICS_NOTE,
     details,
     headline,
@@ -13,7 +13,7 @@ from potstill.evaluate.report.format import (
     subtitle,
     title,
 )
-from potstill.evaluate.report.schema import Report
+from potstill.evaluation.report.schema import Report
 
 
 def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:

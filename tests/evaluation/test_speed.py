@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from potstill.evaluate.speed import generation_tokens_per_second
+from potstill.evaluation.speed import generation_tokens_per_second
 
 
 def tiny_llama() -> transformers.LlamaForCausalLM:

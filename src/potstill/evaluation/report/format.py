@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from potstill.evaluate.report.schema import Agreement, ModelEntry, Report
+from potstill.evaluation.report.schema import Agreement, ModelEntry, Report
 
 DASH = "–"
 METRICS_NOTE = (

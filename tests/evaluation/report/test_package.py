@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import potstill.evaluate.report as report_package
+import potstill.evaluation.report as report_package
 
-PACKAGE = "potstill.evaluate.report"
+PACKAGE = "potstill.evaluation.report"
 
 
 def internal_imports(path: Path, module: str) -> set[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from potstill.evaluate.report.html import render_html
-from potstill.evaluate.report.markdown import render_markdown
-from potstill.evaluate.report.plots import make_plots
-from potstill.evaluate.report.schema import Report
+from potstill.evaluation.report.html import render_html
+from potstill.evaluation.report.markdown import render_markdown
+from potstill.evaluation.report.plots import make_plots
+from potstill.evaluation.report.schema import Report
 from potstill.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from potstill.evaluate.report.schema import ROLES, ModelEntry, Summary
+from potstill.evaluation.report.schema import ROLES, ModelEntry, Summary
 
 
 def gap_closed(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from potstill.evaluate.report import write_report
-from tests.evaluate.report.numbers import plausible_curves, plausible_report
+from potstill.evaluation.report import write_report
+from tests.evaluation.report.numbers import plausible_curves, plausible_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -1,7 +1,7 @@
 """Evaluation: models side by side (`lm`), what they cost (`size`, `speed`), and the typed
 run report (`report`: report.json as a pydantic model, rendered to Markdown, HTML, plots)."""
 
-from potstill.evaluate.report import (
+from potstill.evaluation.report import (
     SCHEMA_VERSION,
     Agreement,
     ModelEntry,
@@ -11,8 +11,8 @@ from potstill.evaluate.report import (
     summary_table,
     write_report,
 )
-from potstill.evaluate.size import count_params, size_on_disk
-from potstill.evaluate.speed import generation_tokens_per_second
+from potstill.evaluation.size import count_params, size_on_disk
+from potstill.evaluation.speed import generation_tokens_per_second
 
 __all__ = [
     "SCHEMA_VERSION",

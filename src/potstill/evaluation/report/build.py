@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from potstill import __version__
-from potstill.evaluate.report.schema import (
+from potstill.evaluation.report.schema import (
     BreakEven,
     DataInfo,
     ModelEntry,
@@ -15,7 +15,7 @@ from potstill.evaluate.report.schema import (
     RunInfo,
     json_ready,
 )
-from potstill.evaluate.report.summary import summarize
+from potstill.evaluation.report.summary import summarize
 
 
 def build_report(

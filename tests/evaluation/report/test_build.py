@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from potstill import __version__
-from potstill.evaluate.report import (
+from potstill.evaluation.report import (
     SCHEMA_VERSION,
     Agreement,
     ModelEntry,
@@ -21,8 +21,8 @@ from potstill.evaluate.report import (
     build_report,
     gap_closed,
 )
-from potstill.evaluate.report.summary import summarize
-from tests.evaluate.report.numbers import DATA, RECIPE, RUN, entry, three_models
+from potstill.evaluation.report.summary import summarize
+from tests.evaluation.report.numbers import DATA, RECIPE, RUN, entry, three_models
 
 
 def test_gap_closed_formula():
@@ -160,8 +160,8 @@ def test_summary_missing_teacher_or_baseline():
 
 
 def test_the_time_budget_is_said_in_the_table_and_the_headline():
-    from potstill.evaluate.report import build_report, summary_table
-    from potstill.evaluate.report.format import headline
+    from potstill.evaluation.report import build_report, summary_table
+    from potstill.evaluation.report.format import headline
 
     budget = {
         "minutes": 14,
