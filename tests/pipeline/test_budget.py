@@ -55,3 +55,51 @@ def test_a_tight_budget_lowers_the_steps_and_says_so(tiny):
     again = potstill.run({**tiny, "budget_minutes": 0.005}, resume=True)
     assert again.report.recipe["steps"] == 20
     assert (result.run_dir / "metrics.jsonl").read_text().splitlines() == rows
+
+
+def _context_with_decision(tmp_path, teach_estimate: float):
+    from potstill.pipeline.context import RunContext
+    from potstill.util.io import atomic_write_json
+
+    recipe = load_recipe(None, ["budget_minutes=10", "train.steps=200"])
+    run_dir = tmp_path / "run"
+    decision = {
+        "minutes": 10,
+        "requested_steps": 200,
+        "steps": 200,
+        "estimated_minutes": 9.0,
+        "estimated_minutes_at_requested": 9.0,
+        "estimated_seconds": {"teach": teach_estimate, "train_per_step": 1.0, "evaluate": 10.0},
+    }
+    atomic_write_json(run_dir / "stages" / "budget.json", decision)
+    return RunContext(recipe, run_dir)
+
+
+def test_teaching_slower_than_measured_lowers_the_steps_once(tmp_path):
+    import time
+
+    from potstill.pipeline.budget import OVERHEAD_SECONDS, refit_after_teach
+
+    ctx = _context_with_decision(tmp_path, teach_estimate=100.0)
+    started = time.perf_counter() - 60  # a minute spent: 540 s left of 600
+    fitted = refit_after_teach(ctx, started, teach_seconds=300.0)  # 3x slower
+    # (steps · 1 s + 10 s + overhead) · 3 must fit the 540 s left
+    assert (fitted.train.steps + 10 + OVERHEAD_SECONDS) * 3 <= 540
+    assert ((fitted.train.steps / 0.95) + 10 + OVERHEAD_SECONDS) * 3 > 540  # no lower than needed
+    saved = json.loads((ctx.run_dir / "stages" / "budget.json").read_text())
+    assert saved["steps"] == fitted.train.steps and saved["refit"]["slowdown"] == 3.0
+    # done once: a resumed run keeps the decision
+    ctx.recipe = fitted
+    assert refit_after_teach(ctx, started, teach_seconds=900.0).train.steps == fitted.train.steps
+
+
+def test_teaching_as_fast_as_measured_keeps_the_steps(tmp_path):
+    import time
+
+    from potstill.pipeline.budget import refit_after_teach
+
+    ctx = _context_with_decision(tmp_path, teach_estimate=100.0)
+    fitted = refit_after_teach(ctx, time.perf_counter() - 120, teach_seconds=105.0)
+    assert fitted.train.steps == 200  # within the tolerance: noise, not a slower machine
+    saved = json.loads((ctx.run_dir / "stages" / "budget.json").read_text())
+    assert saved["refit"]["slowdown"] == 1.0 and saved["refit"]["ratio"] == 1.05

@@ -36,6 +36,11 @@ KD_STEP_FACTOR = 1.2
 # evaluation, generation-speed timing, the report.
 OVERHEAD_SECONDS = 45.0
 MIN_STEPS = 20
+# Teaching a block costs its forward pass plus the top-k, the fidelity sample and the
+# entropy coder: about a quarter more (bench/results/defaults.md).
+TEACH_FACTOR = 1.25
+# Teaching this much slower than estimated counts as a slower machine (below: noise).
+SLOWDOWN_TOLERANCE = 1.1
 
 
 def fit_budget(ctx: RunContext, started: float) -> Recipe:
@@ -86,7 +91,7 @@ def _decide(ctx: RunContext, started: float) -> dict[str, Any]:
                 seed=cfg.seed,
             )
         )
-        teach = blocks * teacher_block * 1.1 if cached else 0.0
+        teach = blocks * teacher_block * TEACH_FACTOR if cached else 0.0
         live = 0.0 if cached or not recipe.needs_teacher_logits else steps * cfg.batch_size
         live *= teacher_block
         train = steps * cfg.grad_accum * (kd_step + baseline_step) + live
@@ -96,18 +101,77 @@ def _decide(ctx: RunContext, started: float) -> dict[str, Any]:
     steps = recipe.train.steps
     while steps > MIN_STEPS and estimate(steps) > budget:
         steps = max(MIN_STEPS, int(steps * 0.95))
+    train_seconds_per_step = recipe.train.grad_accum * (kd_step + baseline_step)
     return {
         "minutes": recipe.budget_minutes,
         "requested_steps": recipe.train.steps,
         "steps": steps,
         "estimated_minutes": estimate(steps) / 60,
         "estimated_minutes_at_requested": estimate(recipe.train.steps) / 60,
+        "estimated_seconds": {
+            "teach": estimate(steps)
+            - spent
+            - steps * train_seconds_per_step
+            - evaluate
+            - OVERHEAD_SECONDS,
+            "train_per_step": train_seconds_per_step,
+            "evaluate": evaluate,
+        },
         "measured": {
             "teacher_seconds_per_block": teacher_block,
             "student_step_seconds": step,
             "seconds_before_teaching": spent,
         },
     }
+
+
+def refit_after_teach(ctx: RunContext, started: float, teach_seconds: float) -> Recipe:
+    """Check the budget again once teaching has really run, and lower the steps if the
+    machine turned out slower than its first measurement said.
+
+    Teaching takes minutes, a far longer sample than the first measurement. If it ran
+    slower than estimated, training and evaluation are assumed to run slower by the same
+    factor. Fewer steps visit a prefix of the taught blocks, so the cache still covers
+    them. Done once: a resumed run reuses the decision.
+    """
+    recipe = ctx.recipe
+    path = ctx.run_dir / "stages" / "budget.json"
+    if recipe.budget_minutes is None or not path.is_file():
+        return recipe
+    decision = json.loads(path.read_text())
+    if "refit" in decision or "estimated_seconds" not in decision:
+        return recipe
+    estimated = decision["estimated_seconds"]
+    ratio = teach_seconds / max(estimated["teach"], 1e-9)
+    slowdown = ratio if ratio > SLOWDOWN_TOLERANCE else 1.0
+    left = recipe.budget_minutes * 60 - (time.perf_counter() - started)
+    per_step, evaluate = estimated["train_per_step"], estimated["evaluate"]
+
+    def remaining(steps: int) -> float:
+        return (steps * per_step + evaluate + OVERHEAD_SECONDS) * slowdown
+
+    steps = recipe.train.steps
+    while steps > MIN_STEPS and remaining(steps) > left:
+        steps = max(MIN_STEPS, int(steps * 0.95))
+    decision["refit"] = {
+        "teach_seconds": teach_seconds,
+        "estimated_teach_seconds": estimated["teach"],
+        "ratio": ratio,
+        "slowdown": slowdown,
+        "steps_before": recipe.train.steps,
+        "steps": steps,
+    }
+    decision["refit"]["estimated_minutes"] = (
+        recipe.budget_minutes * 60 - left + remaining(steps)
+    ) / 60
+    decision["steps"] = steps
+    atomic_write_json(path, decision)
+    if steps != recipe.train.steps:
+        log(
+            f"budget: teaching ran {slowdown:.1f}x slower than measured; train.steps "
+            f"{recipe.train.steps} → {steps}"
+        )
+    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"steps": steps})})
 
 
 def _teacher_seconds_per_block(ctx: RunContext) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 from potstill.cache.store import TeacherCache
 from potstill.config import Recipe
 from potstill.evaluation.report import Report
-from potstill.pipeline.budget import fit_budget
+from potstill.pipeline.budget import fit_budget, refit_after_teach
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import (
@@ -60,7 +60,10 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         raise PotstillError("stages: report needs evaluate; add it, or drop report")
     ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
     ctx.recipe = fit_budget(ctx, started)
+    teaching = time.perf_counter()
     source, source_print = teacher_signal(ctx, teach_now="teach" in stages)
+    if "teach" in stages:
+        ctx.recipe = refit_after_teach(ctx, started, time.perf_counter() - teaching)
     trained: dict[str, tuple[float, str]] = {}
     if "distill" in stages:
         trained["student"] = distill_stage(
