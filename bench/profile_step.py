@@ -101,7 +101,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
         if step > 0:
-            for name, begin, end in zip(flops, marks, marks[1:], strict=True):
+            for name, begin, end in zip(flops, marks[:-1], marks[1:], strict=True):
                 phases[name].append(end - begin)
     total = sum(statistics.median(v) for v in phases.values())
     print(f"\ndefault student step (CE, {b}x{t} tokens), median of {args.steps}: {total:.3f} s")
