@@ -87,3 +87,24 @@ def optimizer_grads(monkeypatch) -> list[list[torch.Tensor]]:
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     return grads
+
+
+def run_cli(*args: str, capsys) -> tuple[int, str, str]:
+    """``potstill ARGS`` in-process through the real entry point: (exit code, out, err)."""
+    import sys
+
+    from potstill import cli
+    from potstill.util.log import set_verbose
+
+    argv = sys.argv
+    sys.argv = ["potstill", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+        set_verbose(False)  # main() turns logging on for the process
+    out, err = capsys.readouterr()
+    return code, out, err

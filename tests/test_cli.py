@@ -9,25 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from potstill import cli
-from tests.conftest import make_llama, make_tokenizer
+from tests.conftest import make_llama, make_tokenizer, run_cli
 
 VERBS = ["run", "teach", "distill", "eval", "models", "pull"]
 
 
-def potstill(*args: str, capsys) -> tuple[int, str, str]:
-    """Run ``potstill ARGS`` in-process through the real entry point."""
-    argv = sys.argv
-    sys.argv = ["potstill", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+potstill = run_cli
 
 
 @pytest.fixture

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from potstill import cli
 from potstill.config import Recipe, load_recipe
 from potstill.pipeline import prepare_run_dir, run_dir_of
 from potstill.util.errors import PotstillError
-from potstill.util.log import set_verbose
+from tests.conftest import run_cli
 
 PATH_NAMES = ["../x", "../../x", "a/b", "/abs", ".", "..", ".hidden"]
 
@@ -120,20 +118,7 @@ def test_the_schema_refuses_a_name_that_is_a_path(name):
     assert repr(name) in str(e.value) and "set runs_dir" in str(e.value)
 
 
-def potstill(*args: str, capsys) -> tuple[int, str, str]:
-    """``potstill ARGS`` in-process through the real entry point (as in tests/test_cli.py)."""
-    argv = sys.argv
-    sys.argv = ["potstill", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-        set_verbose(False)  # main() turns logging on for the process
-    out, err = capsys.readouterr()
-    return code, out, err
+potstill = run_cli
 
 
 @pytest.mark.parametrize(
