@@ -25,15 +25,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
+from _common import teach_cache
 
-from potstill.cache.store import TeacherCache
-from potstill.cache.teach import cache_source, plan_blocks, teach
-from potstill.config import Recipe, load_recipe
-from potstill.data import LMData, load_data
-from potstill.data.order import scheduled_blocks
+from potstill.config import load_recipe
+from potstill.data import load_data
 from potstill.losses import LossTerm
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
@@ -108,35 +105,6 @@ def main() -> None:
     print(f"(teaching the {taught:,} tokens these steps use took {teach_seconds:.1f} s)")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-
-
-def teach_cache(
-    recipe: Recipe, teacher: torch.nn.Module, tokenizer: Any, data: LMData, *, directory: Path
-) -> TeacherCache:
-    """The teacher's top-k cache of the blocks ``recipe.train`` visits, taught into
-    ``directory`` (as the run's teach stage does it, `potstill.pipeline.stages`)."""
-    cfg = recipe.train
-    order = scheduled_blocks(
-        len(data.train),
-        micro_batches=cfg.steps * cfg.grad_accum,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-    )
-    source = cache_source(
-        recipe.teacher,
-        tokenizer,
-        data_fingerprint=data.fingerprint,
-        block_size=recipe.data.block_size,
-    )
-    return teach(
-        LiveTeacher(teacher),
-        data.train,
-        directory=directory,
-        source=source,
-        settings=recipe.teach,
-        temperature=recipe.teach_temperature,
-        plan=plan_blocks(order, len(data.train), recipe.teach.blocks),
-    )
 
 
 def _step_seconds(metrics: Path) -> list[float]:

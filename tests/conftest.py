@@ -108,3 +108,32 @@ def run_cli(*args: str, capsys) -> tuple[int, str, str]:
         set_verbose(False)  # main() turns logging on for the process
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def tiny_recipe(runs_dir, teacher_dir, corpus, *, steps: int = 3) -> dict:
+    """A whole-pipeline recipe on the tiny teacher: runs in seconds, one thread."""
+    return {
+        "name": "tiny",
+        "runs_dir": str(runs_dir),
+        "teacher": str(teacher_dir),
+        "device": "cpu",
+        "student": {"from_teacher": {"layers": [0, 3]}},
+        "data": {"path": str(corpus), "block_size": 16, "heldout": 0.1},
+        "loss": [
+            {"loss": "forward_kl", "weight": 0.5, "temperature": 2.0},
+            {"loss": "cross_entropy", "weight": 0.5},
+        ],
+        # One thread: the suite shares two cores, where OpenMP threads spin against each other.
+        "train": {"steps": steps, "batch_size": 2, "warmup": 1, "lr": 1.0e-3, "threads": 1},
+        "eval": {"batch_size": 4, "generate_tokens": 2},
+    }
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: the suite shares two cores, where OpenMP threads
+    spin against each other; the previous count is given back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

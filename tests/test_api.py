@@ -22,33 +22,14 @@ from potstill.evaluation.report.schema import SCHEMA_VERSION
 from potstill.models.load import load_causal_lm
 from potstill.pipeline import RunResult
 from potstill.util.errors import PotstillError
+from tests.conftest import tiny_recipe
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The suite shares two cores, where OpenMP threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def recipe(tmp_path, tiny_teacher_dir, corpus_file) -> dict:
-    return {
-        "name": "tiny",
-        "runs_dir": str(tmp_path / "runs"),
-        "teacher": str(tiny_teacher_dir),
-        "device": "cpu",
-        "student": {"from_teacher": {"layers": [0, 3]}},
-        "data": {"path": str(corpus_file), "block_size": 16, "heldout": 0.1},
-        "loss": [
-            {"loss": "forward_kl", "weight": 0.5, "temperature": 2.0},
-            {"loss": "cross_entropy", "weight": 0.5},
-        ],
-        "train": {"steps": 3, "batch_size": 2, "warmup": 1, "lr": 1.0e-3, "threads": 1},
-        "eval": {"batch_size": 4, "generate_tokens": 2},
-    }
+    return tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file)
 
 
 @pytest.fixture

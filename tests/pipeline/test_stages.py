@@ -18,27 +18,13 @@ from potstill.evaluation.report import Report
 from potstill.pipeline import RunResult, plan, run
 from potstill.pipeline import stages as pipeline_stages
 from potstill.util.errors import PotstillError
+from tests.conftest import tiny_recipe as make_tiny_recipe
 
 HEX64 = set("0123456789abcdef")
 
 
 def tiny_recipe(runs_dir: Path, teacher_dir: Path, corpus: Path) -> dict[str, Any]:
-    """A recipe that runs every stage in about a second on one CPU thread."""
-    return {
-        "name": "tiny",
-        "runs_dir": str(runs_dir),
-        "teacher": str(teacher_dir),
-        "device": "cpu",
-        "student": {"from_teacher": {"layers": [0, 3]}},
-        "data": {"path": str(corpus), "block_size": 16, "heldout": 0.1},
-        "loss": [
-            {"loss": "forward_kl", "weight": 0.5, "temperature": 2.0},
-            {"loss": "cross_entropy", "weight": 0.5},
-        ],
-        # One thread: the suite shares two cores, where OpenMP threads spin against each other.
-        "train": {"steps": 2, "batch_size": 2, "warmup": 1, "lr": 1.0e-3, "threads": 1},
-        "eval": {"batch_size": 4, "generate_tokens": 2},
-    }
+    return make_tiny_recipe(runs_dir, teacher_dir, corpus, steps=2)
 
 
 def fingerprints(run_dir: Path) -> dict[str, str]:

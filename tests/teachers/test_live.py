@@ -19,13 +19,7 @@ VOCAB, LAYERS, HEADS, HIDDEN = 50, 3, 4, 32
 B, L, P = 2, 7, 3  # batch, student length, prefix length
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The suite shares two cores, where OpenMP threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
