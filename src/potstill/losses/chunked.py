@@ -183,7 +183,10 @@ class _FusedHeadLoss(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits @ weight
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, chunk)
+                if grad_logits.dtype == grad_weight.dtype == chunk.dtype:
+                    grad_weight.addmm_(grad_logits.T, chunk)
+                else:  # under autocast the chunk's logits (and gradient) are bf16/fp16
+                    grad_weight += grad_logits.T @ chunk
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
             total = total + loss.detach()
