@@ -8,6 +8,7 @@ resumed run skips what is done and redoes what changed.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import time
@@ -310,7 +311,7 @@ def _signal_summary(source: TeacherSource | None, seconds: float) -> dict[str, A
 
 
 def _jsonable(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    import math
+    """NaN and inf as None, so the marker is valid JSON."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
