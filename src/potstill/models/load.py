@@ -57,7 +57,7 @@ def load_causal_lm(
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as e:
-        if location != ref:  # a local or bundled folder exists but does not load
+        if Path(location).is_dir():  # a local or bundled folder exists but does not load
             raise PotstillError(f"model {ref} could not be loaded ({_first_line(e)})") from e
         raise PotstillError(
             f"model {ref} not found: not a local folder or bundled:NAME, and not in the local "
@@ -66,6 +66,61 @@ def load_causal_lm(
         ) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def load_sequence_classifier(
+    ref: str,
+    num_labels: int,
+    *,
+    label_names: list[str] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[torch.nn.Module, Any]:
+    """Load ``(model, tokenizer)`` as a float32 classifier over ``num_labels`` classes.
+
+    An encoder (``bundled:all-minilm-l6-v2``, a BERT folder, a hub id) gets a freshly
+    initialised head; a checkpoint whose head has another size gets a fresh one in its
+    place, and a head of the right size is kept, so a trained classifier reloads as itself.
+    The model maps ``input_ids`` (B, T) to ``logits`` (B, num_labels).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if num_labels < 1:
+        raise PotstillError(f"num_labels must be at least 1, got {num_labels}")
+    if label_names is not None and len(label_names) != num_labels:
+        raise PotstillError(
+            f"{len(label_names)} label names for {num_labels} labels; give one name per label"
+        )
+    if label_names is not None and len(set(label_names)) != len(label_names):
+        raise PotstillError(f"label names repeat ({label_names}); give each label its own name")
+    names = label_names if label_names is not None else [f"LABEL_{i}" for i in range(num_labels)]
+    hf_logging.disable_progress_bar()
+    location = resolve(ref, log=log)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            location,
+            dtype=torch.float32,
+            num_labels=num_labels,
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+            ignore_mismatched_sizes=True,
+            trust_remote_code=False,
+        )
+    except (OSError, ValueError) as e:
+        if Path(location).is_dir():  # a local or bundled folder exists but does not load
+            raise PotstillError(f"model {ref} could not be loaded ({_first_line(e)})") from e
+        raise PotstillError(
+            f"model {ref} not found: not a local folder or bundled:NAME, and not in the local "
+            "hub cache; pass a local folder, or set HF_HUB_OFFLINE=0 to let potstill download "
+            "hub ids"
+        ) from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    # Decoder classifiers pool at the last non-pad token, found through this id.
+    model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
 
