@@ -20,7 +20,6 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from potstill.data.batch import Batch
 from potstill.data.order import block_indices
 from potstill.signals import SignalRequest, TeacherOutputs
 from potstill.teachers import TeacherSource
@@ -31,12 +30,23 @@ from potstill.util.io import atomic_write_text
 from potstill.util.log import bar
 
 
+class MicroBatch(Protocol):
+    """What a dataset hands the loop: a `Batch` (token blocks) or a task's own type
+    (`potstill.data.examples.ClassBatch`); the loop only moves it and keys teachers by
+    ``index``."""
+
+    @property
+    def index(self) -> torch.Tensor: ...
+
+    def to(self, device: torch.device | str) -> MicroBatch: ...
+
+
 class Dataset(Protocol):
     """What the loop draws micro-batches from (packed blocks, labelled examples, …)."""
 
     def __len__(self) -> int: ...
 
-    def batch(self, index: torch.Tensor) -> Batch: ...
+    def batch(self, index: torch.Tensor) -> MicroBatch: ...
 
 
 class Task(Protocol):
@@ -45,12 +55,17 @@ class Task(Protocol):
     @property
     def request(self) -> SignalRequest: ...
 
-    def count(self, batch: Batch) -> int: ...
+    def count(self, batch: MicroBatch) -> int: ...
 
-    def prepare(self, model: nn.Module, sample: Batch) -> None: ...
+    def prepare(self, model: nn.Module, sample: MicroBatch) -> None: ...
 
     def loss(
-        self, model: nn.Module, batch: Batch, teacher: TeacherOutputs | None, *, num_tokens: int
+        self,
+        model: nn.Module,
+        batch: MicroBatch,
+        teacher: TeacherOutputs | None,
+        *,
+        num_tokens: int,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
