@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import make_llama, make_tokenizer, run_cli
 
-VERBS = ["run", "teach", "distill", "eval", "models", "pull"]
+VERBS = ["run", "teach", "distill", "label", "eval", "models", "pull"]
 
 
 potstill = run_cli

@@ -54,6 +54,7 @@ def test_resolved_recipe_round_trips_through_yaml(tmp_path):
         (["loss=[{loss: cross_entropy, weight: 0}]"], "every term has weight 0"),
         (["student.model=x", "student.fresh={}"], "only one of model, from_teacher, fresh"),
         (["steps"], "is not key=value"),
+        (["task.labels=[a,"], "the value is not valid YAML"),
     ],
 )
 def test_user_errors_name_the_key_and_the_fix(overrides, expected):

@@ -5,7 +5,7 @@ The package is cut into layers that import one way only (a test keeps it so)::
     util → signals → losses → models, data → teachers → cache → tasks → train
          → evaluation → config → pipeline → api → cli
 
-The public API is available from here: `run`, `teach`, `distill`, `evaluate`,
+The public API is available from here: `run`, `teach`, `distill`, `label`, `evaluate`,
 `load_recipe`, the `Recipe` and `RunResult` types, the typed `Report`, the losses
 (`potstill.losses`) and the teacher-signal types (`potstill.signals`). They are imported
 on first use, so ``import potstill`` (and the command line's ``--help``) stays fast.
@@ -22,6 +22,7 @@ _EXPORTS = {
     "run": "potstill.api",
     "teach": "potstill.api",
     "distill": "potstill.api",
+    "label": "potstill.api",
     "evaluate": "potstill.api",
     "load_recipe": "potstill.api",
     "Recipe": "potstill.config",

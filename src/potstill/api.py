@@ -25,6 +25,8 @@ from potstill.models.load import load_causal_lm
 from potstill.models.student import check_same_vocab
 from potstill.pipeline import RunResult, distill_only, teach_only
 from potstill.pipeline import run as _run
+from potstill.pipeline.label import label_only
+from potstill.synth.store import LabelsTable
 from potstill.util.device import resolve_device
 from potstill.util.errors import PotstillError
 from potstill.util.log import verbose as _verbose
@@ -62,6 +64,13 @@ def distill(
     """Train the recipe's student (from its cache when there is one); returns its folder."""
     with _verbose(verbose):
         return distill_only(load_recipe(recipe, **overrides), resume=resume)
+
+
+def label(recipe: RecipeLike = None, /, *, verbose: bool = False, **overrides: Any) -> LabelsTable:
+    """The teacher labels ``task.train``'s texts into ``runs/NAME/labels.parquet``
+    (resumable); returns the table: soft labels, label prior, truncated count."""
+    with _verbose(verbose):
+        return label_only(load_recipe(recipe, **overrides))
 
 
 def evaluate(

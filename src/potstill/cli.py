@@ -118,6 +118,31 @@ def distill(
     print(f"student: {out}")
 
 
+@app.command()
+def label(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Overrides = None,
+) -> None:
+    """The teacher labels task.train's texts into runs/NAME/labels.parquet (resumable).
+
+    Each text gets the teacher's distribution over task.labels (every label's full token
+    sequence scored). Run again, it continues a killed or interrupted labelling where it
+    stopped: texts already labelled are kept (no flag needed).
+    """
+    from potstill.config import load_recipe
+    from potstill.pipeline.label import label_only
+    from potstill.synth.store import format_prior
+
+    cfg = load_recipe(recipe, overrides)
+    with _resumable("rerun the same command to continue where it stopped"):
+        table = label_only(cfg)
+    kept = len(table) - table.scored
+    print(
+        f"labels: {len(table):,} texts labelled ({table.scored:,} now, {kept:,} kept), "
+        f"prior {format_prior(table)}, {table.truncated:,} truncated: {table.path}"
+    )
+
+
 @app.command(name="eval")
 def evaluate(
     model: Annotated[list[str], typer.Option("--model", help="Model reference (repeatable).")],

@@ -13,6 +13,7 @@ from potstill.models.settings import (
     LoraConfig,
     StudentConfig,
 )
+from potstill.synth.settings import TaskConfig
 from potstill.train.settings import TrainConfig
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LossTermConfig",
     "Recipe",
     "StudentConfig",
+    "TaskConfig",
     "TeachConfig",
     "TrainConfig",
     "apply_overrides",

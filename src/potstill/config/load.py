@@ -86,7 +86,12 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             child = {}
             node[part] = child
         node = child
-    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        raise PotstillError(
+            f"override {item!r}: the value is not valid YAML; quote it or fix the brackets"
+        ) from None
 
 
 def _explain(error: ValidationError, raw: dict[str, Any], source: str) -> str:

@@ -8,9 +8,9 @@ from potstill.config import Recipe
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_text
 
-# What `potstill teach` leaves in a run folder: a later `distill` or `run` of the same
-# recipe starts from it without --resume.
-TEACH_OUTPUTS = {"config.yaml", "cache", "stages"}
+# What `potstill teach` and `potstill label` leave in a run folder: a later `distill` or
+# `run` of the same recipe starts from it without --resume.
+TEACH_OUTPUTS = {"config.yaml", "cache", "stages", "labels.parquet"}
 
 
 def run_dir_of(recipe: Recipe) -> Path:

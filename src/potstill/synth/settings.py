@@ -1,0 +1,82 @@
+"""The recipe's ``task`` block: what the teacher labels, and how."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from potstill.synth.prompt import Example, Label, LabelSpec
+from potstill.util.schema import Strict
+
+
+class LabelConfig(Strict):
+    """A label as a recipe writes it in full: ``{name, description}``."""
+
+    name: str
+    description: str | None = None
+
+
+class ExampleConfig(Strict):
+    """A few-shot example: a text and the name of its label."""
+
+    text: str
+    label: str
+
+
+class TaskConfig(Strict):
+    """What the student learns: next tokens (``lm``) or the teacher's labels (``classify``).
+
+    ``labels`` are plain names or ``{name, description}`` mappings; ``train`` is the path
+    of the unlabelled texts, ``test`` of a labelled test set (``label_field`` names its
+    gold labels). ``shard_texts`` texts are labelled between two atomic saves.
+
+    >>> TaskConfig(kind="classify", labels=["yes", {"name": "no"}]).to_spec().names
+    ['yes', 'no']
+    """
+
+    kind: Literal["lm", "classify"] = "lm"
+    labels: list[str | LabelConfig] = Field(default_factory=list)
+    instruction: str | None = None
+    examples: list[ExampleConfig] = Field(default_factory=list)
+    text_field: str = "text"
+    label_field: str | None = None
+    calibrate: bool = False
+    batch_size: int = Field(8, ge=1)
+    max_length: int | None = Field(None, ge=1)
+    train: str | None = None
+    test: str | None = None
+    shard_texts: int = Field(256, ge=1)
+
+    @property
+    def label_names(self) -> list[str]:
+        return [x if isinstance(x, str) else x.name for x in self.labels]
+
+    @model_validator(mode="after")
+    def _valid_labels(self) -> TaskConfig:
+        names = self.label_names
+        if self.kind == "classify" and len(names) < 2:
+            raise ValueError(
+                f"task.labels has {len(names)} label(s) but kind is classify; give at least two"
+            )
+        if any(not name.strip() for name in names):
+            raise ValueError("task.labels has an empty label name; give every label a name")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"task.labels lists {repeated} more than once; give each once")
+        if names:
+            for example in self.examples:
+                if example.label not in names:
+                    raise ValueError(
+                        f"task.examples: label {example.label!r} is not one of {names}; "
+                        "use a label from task.labels"
+                    )
+        return self
+
+    def to_spec(self) -> LabelSpec:
+        """The labelling task as `potstill.synth.prompt` takes it (refuses < 2 labels)."""
+        labels = [
+            Label(x) if isinstance(x, str) else Label(x.name, x.description) for x in self.labels
+        ]
+        examples = [Example(x.text, x.label) for x in self.examples]
+        return LabelSpec(labels, self.instruction, examples)
