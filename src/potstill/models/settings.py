@@ -42,6 +42,8 @@ class StudentConfig(Strict):
     from_teacher: FromTeacher | None = None
     fresh: FreshConfig | None = None
     adapter: Literal["full", "lora", "pissa"] = "full"
+    # task: classify trains one student per adapter listed here (None: all three).
+    adapters: list[Literal["full", "lora", "pissa"]] | None = None
     lora: LoraConfig = LoraConfig()
 
     @model_validator(mode="after")

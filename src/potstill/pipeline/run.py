@@ -10,6 +10,7 @@ from potstill.cache.store import TeacherCache
 from potstill.config import Recipe
 from potstill.evaluation.report import Report
 from potstill.pipeline.budget import fit_budget, refit_after_teach
+from potstill.pipeline.classify import run_classify
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import (
@@ -54,6 +55,9 @@ def plan(recipe: Recipe) -> list[str]:
 
 def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     """Run ``recipe``'s plan: teach, distil, train the baseline, evaluate, report."""
+    if recipe.task.kind == "classify":
+        report, run_dir = run_classify(recipe, resume=resume)
+        return RunResult(report, run_dir)
     started = time.perf_counter()
     stages = plan(recipe)
     if "report" in stages and "evaluate" not in stages:

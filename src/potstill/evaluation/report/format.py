@@ -97,8 +97,54 @@ def headline(report: Report) -> list[tuple[str, str, str]]:
     return lines
 
 
+def is_classification(report: Report) -> bool:
+    """True when the models were scored on labels (task: classify), not perplexity."""
+    return any(entry.accuracy is not None for entry in report.models.values())
+
+
+def _speed(entry: ModelEntry, batch: str) -> str:
+    rate = (entry.examples_per_second or {}).get(batch)
+    return fmt_rate(rate)
+
+
+def classification_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The per-model table of a classification run: (header, rows)."""
+    header = [
+        "model",
+        "params",
+        "trainable",
+        "accuracy",
+        "macro-F1",
+        "ECE",
+        "agreement",
+        "examples/s (batch 1)",
+        "examples/s (batch 32)",
+        "train s",
+    ]
+    rows = []
+    for name, entry in report.models.items():
+        agreement = entry.agreement or Agreement()
+        rows.append(
+            [
+                name,
+                fmt_params(entry.params),
+                fmt_params(entry.trainable_params),
+                fmt_percent(entry.accuracy, digits=1),
+                fmt_percent(entry.f1, digits=1),
+                fmt_number(entry.ece, digits=3),
+                fmt_percent(agreement.top1, digits=1),
+                _speed(entry, "1"),
+                _speed(entry, "32"),
+                fmt_rate(entry.train_seconds),
+            ]
+        )
+    return header, rows
+
+
 def metrics_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """The per-model table as formatted strings: (header, rows)."""
+    if is_classification(report):
+        return classification_table(report)
     header = [
         "model",
         "params",
@@ -142,17 +188,35 @@ def details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 def summary_table(report: Report) -> str:
-    """A short fixed-width table for the terminal: params, perplexity, tokens/s per model."""
-    header = ["model", "params", "perplexity", "tokens/s"]
-    rows = [
-        [
-            name,
-            fmt_params(entry.params, missing="-"),
-            fmt_perplexity(entry.perplexity, missing="-"),
-            fmt_rate(entry.tokens_per_second, missing="-"),
+    """A short fixed-width table for the terminal: params, perplexity (or accuracy and
+    macro-F1 for a classification run) and speed per model."""
+    if is_classification(report):
+        header = ["model", "params", "accuracy", "macro-F1", "examples/s"]
+        rows = [
+            [
+                name,
+                fmt_params(entry.params, missing="-"),
+                fmt_percent(entry.accuracy, digits=1, missing="-"),
+                fmt_percent(entry.f1, digits=1, missing="-"),
+                fmt_rate(
+                    (entry.examples_per_second or {}).get("1")
+                    or (entry.examples_per_second or {}).get("8"),
+                    missing="-",
+                ),
+            ]
+            for name, entry in report.models.items()
         ]
-        for name, entry in report.models.items()
-    ]
+    else:
+        header = ["model", "params", "perplexity", "tokens/s"]
+        rows = [
+            [
+                name,
+                fmt_params(entry.params, missing="-"),
+                fmt_perplexity(entry.perplexity, missing="-"),
+                fmt_rate(entry.tokens_per_second, missing="-"),
+            ]
+            for name, entry in report.models.items()
+        ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(

@@ -80,6 +80,8 @@ class ModelEntry(Section):
     accuracy: Number = None  # tasks with labels
     f1: Number = None  # macro-F1
     ece: Number = None  # expected calibration error
+    trainable_params: Count = None  # adapters (and head) only, for LoRA / PiSSA students
+    examples_per_second: dict[str, Number] | None = None  # classification, by batch size
     peak_ram_bytes: Count = None
 
 

@@ -1,0 +1,100 @@
+"""`potstill run` with `task: classify` end to end on tiny models: the teacher labels the
+texts, a student per adapter and a hard-label baseline train, every model is scored on the
+labelled test set, and the report holds accuracy, macro-F1 and speed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from potstill.evaluation.report import Report, summary_table
+from tests.conftest import run_cli
+from tests.models.test_encoders import WORDS, make_bert_folder
+from tests.test_cli_label import chat_teacher_dir  # noqa: F401 (a fixture)
+
+LABELS = ["sleep", "death"]
+
+
+def _recipe(tmp_path: Path, teacher: Path, student: Path, test_rows: list[dict]) -> Path:
+    train = tmp_path / "train.jsonl"
+    words = [w for w in WORDS if w.isalpha()] or ["x"]
+    train.write_text(
+        "".join(json.dumps({"text": " ".join(words[i : i + 3])}) + "\n" for i in range(8))
+    )
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    path = tmp_path / "classify.yaml"
+    path.write_text(
+        f"""
+name: tiny-classify
+runs_dir: {tmp_path / "runs"}
+teacher: {teacher}
+device: cpu
+student: {{model: {student}, adapters: [full, lora]}}
+task:
+  kind: classify
+  labels: [{{name: sleep, description: about sleeping}}, death]
+  train: {train}
+  test: {test}
+  label_field: label
+  batch_size: 4
+loss:
+  - {{loss: forward_kl, weight: 0.7, temperature: 2.0}}
+  - {{loss: cross_entropy, weight: 0.3}}
+train: {{steps: 3, batch_size: 4, warmup: 1, threads: 1}}
+"""
+    )
+    return path
+
+
+def test_classify_run_trains_every_adapter_and_scores_them(
+    tmp_path,
+    capsys,
+    chat_teacher_dir,  # noqa: F811
+):
+    student = make_bert_folder(tmp_path / "bert")
+    rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "death"}] * 3
+    code, out, err = run_cli(
+        "run", str(_recipe(tmp_path, chat_teacher_dir, student, rows)), capsys=capsys
+    )
+    assert code == 0, err
+    run_dir = tmp_path / "runs" / "tiny-classify"
+    report = Report.load(run_dir / "report.json")
+    assert set(report.models) == {"teacher", "student-full", "student-lora", "baseline"}
+    for name, entry in report.models.items():
+        assert 0.0 <= entry.accuracy <= 1.0 and 0.0 <= entry.f1 <= 1.0, name
+        assert entry.ece is not None and entry.params > 0
+    assert (
+        report.models["student-lora"].trainable_params
+        < report.models["student-full"].trainable_params
+    )
+    assert report.models["student-full"].examples_per_second["1"] > 0
+    assert (run_dir / "labels.parquet").is_file() and (run_dir / "student-lora").is_dir()
+    assert "accuracy" in summary_table(report) and "student-lora" in out
+    assert report.recipe["labels"] == LABELS
+
+
+def test_a_test_label_outside_the_label_set_is_one_line(tmp_path, capsys, chat_teacher_dir):  # noqa: F811
+    student = make_bert_folder(tmp_path / "bert")
+    rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "dying"}]
+    code, _out, err = run_cli(
+        "run", str(_recipe(tmp_path, chat_teacher_dir, student, rows)), capsys=capsys
+    )
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: task.test")
+    assert "'dying' is not one of task.labels" in err
+    assert not (tmp_path / "runs" / "tiny-classify").exists()
+
+
+@pytest.mark.parametrize("missing", ["test", "label_field"])
+def test_classify_needs_a_labelled_test_set(tmp_path, capsys, chat_teacher_dir, missing):  # noqa: F811
+    student = make_bert_folder(tmp_path / "bert")
+    path = _recipe(tmp_path, chat_teacher_dir, student, [{"text": "a", "label": "sleep"}])
+    lines = [
+        line for line in path.read_text().splitlines() if not line.strip().startswith(f"{missing}:")
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    code, _out, err = run_cli("run", str(path), capsys=capsys)
+    assert code == 2 and "needs a labelled test set" in err
