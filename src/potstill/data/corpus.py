@@ -123,3 +123,44 @@ def strip_gutenberg(text: str) -> str:
     if end is not None:
         text = text[: end.start()]
     return text.strip()
+
+
+# --- shipped labelled data: the Pang-Lee movie-review polarity sentences ---------------------
+
+GENSIM_REQUIREMENT = "gensim==4.4.0"
+_POLARITY_MEMBER = "gensim/test/test_data/pang_lee_polarity.cor"
+_POLARITY_SHA256 = "662c1b7c3bd0612eaaaf3f0c694cbd3897e30c0d87d2940b46c9fd0d15ed70c1"
+POLARITY_LABELS = {"__label__pos": "positive", "__label__neg": "negative"}
+
+
+def polarity_sentences() -> list[tuple[str, str]]:
+    """The 200 labelled movie-review sentences (Pang & Lee 2005) that gensim ships as test
+    data: ``(text, "positive" | "negative")``, 100 of each, in file order.
+
+    Fetched once with ``pip download --no-deps gensim==4.4.0`` (only this file is read,
+    checked by sha256) and kept under potstill's home folder.
+    """
+    import hashlib
+    import zipfile
+
+    cached = home() / "data" / "pang_lee_polarity.cor"
+    if not cached.is_file():
+        wheel = pip_download(GENSIM_REQUIREMENT, home() / "downloads")
+        with zipfile.ZipFile(wheel) as archive:
+            raw = archive.read(_POLARITY_MEMBER)
+        if hashlib.sha256(raw).hexdigest() != _POLARITY_SHA256:
+            from potstill.util.errors import PotstillError
+
+            raise PotstillError(
+                f"{GENSIM_REQUIREMENT}: {_POLARITY_MEMBER} changed upstream (sha256 differs); "
+                "potstill refuses it"
+            )
+        from potstill.util.io import atomic_write_bytes
+
+        atomic_write_bytes(cached, raw)
+    rows = []
+    for line in cached.read_bytes().decode("cp1252").splitlines():  # the file is Windows-1252
+        if line.strip():
+            tag, _, text = line.partition(" ")
+            rows.append((text.strip(), POLARITY_LABELS[tag]))
+    return rows

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from potstill.data.corpus import polarity_sentences
 from potstill.data.sources import _csv_rows, _guess_field, _jsonl_rows, _read_text, _type_name
 from potstill.util.errors import PotstillError
 
@@ -47,11 +48,35 @@ class TextSet:
         return [text_sha256(t) for t in self.texts]
 
 
+SHIPPED = "shipped:"
+SHIPPED_SETS = ("pang-lee-polarity/train", "pang-lee-polarity/test")
+
+
+def shipped_texts(ref: str, *, with_labels: bool) -> TextSet:
+    """``shipped:pang-lee-polarity/train`` or ``/test``: the 200 polarity sentences gensim
+    ships, split by position (even rows train, odd rows test: 100 each, 50 per label)."""
+    name = ref.removeprefix(SHIPPED)
+    if name not in SHIPPED_SETS:
+        raise PotstillError(
+            f"{ref} is not shipped data; known: {', '.join(SHIPPED + s for s in SHIPPED_SETS)}"
+        )
+    rows = polarity_sentences()
+    part = rows[0::2] if name.endswith("/train") else rows[1::2]
+    return TextSet(
+        name,
+        list(range(len(part))),
+        [text for text, _ in part],
+        [label for _, label in part] if with_labels else None,
+    )
+
+
 def read_texts(
     path: str | Path, text_field: str = "text", label_field: str | None = None
 ) -> TextSet:
     """Read the texts (and gold labels under ``label_field``) of a ``.txt`` (one text per
     non-empty line), ``.jsonl``, ``.csv`` or ``.parquet`` file."""
+    if str(path).startswith(SHIPPED):
+        return shipped_texts(str(path), with_labels=label_field is not None)
     path = Path(path).expanduser()
     if not path.is_file():
         raise PotstillError(

@@ -1,0 +1,35 @@
+"""The shipped classification task, for real (slow): the bundled SmolLM2 labels the
+Pang-Lee polarity sentences and MiniLM students learn them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from potstill.evaluation.report import Report
+from tests.conftest import run_cli
+
+RECIPE = Path(__file__).parent.parent / "recipes" / "classify-polarity.yaml"
+
+
+@pytest.mark.slow
+def test_the_shipped_polarity_task_runs(tmp_path, capsys):
+    code, out, err = run_cli(
+        "run", str(RECIPE), f"runs_dir={tmp_path}", "train.steps=10", capsys=capsys
+    )
+    assert code == 0, err
+    report = Report.load(tmp_path / "classify-polarity" / "report.json")
+    assert set(report.models) == {
+        "teacher",
+        "student-full",
+        "student-lora",
+        "student-pissa",
+        "baseline",
+    }
+    teacher = report.models["teacher"]
+    assert 0.55 <= teacher.accuracy <= 0.75  # SmolLM2-135M, calibrated: 65% measured
+    for name, entry in report.models.items():
+        assert 0.0 <= entry.accuracy <= 1.0 and entry.params > 0, name
+    assert report.models["student-full"].params < teacher.params / 5
+    assert report.recipe["train_texts"] == 100 and "accuracy" in out
