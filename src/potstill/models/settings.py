@@ -30,6 +30,9 @@ class LoraConfig(Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # Adapter students' learning rate (None: train.lr); adapters usually want ~10x a full
+    # fine-tune's.
+    lr: float | None = Field(None, gt=0.0)
 
 
 # On the bundled SmolLM2 (30 layers) keeping the first three and last three layers heals

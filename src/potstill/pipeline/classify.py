@@ -186,6 +186,7 @@ def _train_student(
         log(f"{name}: already trained, skipping")
         return done
     names = recipe.task.label_names
+    torch.manual_seed(recipe.train.seed)  # the new head's initialisation, whatever ran before
     model, tokenizer = load_sequence_classifier(ref, len(names), label_names=names)
     lora = recipe.student.lora
     model = wrap_classifier_adapter(
@@ -202,11 +203,14 @@ def _train_student(
         torch.as_tensor(hard),
         None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
     )
+    cfg = recipe.train
+    if adapter != "full" and lora.lr is not None:
+        cfg = cfg.model_copy(update={"lr": lora.lr})
     result = train(
         model,
         examples,
         Classify(terms),
-        recipe.train,
+        cfg,
         teacher=None
         if soft is None
         else SoftLabels.from_probs(torch.as_tensor(soft, dtype=torch.float32)),

@@ -187,11 +187,14 @@ def distill_stage(
         recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
     )
     model = wrap_adapter(student.to(ctx.device), recipe.student)
+    cfg = recipe.train
+    if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
+        cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
     result = train(
         model,
         ctx.data.train,
         CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens),
-        recipe.train,
+        cfg,
         teacher=source,
         name=name,
         checkpoint_dir=checkpoints,
