@@ -54,6 +54,9 @@ def wrap_classifier_adapter(
         ),
         init_lora_weights=True if adapter == "lora" else "pissa_niter_4",
         task_type="SEQ_CLS",  # PEFT then keeps the head ("classifier" / "score") trainable
+        # BERT-style classifiers read the pooler's output: a sentence encoder's pooler was
+        # never trained (they mean-pool), so it trains with the head, as in a full fine-tune.
+        modules_to_save=["pooler"] if _has_pooler(model) else None,
     )
     wrapped = get_peft_model(model, lora)
     heads = [n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
@@ -63,6 +66,10 @@ def wrap_classifier_adapter(
             "trainable; use adapter full for this model"
         )
     return wrapped
+
+
+def _has_pooler(model: torch.nn.Module) -> bool:
+    return any(name.split(".")[-1] == "pooler" for name, _ in model.named_modules())
 
 
 def trainable_params(model: torch.nn.Module) -> int:
