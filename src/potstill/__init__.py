@@ -2,7 +2,7 @@
 
 The package is cut into layers that import one way only (a test keeps it so)::
 
-    util → signals → losses → models, data → teachers → cache → tasks → train
+    util → signals → losses → models, data → teachers → cache → synth → tasks → train
          → evaluation → config → pipeline → api → cli
 
 The public API is available from here: `run`, `teach`, `distill`, `label`, `evaluate`,
