@@ -46,24 +46,16 @@ def load_causal_lm(
 ) -> tuple[torch.nn.Module, Any]:
     """Load ``(model, tokenizer)`` in float32 (bf16 is far slower than fp32 on CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    location = resolve(ref, log=log)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    try:
+    def load(location: str) -> tuple[torch.nn.Module, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as e:
-        if Path(location).is_dir():  # a local or bundled folder exists but does not load
-            raise PotstillError(f"model {ref} could not be loaded ({_first_line(e)})") from e
-        raise PotstillError(
-            f"model {ref} not found: not a local folder or bundled:NAME, and not in the local "
-            "hub cache; pass a local folder, or set HF_HUB_OFFLINE=0 to let potstill download "
-            "hub ids"
-        ) from e
+        return model, tokenizer
+
+    model, tokenizer = _load_pretrained(ref, load, log)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -85,7 +77,6 @@ def load_sequence_classifier(
     The model maps ``input_ids`` (B, T) to ``logits`` (B, num_labels).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     if num_labels < 1:
         raise PotstillError(f"num_labels must be at least 1, got {num_labels}")
@@ -96,9 +87,8 @@ def load_sequence_classifier(
     if label_names is not None and len(set(label_names)) != len(label_names):
         raise PotstillError(f"label names repeat ({label_names}); give each label its own name")
     names = label_names if label_names is not None else [f"LABEL_{i}" for i in range(num_labels)]
-    hf_logging.disable_progress_bar()
-    location = resolve(ref, log=log)
-    try:
+
+    def load(location: str) -> tuple[torch.nn.Module, Any]:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
             location,
@@ -109,6 +99,29 @@ def load_sequence_classifier(
             ignore_mismatched_sizes=True,
             trust_remote_code=False,
         )
+        return model, tokenizer
+
+    model, tokenizer = _load_pretrained(ref, load, log)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    # Decoder classifiers pool at the last non-pad token, found through this id.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def _load_pretrained(
+    ref: str,
+    load: Callable[[str], tuple[torch.nn.Module, Any]],
+    log: Callable[[str], None],
+) -> tuple[torch.nn.Module, Any]:
+    """Resolve ``ref`` and run ``load`` on it; what fails is one `PotstillError` line."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    location = resolve(ref, log=log)
+    try:
+        return load(location)
     except (OSError, ValueError) as e:
         if Path(location).is_dir():  # a local or bundled folder exists but does not load
             raise PotstillError(f"model {ref} could not be loaded ({_first_line(e)})") from e
@@ -117,12 +130,6 @@ def load_sequence_classifier(
             "hub cache; pass a local folder, or set HF_HUB_OFFLINE=0 to let potstill download "
             "hub ids"
         ) from e
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    # Decoder classifiers pool at the last non-pad token, found through this id.
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.eval()
-    return model, tokenizer
 
 
 def _first_line(error: BaseException) -> str:
