@@ -89,15 +89,7 @@ def _read_file(path: Path, cfg: DataConfig) -> tuple[Kind, list[Document]]:
     if suffix == ".csv":
         return _documents(_csv_rows(path), cfg)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:
-            raise PotstillError(
-                f"{path} is not a readable parquet file ({e}); re-export it or convert it to .jsonl"
-            ) from None
-        return _table_documents(table, str(path), cfg)
+        return _table_documents(read_parquet(path), str(path), cfg)
     raise PotstillError(
         f"data.path {path}: unsupported file type {suffix or '(none)'}; "
         f"use one of {', '.join(SUPPORTED)}, a datasets folder, or a folder of such files"
@@ -241,6 +233,18 @@ def _type_name(value: Any) -> str:
 
 
 # --- columnar: parquet and datasets ----------------------------------------------------------
+
+
+def read_parquet(path: Path):  # -> pyarrow.Table
+    """A parquet file as a pyarrow table; an unreadable one is one `PotstillError` line."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except Exception as e:
+        raise PotstillError(
+            f"{path} is not a readable parquet file ({e}); re-export it or convert it to .jsonl"
+        ) from None
 
 
 def _table_documents(table, where: str, cfg: DataConfig) -> tuple[Kind, list[Document]]:

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from potstill.data.corpus import polarity_sentences
-from potstill.data.sources import _csv_rows, _guess_field, _jsonl_rows, _read_text, _type_name
+from potstill.data.sources import (
+    _csv_rows,
+    _guess_field,
+    _jsonl_rows,
+    _read_text,
+    _type_name,
+    read_parquet,
+)
 from potstill.util.errors import PotstillError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
@@ -123,15 +130,7 @@ def read_texts(
 
 
 def _parquet_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:
-        raise PotstillError(
-            f"{path} is not a readable parquet file ({e}); re-export it or convert it to .jsonl"
-        ) from None
-    for i, row in enumerate(table.to_pylist(), start=1):
+    for i, row in enumerate(read_parquet(path).to_pylist(), start=1):
         yield f"{path} row {i}", row
 
 
