@@ -8,7 +8,6 @@ resumed run skips what is done and redoes what changed.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import shutil
 import time
@@ -22,6 +21,7 @@ from potstill.cache.teach import cache_source, plan_blocks, teach
 from potstill.data.order import scheduled_blocks
 from potstill.evaluation.lm import evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
+from potstill.evaluation.report.schema import json_ready
 from potstill.losses import LossTerm
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
@@ -240,7 +240,7 @@ def evaluate_stage(
     )
     for key, (seconds, _) in trained.items():
         models[key]["train_seconds"] = seconds
-    mark_finished(ctx.run_dir, "evaluate", print_, models=_jsonable(models))
+    mark_finished(ctx.run_dir, "evaluate", print_, models=json_ready(models))
     return models
 
 
@@ -311,16 +311,3 @@ def _signal_summary(source: TeacherSource | None, seconds: float) -> dict[str, A
         summary = {"from": "cache", "teach_seconds": seconds, **source.summary()}
         return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in summary.items()}
     return {"from": "live teacher" if source is not None else "none"}
-
-
-def _jsonable(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """NaN and inf as None, so the marker is valid JSON."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
-
-    return clean(models)
