@@ -16,7 +16,7 @@ import torch
 from potstill.config import Recipe
 from potstill.data.examples import ClassExamples
 from potstill.data.texts import read_texts
-from potstill.evaluation.classify import ClassScores, score_classifiers
+from potstill.evaluation.classify import ClassScores, class_scores, score_classifiers
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.size import size_on_disk
 from potstill.losses import LossTerm
@@ -59,14 +59,14 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
         )
     gold = torch.tensor([names.index(label) for label in test.labels or []])
     run_dir = prepare_run_dir(recipe, resume=resume)
+    ctx = RunContext(recipe, run_dir)
     labelling = time.perf_counter()
-    table = label_only(recipe)
+    table = label_only(recipe, ctx)
     label_seconds = time.perf_counter() - labelling
     train_texts = read_texts(task.train, task.text_field)
     soft = np.asarray(table.probs, dtype=np.float64)  # calibrated by `label` when asked
     hard = soft.argmax(-1)
 
-    ctx = RunContext(recipe, run_dir)
     teacher_started = time.perf_counter()
     prompt = build_prompt(ctx.tokenizer, task.to_spec())
     teacher_scores = score_labels(
@@ -238,8 +238,6 @@ def _entry(scores: ClassScores) -> dict[str, Any]:
 def _teacher_entry(
     recipe: Recipe, ctx: RunContext, probs: torch.Tensor, gold: torch.Tensor, rate: float
 ) -> dict[str, Any]:
-    from potstill.evaluation.classify import class_scores
-
     scores = class_scores(probs, gold)
     return {
         **_entry(scores),

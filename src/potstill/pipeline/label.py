@@ -20,8 +20,10 @@ from potstill.util.log import log
 LABELS_FILE = "labels.parquet"
 
 
-def label_only(recipe: Recipe) -> LabelsTable:
+def label_only(recipe: Recipe, ctx: RunContext | None = None) -> LabelsTable:
     """Label (or finish labelling) ``recipe.task.train`` with the teacher; return the table.
+
+    ``ctx`` lends a run's already loaded teacher (and its hash); None loads it here.
 
     Every check that can refuse the run (the labels, the texts, the prompt, an existing
     table made with other labels or teacher) comes before anything in the run folder is
@@ -36,7 +38,7 @@ def label_only(recipe: Recipe) -> LabelsTable:
     path = run_dir_of(recipe) / LABELS_FILE
     texts = read_texts(task.train, task.text_field)
     log(f"texts {texts.name}: {len(texts):,} to label with {spec.names}")
-    ctx = RunContext(recipe, run_dir_of(recipe))
+    ctx = ctx or RunContext(recipe, run_dir_of(recipe))  # a run's own, with its teacher
     model, tokenizer = ctx.teacher, ctx.tokenizer
     prompt = build_prompt(tokenizer, spec)  # refuses labels whose tokens collide
     limit = context_limit(model, task.max_length)
