@@ -26,6 +26,7 @@ def test_the_shipped_polarity_task_runs(tmp_path, capsys):
         "student-lora",
         "student-pissa",
         "baseline",
+        "gold",
     }
     teacher = report.models["teacher"]
     assert 0.65 <= teacher.accuracy <= 0.85  # Qwen2.5-Coder-0.5B, calibrated: 75% measured
@@ -33,3 +34,4 @@ def test_the_shipped_polarity_task_runs(tmp_path, capsys):
         assert 0.0 <= entry.accuracy <= 1.0 and entry.params > 0, name
     assert report.models["student-full"].params < teacher.params / 5
     assert report.recipe["train_texts"] == 100 and "accuracy" in out
+    assert report.break_even.teacher_seconds_per_1k > report.break_even.student_seconds_per_1k

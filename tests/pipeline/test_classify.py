@@ -17,11 +17,16 @@ from tests.test_cli_label import chat_teacher_dir  # noqa: F401 (a fixture)
 LABELS = ["sleep", "death"]
 
 
-def _recipe(tmp_path: Path, teacher: Path, student: Path, test_rows: list[dict]) -> Path:
+def _recipe(
+    tmp_path: Path, teacher: Path, student: Path, test_rows: list[dict], extra: str = ""
+) -> Path:
     train = tmp_path / "train.jsonl"
     words = [w for w in WORDS if w.isalpha()] or ["x"]
     train.write_text(
-        "".join(json.dumps({"text": " ".join(words[i : i + 3])}) + "\n" for i in range(8))
+        "".join(
+            json.dumps({"text": " ".join(words[i : i + 3]), "gold": LABELS[i % 2]}) + "\n"
+            for i in range(8)
+        )
     )
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
@@ -40,7 +45,7 @@ task:
   test: {test}
   label_field: label
   batch_size: 4
-loss:
+{extra}loss:
   - {{loss: forward_kl, weight: 0.7, temperature: 2.0}}
   - {{loss: cross_entropy, weight: 0.3}}
 train: {{steps: 3, batch_size: 4, warmup: 1, threads: 1}}
@@ -74,6 +79,65 @@ def test_classify_run_trains_every_adapter_and_scores_them(
     assert (run_dir / "labels.parquet").is_file() and (run_dir / "student-lora").is_dir()
     assert "accuracy" in summary_table(report) and "student-lora" in out
     assert report.recipe["labels"] == LABELS
+    teacher = report.models["teacher"]
+    assert set(teacher.examples_per_second) == {"1", "4"} and teacher.size_bytes > 0
+    for entry in report.models.values():
+        assert sum(map(sum, entry.confusion)) == len(rows) and len(entry.per_class_f1) == 2
+    even = report.break_even
+    assert even.student in {"student-full", "student-lora"}
+    assert even.distill_seconds > report.models[even.student].train_seconds
+    assert even.teacher_seconds_per_1k == pytest.approx(1000 / teacher.examples_per_second["1"])
+    assert {p.name for p in (run_dir / "plots").iterdir()} >= {
+        "confusion.png",
+        "quality_vs_size.png",
+        "quality_vs_speed.png",
+    }
+    markdown = (run_dir / "report.md").read_text()
+    assert "**best student:" in markdown and "## Break-even" in markdown
+
+    # A rerun with --resume trains nothing again and scores the same models the same way.
+    code, _out, err = run_cli(
+        "run",
+        str(tmp_path / "classify.yaml"),
+        "--resume",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    for name in ("student-full", "student-lora", "baseline"):
+        assert f"{name}: already trained, skipping" in err
+    again = Report.load(run_dir / "report.json")
+    for name, entry in report.models.items():
+        assert again.models[name].accuracy == entry.accuracy, name
+        assert again.models[name].train_seconds == entry.train_seconds, name
+
+
+def test_gold_train_labels_add_a_reference_and_can_be_the_hard_labels(
+    tmp_path,
+    capsys,
+    chat_teacher_dir,  # noqa: F811
+):
+    student = make_bert_folder(tmp_path / "bert")
+    rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "death"}]
+    extra = "  train_label_field: gold\n  hard_labels: gold\n"
+    recipe = _recipe(tmp_path, chat_teacher_dir, student, rows, extra)
+    code, _out, err = run_cli("run", str(recipe), "student.adapters=[full]", capsys=capsys)
+    assert code == 0, err
+    report = Report.load(tmp_path / "runs" / "tiny-classify" / "report.json")
+    assert set(report.models) == {"teacher", "student-full", "baseline", "gold"}
+    assert report.recipe["hard_labels"] == "gold"
+
+
+def test_a_teacher_without_a_chat_template_runs_with_a_plain_prompt(
+    tmp_path, capsys, tiny_teacher_dir
+):
+    student = make_bert_folder(tmp_path / "bert")
+    rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "death"}]
+    recipe = _recipe(tmp_path, tiny_teacher_dir, student, rows)
+    code, _out, err = run_cli("run", str(recipe), "student.adapters=[lora]", capsys=capsys)
+    assert code == 0, err
+    assert "no chat template: using a plain" in err
+    report = Report.load(tmp_path / "runs" / "tiny-classify" / "report.json")
+    assert report.models["student-lora"].accuracy is not None
 
 
 def test_a_test_label_outside_the_label_set_is_one_line(tmp_path, capsys, chat_teacher_dir):  # noqa: F811
@@ -85,6 +149,33 @@ def test_a_test_label_outside_the_label_set_is_one_line(tmp_path, capsys, chat_t
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: task.test")
     assert "'dying' is not one of task.labels" in err
+    assert not (tmp_path / "runs" / "tiny-classify").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "rows", "expected"),
+    [
+        ("", [{"text": "to sleep", "kind": "sleep"}], "no 'label' label field"),
+        ("  train_label_field: nope\n", [{"text": "a", "label": "sleep"}], "no 'nope' label"),
+        ("  hard_labels: gold\n", [{"text": "a", "label": "sleep"}], "train_label_field is not"),
+    ],
+    ids=["test-without-label-field", "train-without-label-field", "gold-without-field"],
+)
+def test_bad_label_fields_are_one_line_and_write_nothing(
+    tmp_path,
+    capsys,
+    chat_teacher_dir,  # noqa: F811
+    extra,
+    rows,
+    expected,
+):
+    student = make_bert_folder(tmp_path / "bert")
+    code, _out, err = run_cli(
+        "run", str(_recipe(tmp_path, chat_teacher_dir, student, rows, extra)), capsys=capsys
+    )
+    assert code == 2
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert expected in line and err.strip().splitlines()[-1] == line
     assert not (tmp_path / "runs" / "tiny-classify").exists()
 
 

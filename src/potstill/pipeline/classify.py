@@ -18,12 +18,12 @@ from potstill.data.examples import ClassExamples
 from potstill.data.texts import read_texts
 from potstill.evaluation.classify import ClassScores, class_scores, score_classifiers
 from potstill.evaluation.report import Report, build_report, write_report
-from potstill.evaluation.size import size_on_disk
+from potstill.evaluation.size import count_params, size_on_disk
 from potstill.losses import LossTerm
 from potstill.models.classifier import save_classifier, trainable_params, wrap_classifier_adapter
-from potstill.models.load import load_sequence_classifier
+from potstill.models.load import load_sequence_classifier, resolve
 from potstill.pipeline.context import RunContext
-from potstill.pipeline.label import label_only
+from potstill.pipeline.label import label_only, train_source
 from potstill.pipeline.markers import fingerprint, finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves
@@ -38,10 +38,12 @@ from potstill.util.log import log
 DEFAULT_CLASSIFIER = "bundled:all-minilm-l6-v2"
 ADAPTERS = ("full", "lora", "pissa")
 CE_ONLY = [LossTerm("cross_entropy")]
+TEACHER_SPEED_TEXTS = 8  # texts timed at batch 1
 
 
 def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]:
-    """label → one student per adapter → hard-label baseline → test-set scores → report."""
+    """label → one student per adapter → hard-label baseline (→ gold reference) →
+    test-set scores → report."""
     started = time.perf_counter()
     task = recipe.task
     if task.test is None or task.label_field is None:
@@ -50,53 +52,40 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
             "task.label_field to the field holding each text's label"
         )
     names = task.label_names
-    test = read_texts(task.test, task.text_field, task.label_field)
-    unknown = sorted({label for label in test.labels or [] if label not in names})
-    if unknown:
-        raise PotstillError(
-            f"task.test {test.name}: label {unknown[0]!r} is not one of task.labels "
-            f"({', '.join(names)}); fix the file or add the label"
-        )
-    gold = torch.tensor([names.index(label) for label in test.labels or []])
+    test = read_texts(task.test, task.text_field, task.label_field, limit=task.max_test)
+    gold = _label_ids(test.labels or [], names, "task.test", test.name)
+    train_texts = read_texts(
+        train_source(recipe), task.text_field, task.train_label_field, limit=task.max_train
+    )
+    train_gold = (
+        None
+        if task.train_label_field is None
+        else _label_ids(train_texts.labels or [], names, "task.train", train_texts.name)
+    )
     run_dir = prepare_run_dir(recipe, resume=resume)
     ctx = RunContext(recipe, run_dir)
-    labelling = time.perf_counter()
     table = label_only(recipe, ctx)
-    label_seconds = time.perf_counter() - labelling
-    train_texts = read_texts(task.train, task.text_field)
     soft = np.asarray(table.probs, dtype=np.float64)  # calibrated by `label` when asked
-    hard = soft.argmax(-1)
+    teacher_hard = soft.argmax(-1)
+    gold_hard = None if train_gold is None else train_gold.numpy()
+    hard = teacher_hard if gold_hard is None or task.hard_labels == "teacher" else gold_hard
 
-    teacher_started = time.perf_counter()
-    prompt = build_prompt(ctx.tokenizer, task.to_spec())
-    teacher_scores = score_labels(
-        ctx.teacher, prompt, test.texts, batch_size=task.batch_size, max_length=task.max_length
-    )
-    teacher_seconds = time.perf_counter() - teacher_started
-    teacher_probs = torch.as_tensor(
-        _soft_labels(teacher_scores.softmax(), table.prior if task.calibrate else None)
-    )
-
+    teacher_probs, teacher_speed = _score_teacher(ctx, test.texts, table.prior)
     ref = recipe.student.model or DEFAULT_CLASSIFIER
     if recipe.student.model is None:
         log(f"student: {ref} (set student.model to choose another classifier)")
     adapters = recipe.student.adapters or list(ADAPTERS)
+    texts = train_texts.texts
     trained: dict[str, dict[str, Any]] = {}
     for adapter in adapters:
-        trained[f"student-{adapter}"] = _train_student(
-            ctx,
-            ref,
-            adapter,
-            train_texts.texts,
-            hard,
-            soft,
-            recipe.terms,
-            name=f"student-{adapter}",
-        )
-    if recipe.eval.baseline:
+        name = f"student-{adapter}"
+        trained[name] = _train_student(ctx, ref, adapter, texts, hard, soft, recipe.terms, name)
+    if recipe.eval.baseline:  # what the soft labels bought
         trained["baseline"] = _train_student(
-            ctx, ref, "full", train_texts.texts, hard, None, CE_ONLY, name="baseline"
+            ctx, ref, "full", texts, teacher_hard, None, CE_ONLY, "baseline"
         )
+    if gold_hard is not None:  # what the user's own labels would give
+        trained["gold"] = _train_student(ctx, ref, "full", texts, gold_hard, None, CE_ONLY, "gold")
 
     loaded = {
         name: load_sequence_classifier(str(run_dir / name), len(names), label_names=names)
@@ -109,13 +98,20 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
         models, test_examples, gold, teacher_probs=teacher_probs, batch_size=32
     )
     entries: dict[str, dict[str, Any]] = {
-        "teacher": _teacher_entry(recipe, ctx, teacher_probs, gold, len(test) / teacher_seconds)
+        "teacher": {
+            **_entry(class_scores(teacher_probs, gold)),
+            "agreement": None,
+            "ref": recipe.teacher,
+            "params": count_params(ctx.teacher),
+            "size_bytes": size_on_disk(resolve(recipe.teacher)),
+            "examples_per_second": teacher_speed,
+        }
     }
     for name, info in trained.items():
         entries[name] = {
             **_entry(scores[name]),
             "ref": str(run_dir / name),
-            "params": sum(p.numel() for p in models[name].parameters()),
+            "params": count_params(models[name]),
             "trainable_params": info["trainable_params"],
             "size_bytes": size_on_disk(run_dir / name),
             "train_seconds": info["seconds"],
@@ -133,7 +129,7 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
             "task": "classify",
             "labels": names,
             "train_texts": len(train_texts),
-            "label_seconds": round(label_seconds, 1),
+            "hard_labels": "teacher" if train_gold is None else task.hard_labels,
             "teacher_prior": [round(float(p), 4) for p in table.prior],
             "calibrated": task.calibrate,
             "truncated": int(sum(table.truncated_rows)),
@@ -143,13 +139,75 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
                 {"loss": t.loss, "weight": t.weight, "temperature": t.temperature}
                 for t in recipe.terms
             ],
-            **recipe.train.model_dump(include={"steps", "batch_size", "lr"}),
-            "confusion": {name: s.confusion for name, s in scores.items()},
+            **recipe.train.model_dump(include={"steps", "batch_size", "lr", "seed"}),
         },
         models=entries,
+        break_even=_break_even(entries, len(train_texts), task.batch_size),
     )
     write_report(run_dir, report, read_curves(run_dir / "metrics.jsonl"))
     return report, run_dir
+
+
+def _label_ids(labels: list[str], names: list[str], field: str, source: str) -> torch.Tensor:
+    """Label names as class indices ``(N,)`` long; a name outside ``names`` is refused."""
+    unknown = sorted({label for label in labels if label not in names})
+    if unknown:
+        raise PotstillError(
+            f"{field} {source}: label {unknown[0]!r} is not one of task.labels "
+            f"({', '.join(names)}); fix the file or add the label"
+        )
+    return torch.tensor([names.index(label) for label in labels], dtype=torch.long)
+
+
+def _score_teacher(
+    ctx: RunContext, texts: list[str], prior: np.ndarray
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The teacher's label distributions on the test texts ``(N, C)``, and its speed:
+    examples/s over the whole pass at ``task.batch_size`` and on the first few texts at
+    batch 1 (the teacher answering one request at a time)."""
+    task = ctx.recipe.task
+    prompt = build_prompt(ctx.tokenizer, task.to_spec())
+
+    def score(chunk: list[str], batch_size: int) -> tuple[np.ndarray, float]:
+        begun = time.perf_counter()
+        scores = score_labels(
+            ctx.teacher, prompt, chunk, batch_size=batch_size, max_length=task.max_length
+        )
+        return scores.softmax(), len(chunk) / max(time.perf_counter() - begun, 1e-9)
+
+    probs, batched = score(texts, task.batch_size)
+    _, single = score(texts[:TEACHER_SPEED_TEXTS], 1)
+    calibrated = _soft_labels(probs, prior if task.calibrate else None)
+    return torch.as_tensor(calibrated), {"1": single, str(task.batch_size): batched}
+
+
+def _break_even(
+    entries: dict[str, dict[str, Any]], train_texts: int, label_batch: int
+) -> dict[str, Any] | None:
+    """The labelling and training time against the best student's saving per text.
+
+    The distillation's cost is the teacher labelling ``train_texts`` at its measured
+    batch-``label_batch`` rate plus the student's training time; the saving per text is
+    the teacher's time per text minus the student's, both at batch 1.
+    """
+    teacher = entries["teacher"]
+    students = {n: e for n, e in entries.items() if n.startswith("student-")}
+    if not students:
+        return None
+    name, student = max(students.items(), key=lambda item: item[1]["accuracy"])
+    label_rate = teacher["examples_per_second"][str(label_batch)]
+    teacher_call = 1.0 / teacher["examples_per_second"]["1"]
+    student_call = 1.0 / student["examples_per_second"]["1"]
+    distill = train_texts / label_rate + student["train_seconds"]
+    saving = teacher_call - student_call
+    return {
+        "student": name,
+        "basis": f"labelling at batch {label_batch} + training; serving at batch 1",
+        "distill_seconds": distill,
+        "teacher_seconds_per_1k": 1000 * teacher_call,
+        "student_seconds_per_1k": 1000 * student_call,
+        "calls_to_repay": distill / saving if saving > 0 else None,
+    }
 
 
 def _soft_labels(probs: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
@@ -167,7 +225,6 @@ def _train_student(
     hard: np.ndarray,
     soft: np.ndarray | None,
     terms: list[LossTerm],
-    *,
     name: str,
 ) -> dict[str, Any]:
     recipe, run_dir = ctx.recipe, ctx.run_dir
@@ -232,17 +289,6 @@ def _entry(scores: ClassScores) -> dict[str, Any]:
         "ece": scores.ece,
         "agreement": {"top1": scores.agreement} if scores.agreement is not None else None,
         "examples_per_second": {str(k): v for k, v in scores.examples_per_second.items()},
-    }
-
-
-def _teacher_entry(
-    recipe: Recipe, ctx: RunContext, probs: torch.Tensor, gold: torch.Tensor, rate: float
-) -> dict[str, Any]:
-    scores = class_scores(probs, gold)
-    return {
-        **_entry(scores),
-        "agreement": None,
-        "ref": recipe.teacher,
-        "params": sum(p.numel() for p in ctx.teacher.parameters()),
-        "examples_per_second": {"8": rate},
+        "per_class_f1": scores.per_class_f1,
+        "confusion": scores.confusion,
     }

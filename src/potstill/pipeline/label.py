@@ -20,6 +20,15 @@ from potstill.util.log import log
 LABELS_FILE = "labels.parquet"
 
 
+def train_source(recipe: Recipe) -> str:
+    """``task.train``, the texts to label; refused when the recipe does not set it."""
+    if recipe.task.train is None:
+        raise PotstillError(
+            "task.train is not set; point it at the texts to label (.txt, .jsonl, .csv, .parquet)"
+        )
+    return recipe.task.train
+
+
 def label_only(recipe: Recipe, ctx: RunContext | None = None) -> LabelsTable:
     """Label (or finish labelling) ``recipe.task.train`` with the teacher; return the table.
 
@@ -30,13 +39,9 @@ def label_only(recipe: Recipe, ctx: RunContext | None = None) -> LabelsTable:
     written. A table of the same prompt and teacher is always continued.
     """
     task = recipe.task
-    if task.train is None:
-        raise PotstillError(
-            "task.train is not set; point it at the texts to label (.txt, .jsonl, .csv, .parquet)"
-        )
     spec = task.to_spec()
     path = run_dir_of(recipe) / LABELS_FILE
-    texts = read_texts(task.train, task.text_field)
+    texts = read_texts(train_source(recipe), task.text_field, limit=task.max_train)
     log(f"texts {texts.name}: {len(texts):,} to label with {spec.names}")
     ctx = ctx or RunContext(recipe, run_dir_of(recipe))  # a run's own, with its teacher
     model, tokenizer = ctx.teacher, ctx.tokenizer

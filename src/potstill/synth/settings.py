@@ -29,7 +29,11 @@ class TaskConfig(Strict):
 
     ``labels`` are plain names or ``{name, description}`` mappings; ``train`` is the path
     of the unlabelled texts, ``test`` of a labelled test set (``label_field`` names its
-    gold labels). ``shard_texts`` texts are labelled between two atomic saves.
+    gold labels). ``train_label_field`` names gold labels in ``train`` when the user has
+    them: a gold-trained reference student is then trained too, and ``hard_labels: gold``
+    makes the students' cross-entropy term use them instead of the teacher's argmax.
+    ``max_train`` / ``max_test`` keep only the first texts of each file.
+    ``shard_texts`` texts are labelled between two atomic saves.
 
     >>> TaskConfig(kind="classify", labels=["yes", {"name": "no"}]).to_spec().names
     ['yes', 'no']
@@ -41,11 +45,15 @@ class TaskConfig(Strict):
     examples: list[ExampleConfig] = Field(default_factory=list)
     text_field: str = "text"
     label_field: str | None = None
+    train_label_field: str | None = None
+    hard_labels: Literal["teacher", "gold"] = "teacher"
     calibrate: bool = False
     batch_size: int = Field(8, ge=1)
     max_length: int | None = Field(None, ge=1)
     train: str | None = None
     test: str | None = None
+    max_train: int | None = Field(None, ge=1)
+    max_test: int | None = Field(None, ge=1)
     shard_texts: int = Field(256, ge=1)
 
     @property
@@ -64,6 +72,11 @@ class TaskConfig(Strict):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"task.labels lists {repeated} more than once; give each once")
+        if self.hard_labels == "gold" and self.train_label_field is None:
+            raise ValueError(
+                "task.hard_labels is gold but task.train_label_field is not set; name the "
+                "train file's gold-label field, or use hard_labels: teacher"
+            )
         if names:
             for example in self.examples:
                 if example.label not in names:

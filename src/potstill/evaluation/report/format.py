@@ -15,6 +15,16 @@ METRICS_NOTE = (
     "measured against the teacher on the same tokens; tokens/s is batch-1 greedy "
     "generation on this machine."
 )
+CLASSIFICATION_NOTE = (
+    "Accuracy, macro-F1 and ECE (15 bins) are on the labelled test set; agreement is the "
+    "share of test texts where the model's answer is the teacher's; examples/s is measured "
+    "on this machine (the teacher scores every label's full token sequence)."
+)
+
+
+def metrics_note(report: Report) -> str:
+    """The sentence under the metrics table."""
+    return CLASSIFICATION_NOTE if is_classification(report) else METRICS_NOTE
 
 
 def title(report: Report) -> str:
@@ -33,6 +43,8 @@ def subtitle(report: Report) -> str:
 
 def headline(report: Report) -> list[tuple[str, str, str]]:
     """The findings in a few (label, value, sentence) triples, most important first."""
+    if is_classification(report):
+        return classification_headline(report)
     models, summary = report.models, report.summary
     teacher, student = models.get("teacher", ModelEntry()), models.get("student", ModelEntry())
     lines = []
@@ -102,9 +114,103 @@ def is_classification(report: Report) -> bool:
     return any(entry.accuracy is not None for entry in report.models.values())
 
 
+def best_student(report: Report) -> tuple[str, ModelEntry] | None:
+    """The most accurate ``student-*`` model of a classification run (None without one)."""
+    students = [
+        (name, entry)
+        for name, entry in report.models.items()
+        if name.startswith("student") and entry.accuracy is not None
+    ]
+    return max(students, key=lambda item: item[1].accuracy) if students else None
+
+
+def classification_headline(report: Report) -> list[tuple[str, str, str]]:
+    """The findings of a classification run: the best student against the teacher (accuracy,
+    size, speed), soft against hard labels, and when the distillation pays for itself."""
+    best = best_student(report)
+    teacher = report.models.get("teacher")
+    if best is None or teacher is None or teacher.accuracy is None:
+        return []
+    name, student = best
+    points = (student.accuracy - teacher.accuracy) * 100
+    lines = [
+        (
+            "best student",
+            f"{fmt_percent(student.accuracy)} vs {fmt_percent(teacher.accuracy)}",
+            f"The best student ({name}) scores {fmt_percent(student.accuracy)} accuracy on "
+            f"the test set, {abs(points):.1f} points {'above' if points >= 0 else 'below'} "
+            f"the teacher's zero-shot {fmt_percent(teacher.accuracy)} (macro-F1 "
+            f"{fmt_percent(student.f1)} against {fmt_percent(teacher.f1)}).",
+        )
+    ]
+    if student.params and teacher.params:
+        fraction = student.params / teacher.params
+        lines.append(
+            (
+                "student size",
+                f"{fmt_percent(fraction, digits=1)} of teacher",
+                f"{name} has {fmt_params(student.params)} parameters, "
+                f"{fmt_percent(fraction, digits=1)} of the teacher's {fmt_params(teacher.params)}.",
+            )
+        )
+    student_rate = (student.examples_per_second or {}).get("1")
+    teacher_rate = (teacher.examples_per_second or {}).get("1")
+    if student_rate and teacher_rate:
+        lines.append(
+            (
+                "speed",
+                f"{student_rate / teacher_rate:.0f}× teacher",
+                f"{name} classifies {fmt_rate(student_rate)} texts/s, "
+                f"{student_rate / teacher_rate:.0f}× the teacher's {fmt_rate(teacher_rate)} "
+                "(batch 1, this machine).",
+            )
+        )
+    baseline = report.models.get("baseline")
+    if baseline is not None and baseline.accuracy is not None:
+        gain = (student.accuracy - baseline.accuracy) * 100
+        lines.append(
+            (
+                "soft vs hard labels",
+                f"{gain:+.1f} points",
+                f"Trained on the teacher's soft labels, {name} scores {abs(gain):.1f} points "
+                f"{'more' if gain >= 0 else 'less'} than the same student trained on its hard "
+                f"labels only ({fmt_percent(baseline.accuracy)}).",
+            )
+        )
+    repay = break_even_line(report)
+    if repay is not None:
+        lines.append(("break-even", *repay))
+    return lines
+
+
+def break_even_line(report: Report) -> tuple[str, str] | None:
+    """(value, sentence): after how many calls the student has repaid the distillation."""
+    even = report.break_even
+    if even is None or even.distill_seconds is None:
+        return None
+    cost = (
+        f"Distilling took {even.distill_seconds:.0f} s ({even.basis}); the teacher takes "
+        f"{fmt_rate(even.teacher_seconds_per_1k)} s per 1,000 texts and {even.student} "
+        f"{fmt_rate(even.student_seconds_per_1k)} s"
+    )
+    if even.calls_to_repay is None:
+        return "never", cost + ", so the student never repays it."
+    calls = f"{even.calls_to_repay:,.0f}"
+    return f"{calls} texts", cost + f", so the student has paid for itself after {calls} texts."
+
+
 def _speed(entry: ModelEntry, batch: str) -> str:
     rate = (entry.examples_per_second or {}).get(batch)
     return fmt_rate(rate)
+
+
+def _batched_speed(entry: ModelEntry) -> str:
+    """The rate at the largest batch measured above 1, as ``134.0 @32``."""
+    rates = {int(b): r for b, r in (entry.examples_per_second or {}).items() if int(b) > 1}
+    if not rates:
+        return DASH
+    batch = max(rates)
+    return f"{fmt_rate(rates[batch])} @{batch}"
 
 
 def classification_table(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -113,12 +219,13 @@ def classification_table(report: Report) -> tuple[list[str], list[list[str]]]:
         "model",
         "params",
         "trainable",
+        "size (MB)",
         "accuracy",
         "macro-F1",
         "ECE",
         "agreement",
         "examples/s (batch 1)",
-        "examples/s (batch 32)",
+        "examples/s (batched)",
         "train s",
     ]
     rows = []
@@ -129,12 +236,13 @@ def classification_table(report: Report) -> tuple[list[str], list[list[str]]]:
                 name,
                 fmt_params(entry.params),
                 fmt_params(entry.trainable_params),
+                fmt_megabytes(entry.size_bytes),
                 fmt_percent(entry.accuracy, digits=1),
                 fmt_percent(entry.f1, digits=1),
                 fmt_number(entry.ece, digits=3),
                 fmt_percent(agreement.top1, digits=1),
                 _speed(entry, "1"),
-                _speed(entry, "32"),
+                _batched_speed(entry),
                 fmt_rate(entry.train_seconds),
             ]
         )
@@ -181,6 +289,8 @@ def details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
         "Recipe": report.recipe,
         "Run": report.run.model_dump(exclude_none=True),
     }
+    if report.break_even is not None:
+        sections["Break-even"] = report.break_even.model_dump(exclude_none=True)
     return [
         (section, [(str(key), _describe(key, value)) for key, value in content.items()])
         for section, content in sections.items()

@@ -11,9 +11,9 @@ import base64
 from html import escape
 
 from potstill.evaluation.report.format import (
-    METRICS_NOTE,
     details,
     headline,
+    metrics_note,
     metrics_table,
     subtitle,
     title,
@@ -84,7 +84,7 @@ def render_html(report: Report, plots: list[Plot]) -> str:
         _cards(headline(report)),
         "<h2>Models</h2>",
         _table(header, rows, css_id="metrics"),
-        f'<p class="note">{escape(METRICS_NOTE)}</p>',
+        f'<p class="note">{escape(metrics_note(report))}</p>',
     ]
     if plots:
         parts += ["<h2>Plots</h2>", '<div class="plots">', *map(_figure, plots), "</div>"]

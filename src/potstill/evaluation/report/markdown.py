@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from potstill.evaluation.report.format import (
-    METRICS_NOTE,
     details,
     headline,
+    metrics_note,
     metrics_table,
     subtitle,
     title,
@@ -27,7 +27,7 @@ def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:
     lines += ["", "## Models", "", _row(header)]
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     lines += [_row(row) for row in rows]
-    lines += ["", METRICS_NOTE]
+    lines += ["", metrics_note(report)]
     for section, pairs in details(report):
         if pairs:
             lines += ["", f"## {section}", ""]

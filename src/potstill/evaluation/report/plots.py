@@ -1,7 +1,9 @@
 """The report's plots, drawn with matplotlib's Agg canvas (no pyplot, no display).
 
-Three pictures: training curves (KD student against the no-KD baseline), quality against
-size, and quality against speed. Each is returned as PNG bytes with its alt text.
+Training curves (KD student against the no-KD baseline), quality against size, quality
+against speed, and for a classification run the confusion matrices. Quality is held-out
+perplexity, or test accuracy for a classification run. Each is returned as PNG bytes
+with its alt text.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from potstill.evaluation.report.format import fmt_params
-from potstill.evaluation.report.schema import Report
+from potstill.evaluation.report.format import fmt_params, is_classification
+from potstill.evaluation.report.schema import ModelEntry, Report
 
 ROLE_COLORS = {"teacher": "#4d4d4d", "student": "#1f77b4", "baseline": "#ff7f0e"}
 OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
@@ -32,7 +34,12 @@ class Plot:
 
 def make_plots(report: Report, curves: dict[str, list[dict]]) -> list[Plot]:
     """Every plot the data allows; a plot with nothing to draw is left out."""
-    plots = [training_curves(curves), quality_vs_size(report), quality_vs_speed(report)]
+    plots = [
+        training_curves(curves),
+        quality_vs_size(report),
+        quality_vs_speed(report),
+        confusion_matrices(report),
+    ]
     return [plot for plot in plots if plot is not None]
 
 
@@ -84,49 +91,125 @@ def training_curves(curves: dict[str, list[dict]]) -> Plot | None:
 
 
 def quality_vs_size(report: Report) -> Plot | None:
-    """Perplexity against parameter count, one labelled point per model."""
-    points = _points(report, "params")
+    """Quality against parameter count, one labelled point per model."""
+    quality = _quality(report)
+    points = _points(report, lambda entry: entry.params, quality)
     if not points:
         return None
     figure = _figure(width=6.4, height=4.4)
     ax = figure.add_subplot(1, 1, 1)
-    _scatter(ax, points, report)
+    _scatter(ax, points, report, quality)
     _log_axis_if_wide(ax, "x", [x for _, x, _ in points], fmt_params)
     ax.set_xlabel("parameters")
-    ax.set_ylabel("held-out perplexity (lower is better)")
+    ax.set_ylabel(quality.axis)
     ax.set_title("Quality against size", fontsize=10)
-    _better(ax, "lower left is better", x=0.02, ha="left")
+    _better(ax, f"{quality.better_y} left is better", x=0.02, ha="left")
     figure.tight_layout()
-    described = ", ".join(f"{n}: {fmt_params(x)} params, perplexity {y:.2f}" for n, x, y in points)
+    described = ", ".join(
+        f"{n}: {fmt_params(x)} params, {quality.name} {quality.text(y)}" for n, x, y in points
+    )
     return Plot(
         name="quality_vs_size",
         png=_png(figure),
-        alt=f"Scatter of held-out perplexity against parameter count. {described}.",
-        caption="Quality against size: each model's held-out perplexity and parameter count.",
+        alt=f"Scatter of {quality.axis} against parameter count. {described}.",
+        caption=f"Quality against size: each model's {quality.name} and parameter count.",
     )
 
 
 def quality_vs_speed(report: Report) -> Plot | None:
-    """Perplexity against batch-1 generation speed, one labelled point per model."""
-    points = _points(report, "tokens_per_second")
+    """Quality against batch-1 speed (generation, or classification), one point per model."""
+    quality = _quality(report)
+    if quality.name == "accuracy":
+        points = _points(report, lambda e: (e.examples_per_second or {}).get("1"), quality)
+        unit, what = "examples/s", "classification speed (examples/s, batch 1, this machine)"
+    else:
+        points = _points(report, lambda entry: entry.tokens_per_second, quality)
+        unit, what = "tokens/s", "generation speed (tokens/s, batch 1, this machine)"
     if not points:
         return None
     figure = _figure(width=6.4, height=4.4)
     ax = figure.add_subplot(1, 1, 1)
-    _scatter(ax, points, report)
-    ax.set_xlim(left=0)
-    ax.set_xlabel("generation speed (tokens/s, batch 1, this machine)")
-    ax.set_ylabel("held-out perplexity (lower is better)")
+    _scatter(ax, points, report, quality)
+    if quality.name == "accuracy":  # students and teacher differ by orders of magnitude
+        _log_axis_if_wide(ax, "x", [x for _, x, _ in points], lambda x: f"{x:g}")
+    else:
+        ax.set_xlim(left=0)
+    ax.set_xlabel(what)
+    ax.set_ylabel(quality.axis)
     ax.set_title("Quality against speed", fontsize=10)
-    _better(ax, "lower right is better", x=0.98, ha="right")
+    _better(ax, f"{quality.better_y} right is better", x=0.98, ha="right")
     figure.tight_layout()
-    described = ", ".join(f"{n}: {x:.1f} tokens/s, perplexity {y:.2f}" for n, x, y in points)
+    described = ", ".join(
+        f"{n}: {x:.1f} {unit}, {quality.name} {quality.text(y)}" for n, x, y in points
+    )
     return Plot(
         name="quality_vs_speed",
         png=_png(figure),
-        alt=f"Scatter of held-out perplexity against generation speed. {described}.",
-        caption="Quality against speed: held-out perplexity and batch-1 generation speed.",
+        alt=f"Scatter of {quality.axis} against {what}. {described}.",
+        caption=f"Quality against speed: {quality.name} and batch-1 speed.",
     )
+
+
+def confusion_matrices(report: Report) -> Plot | None:
+    """One panel per model: test-set counts of gold label (rows) against prediction."""
+    labels = report.recipe.get("labels")
+    matrices = {n: e.confusion for n, e in report.models.items() if e.confusion}
+    if not matrices or not isinstance(labels, list):
+        return None
+    size = len(labels)
+    cols = min(len(matrices), 3)
+    rows = (len(matrices) + cols - 1) // cols
+    cell = max(2.6, 0.45 * size + 1.4)
+    figure = _figure(width=cell * cols + 0.4, height=cell * rows + 0.2)
+    ticks = [str(label)[:12] for label in labels]
+    for index, (name, matrix) in enumerate(matrices.items()):
+        ax = figure.add_subplot(rows, cols, index + 1)
+        top = max(max(row) for row in matrix) or 1
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=top)
+        for g in range(size):
+            for p in range(size):
+                color = "white" if matrix[g][p] > top / 2 else "#1a1a1a"
+                ax.text(p, g, str(matrix[g][p]), ha="center", va="center", color=color)
+        ax.set_xticks(range(size), ticks, rotation=45 if size > 3 else 0, fontsize=8)
+        ax.set_yticks(range(size), ticks, fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("gold", fontsize=8)
+    figure.tight_layout()
+    described = "; ".join(
+        f"{name}: {sum(matrix[i][i] for i in range(size))} of "
+        f"{sum(map(sum, matrix))} on the diagonal"
+        for name, matrix in matrices.items()
+    )
+    return Plot(
+        name="confusion",
+        png=_png(figure),
+        alt=f"Confusion matrices (gold label by row, prediction by column). {described}.",
+        caption="Confusion matrices on the test set: rows are the gold labels, columns the "
+        "predictions; the diagonal is correct.",
+        wide=True,
+    )
+
+
+@dataclass
+class _Quality:
+    """What the y axis shows: perplexity (lower is better) or accuracy (higher is)."""
+
+    name: str
+    axis: str
+    better_y: str
+
+    def value(self, entry: ModelEntry) -> float | None:
+        return entry.accuracy if self.name == "accuracy" else entry.perplexity
+
+    def text(self, y: float) -> str:
+        return f"{y:.1%}" if self.name == "accuracy" else f"{y:.2f}"
+
+
+def _quality(report: Report) -> _Quality:
+    if is_classification(report):
+        return _Quality("accuracy", "test accuracy (higher is better)", "upper")
+    return _Quality("perplexity", "held-out perplexity (lower is better)", "lower")
 
 
 # ---- helpers -----------------------------------------------------------------------
@@ -179,23 +262,32 @@ def _ema(values: list[float], span: int) -> list[float]:
     return smoothed
 
 
-def _points(report: Report, x_field: str) -> list[tuple[str, float, float]]:
-    """(name, x, perplexity) for models that have both, positive and finite."""
+def _points(
+    report: Report, x_of: Callable[[ModelEntry], Any], quality: _Quality
+) -> list[tuple[str, float, float]]:
+    """(name, x, quality) for models that have both, positive and finite."""
     points = []
     for name, entry in report.models.items():
-        x, y = getattr(entry, x_field), entry.perplexity
+        x, y = x_of(entry), quality.value(entry)
         if _finite(x) and _finite(y) and x > 0 and y > 0:
             points.append((name, float(x), float(y)))
     return points
 
 
-def _scatter(ax: Any, points: list[tuple[str, float, float]], report: Report) -> None:
+def _scatter(
+    ax: Any, points: list[tuple[str, float, float]], report: Report, quality: _Quality
+) -> None:
     colors = _colors(report.models)
     for name, x, y in points:
         ax.scatter([x], [y], s=60, color=colors[name], zorder=3)
         ax.annotate(name, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9)
-    # Perplexity is exp(loss): when it spans a wide range, a log axis shows the loss gap.
-    _log_axis_if_wide(ax, "y", [y for _, _, y in points], lambda y: f"{y:g}")
+    if quality.name == "perplexity":
+        # Perplexity is exp(loss): when it spans a wide range, a log axis shows the loss gap.
+        _log_axis_if_wide(ax, "y", [y for _, _, y in points], lambda y: f"{y:g}")
+    else:
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax.margins(x=0.25, y=0.2)
     ax.grid(alpha=0.3, which="major")
     ax.grid(alpha=0.1, which="minor")

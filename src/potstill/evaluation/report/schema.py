@@ -82,6 +82,8 @@ class ModelEntry(Section):
     ece: Number = None  # expected calibration error
     trainable_params: Count = None  # adapters (and head) only, for LoRA / PiSSA students
     examples_per_second: dict[str, Number] | None = None  # classification, by batch size
+    per_class_f1: list[Number] | None = None  # classification, in the order of the labels
+    confusion: list[list[int]] | None = None  # [gold][predicted] counts on the test set
     peak_ram_bytes: Count = None
 
 
@@ -118,8 +120,16 @@ class Summary(Section):
 
 
 class BreakEven(Section):
-    """Teacher and training compute against the student's saving per call."""
+    """Teacher and training compute against the student's saving per call.
 
+    ``calls_to_repay = distill_seconds / (teacher − student seconds per call)``: the calls
+    (texts classified, tokens generated) after which the student has saved more time than
+    the distillation took; None when the student is not faster. ``student`` names the
+    model it is computed for; ``basis`` says how each number was measured.
+    """
+
+    student: Text = None
+    basis: Text = None
     distill_seconds: Number = None
     teacher_seconds_per_1k: Number = None
     student_seconds_per_1k: Number = None
