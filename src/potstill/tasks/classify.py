@@ -31,6 +31,7 @@ class Classify:
 
     terms: Sequence[LossTerm]
     name: str = "classify"
+    unit: str = "ex"  # what `count` counts, for progress lines
 
     @property
     def request(self) -> SignalRequest:

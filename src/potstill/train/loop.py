@@ -50,7 +50,12 @@ class Dataset(Protocol):
 
 
 class Task(Protocol):
-    """What the loop asks of a task (see `potstill.tasks.causal_lm.CausalLM`)."""
+    """What the loop asks of a task (see `potstill.tasks.causal_lm.CausalLM`).
+
+    ``unit`` names what ``count`` counts (``tok`` for tokens, ``ex`` for examples).
+    """
+
+    unit: str
 
     @property
     def request(self) -> SignalRequest: ...
@@ -186,7 +191,7 @@ def train(
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                 save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, extra=extra)
             progress.advance(
-                1, loss=f"loss {loss_value:.3f}", rate=f"{tokens_per_second:,.0f} tok/s"
+                1, loss=f"loss {loss_value:.3f}", rate=f"{tokens_per_second:,.0f} {task.unit}/s"
             )
     modules.eval()
     return TrainResult(state.step, state.tokens, state.elapsed, loss_value)

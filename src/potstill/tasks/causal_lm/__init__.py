@@ -36,6 +36,7 @@ class CausalLM:
     terms: Sequence[LossTerm]
     chunk_tokens: int = 128
     name: str = "causal_lm"
+    unit: str = "tok"  # what `count` counts, for progress lines
     _fused: dict[int, FusedHead | None] = field(default_factory=dict, repr=False)
 
     @property
