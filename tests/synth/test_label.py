@@ -179,3 +179,35 @@ def test_calibration_divides_out_the_prior(model, one_thread):
     assert measured.shape == (3,) and measured.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(measured, reference, atol=1e-5)
     assert calibrate(model, prompt).shape == (3,)  # "" is a content-free input too
+
+
+@pytest.mark.parametrize("template", [CHAT_TEMPLATE, None], ids=["chat", "plain"])
+def test_an_answer_is_what_the_teacher_is_scored_on_and_the_name_what_is_kept(template):
+    renamed = LabelSpec(
+        [Label("rec.sport", "games people play", answer="sport"), Label("sports")],
+        instruction="Which is it about?",
+        examples=[Example("arms", "rec.sport")],
+    )
+    plain = LabelSpec([Label("sport", "games people play"), Label("sports")], "Which is it about?")
+    plain.examples = [Example("arms", "sport")]
+    got, expected = (
+        build_prompt(tokenizer(template), renamed),
+        build_prompt(tokenizer(template), plain),
+    )
+    # The same prompt and label tokens as naming the label "sport"; only the names differ.
+    assert (got.prefix_ids, got.tail_ids, got.label_ids) == (
+        expected.prefix_ids,
+        expected.tail_ids,
+        expected.label_ids,
+    )
+    assert got.label_names == ["rec.sport", "sports"]
+    assert "rec.sport" not in got.tokenizer.decode(got.prefix_ids)
+
+
+def test_answers_with_the_same_tokens_or_empty_are_refused():
+    with pytest.raises(PotstillError, match="'a' and 'b' have the same tokens"):
+        build_prompt(
+            tokenizer(CHAT_TEMPLATE), LabelSpec([Label("a", answer="x"), Label("b", answer="x")])
+        )
+    with pytest.raises(PotstillError, match="empty answer"):
+        LabelSpec([Label("a", answer=" "), Label("b")])

@@ -47,6 +47,8 @@ class StudentConfig(Strict):
     adapter: Literal["full", "lora", "pissa"] = "full"
     # task: classify trains one student per adapter listed here (None: all three).
     adapters: list[Literal["full", "lora", "pissa"]] | None = None
+    # task: classify: the tokens of each text a classifier student reads (the rest is cut).
+    max_length: int = Field(256, ge=8)
     lora: LoraConfig = LoraConfig()
 
     @model_validator(mode="after")

@@ -93,7 +93,7 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
     }
     models = {name: model for name, (model, _) in loaded.items()}
     tokenizer = next(iter(loaded.values()))[1]
-    test_examples = ClassExamples(tokenizer, test.texts, gold)
+    test_examples = ClassExamples(tokenizer, test.texts, gold, max_length=recipe.student.max_length)
     scores = score_classifiers(
         models, test_examples, gold, teacher_probs=teacher_probs, batch_size=32
     )
@@ -235,6 +235,7 @@ def _train_student(
         [[t.loss, t.weight, t.temperature] for t in terms],
         recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"}),
         recipe.student.lora.model_dump(),
+        recipe.student.max_length,
         hard.tolist(),
         None if soft is None else soft.round(6).tolist(),
     )
@@ -259,6 +260,7 @@ def _train_student(
         texts,
         torch.as_tensor(hard),
         None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
+        max_length=recipe.student.max_length,
     )
     cfg = recipe.train
     if adapter != "full" and lora.lr is not None:

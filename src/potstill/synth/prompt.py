@@ -20,10 +20,19 @@ DEFAULT_INSTRUCTION = "Classify the text."
 
 @dataclass(frozen=True)
 class Label:
-    """One class: the exact words the teacher is scored on, and an optional description."""
+    """One class: its name (as the data's gold labels write it), an optional description,
+    and optionally the words the teacher answers with when the name is not plain words
+    (``sci.med`` answered as ``medicine``; a verbalizer). The teacher is scored on
+    ``words``, exactly."""
 
     name: str
     description: str | None = None
+    answer: str | None = None
+
+    @property
+    def words(self) -> str:
+        """What the teacher is scored on: ``answer``, else the name."""
+        return self.answer if self.answer is not None else self.name
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class LabelSpec:
             raise PotstillError(f"task.labels has {len(names)} label(s); give at least two")
         if any(not name.strip() for name in names):
             raise PotstillError("task.labels has an empty label name; give every label a name")
+        if any(not label.words.strip() for label in self.labels):
+            raise PotstillError("task.labels has an empty answer; give every answer words")
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise PotstillError(f"task.labels lists {repeated} more than once; give each once")
@@ -67,6 +78,11 @@ class LabelSpec:
     @property
     def names(self) -> list[str]:
         return [label.name for label in self.labels]
+
+    @property
+    def words(self) -> dict[str, str]:
+        """Each label's name -> the words the teacher answers with."""
+        return {label.name: label.words for label in self.labels}
 
 
 @dataclass(frozen=True)
@@ -121,26 +137,29 @@ def build_prompt(tokenizer: Any, spec: LabelSpec) -> LabelPrompt:
     system = _system_text(spec)
     plain = not getattr(tokenizer, "chat_template", None)
     if plain:
-        shots = "".join(f"Text: {e.text.strip()}\nAnswer: {e.label}\n\n" for e in spec.examples)
+        words = spec.words
+        shots = "".join(
+            f"Text: {e.text.strip()}\nAnswer: {words[e.label]}\n\n" for e in spec.examples
+        )
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         prefix_ids = bos + _encode(tokenizer, f"{system}\n\n{shots}Text:")
         tail_ids = _encode(tokenizer, "\nAnswer:")
         end_id, lead = tokenizer.eos_token_id, " "
     else:
-        head, tail = _render_around_text(tokenizer, system, spec.examples)
+        head, tail = _render_around_text(tokenizer, system, spec)
         prefix_ids, tail_ids = _encode(tokenizer, head), _encode(tokenizer, tail)
         end_id, lead = _end_of_turn_id(tokenizer), ""
     if end_id is None:
         raise PotstillError("the teacher's tokenizer has no end token; use a teacher with one")
     if not tail_ids:
         raise PotstillError("the chat template renders nothing after the text; use another teacher")
-    label_ids = [[*_encode(tokenizer, lead + name), end_id] for name in spec.names]
+    label_ids = [[*_encode(tokenizer, lead + label.words), end_id] for label in spec.labels]
     for i, ids in enumerate(label_ids):
         for j in range(i):
             if label_ids[j] == ids:
                 raise PotstillError(
                     f"labels {spec.names[j]!r} and {spec.names[i]!r} have the same tokens "
-                    "for this teacher; rename one of them"
+                    "for this teacher; rename one of them (or give it another answer)"
                 )
     return LabelPrompt(prefix_ids, tail_ids, label_ids, spec.names, plain, tokenizer)
 
@@ -148,17 +167,17 @@ def build_prompt(tokenizer: Any, spec: LabelSpec) -> LabelPrompt:
 def _system_text(spec: LabelSpec) -> str:
     lines = [spec.instruction or DEFAULT_INSTRUCTION, "Answer with exactly one of these labels:"]
     for label in spec.labels:
-        lines.append(f"- {label.name}" + (f": {label.description}" if label.description else ""))
+        lines.append(f"- {label.words}" + (f": {label.description}" if label.description else ""))
     return "\n".join(lines)
 
 
-def _render_around_text(tokenizer: Any, system: str, examples: list[Example]) -> tuple[str, str]:
+def _render_around_text(tokenizer: Any, system: str, spec: LabelSpec) -> tuple[str, str]:
     """The chat-templated prompt, as the text before and after the text to label."""
     turns: list[dict[str, str]] = []
-    for example in examples:
+    for example in spec.examples:
         turns += [
             {"role": "user", "content": f"Text: {example.text.strip()}"},
-            {"role": "assistant", "content": example.label},
+            {"role": "assistant", "content": spec.words[example.label]},
         ]
     turns.append({"role": "user", "content": f"Text: {_SENTINEL}"})
     try:

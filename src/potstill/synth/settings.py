@@ -11,10 +11,13 @@ from potstill.util.schema import Strict
 
 
 class LabelConfig(Strict):
-    """A label as a recipe writes it in full: ``{name, description}``."""
+    """A label as a recipe writes it in full: ``{name, description, answer}``; ``answer``
+    is what the teacher says for it when the name (the data's gold label) is not plain
+    words, e.g. ``{name: sci.med, answer: medicine}``."""
 
     name: str
     description: str | None = None
+    answer: str | None = None
 
 
 class ExampleConfig(Strict):
@@ -89,7 +92,8 @@ class TaskConfig(Strict):
     def to_spec(self) -> LabelSpec:
         """The labelling task as `potstill.synth.prompt` takes it (refuses < 2 labels)."""
         labels = [
-            Label(x) if isinstance(x, str) else Label(x.name, x.description) for x in self.labels
+            Label(x) if isinstance(x, str) else Label(x.name, x.description, x.answer)
+            for x in self.labels
         ]
         examples = [Example(x.text, x.label) for x in self.examples]
         return LabelSpec(labels, self.instruction, examples)

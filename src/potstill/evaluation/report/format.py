@@ -420,6 +420,8 @@ def _describe(key: str, value: Any) -> str:
         return " + ".join(terms) if terms else DASH
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
         return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"  # measured seconds and rates: no 17-digit noise
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return DASH if value is None else str(value)
