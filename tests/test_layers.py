@@ -26,6 +26,7 @@ LAYERS = {
     "evaluation": 9,
     "config": 10,
     "pipeline": 11,
+    "serve": 11,
     "api": 12,
     "cli": 13,
     "__main__": 14,

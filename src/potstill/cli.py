@@ -177,6 +177,52 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Model: an HF folder, a run's student/ folder, bundled:NAME, a hub id."
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than loopback, others can reach it.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Name of an environment variable holding the API key to require."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most sequences decoded together.")] = 8,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Most requests waiting; more get HTTP 429.")
+    ] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option("--trust-remote-code", help="Run code from the model folder (trusted only)."),
+    ] = False,
+) -> None:
+    """An OpenAI-compatible endpoint over MODEL until Ctrl-C.
+
+    /v1/models, /v1/completions and /v1/chat/completions (streaming, logprobs, stop
+    strings), on 127.0.0.1 unless --host says otherwise. With --api-key-env NAME, requests
+    must send 'Authorization: Bearer $NAME'.
+    """
+    from potstill.serve import serve as serve_model
+
+    serve_model(
+        model,
+        host=host,
+        port=port,
+        api_key_env=api_key_env,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+@app.command()
 def models() -> None:
     """List the bundled models and whether each is already converted here."""
     from potstill.models.bundled import REGISTRY, converted_path, is_converted
