@@ -20,6 +20,7 @@ from potstill.data.packing import (
     encode,
     pack,
     split_blocks,
+    tokenize_chat_examples,
     tokenize_examples,
     tokenize_texts,
 )
@@ -85,6 +86,30 @@ def test_prompt_tokens_and_only_they_are_masked(tokenizer):
     assert blocks.input_ids.tolist() == [i for i, _ in expected]
     assert blocks.labels.tolist() == [label for _, label in expected]
     assert blocks.num_tokens == sum(x != -100 for _, label in expected for x in label)
+
+
+CHAT = (
+    "{% for m in messages %}<eos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<eos>assistant\n{% endif %}"
+)
+
+
+def test_chat_examples_train_on_the_answer_and_its_end_of_turn_only(tokenizer):
+    tokenizer.chat_template = CHAT
+    try:
+        (got,) = tokenize_chat_examples(tokenizer, [("To be?", "Or not to be.")])
+    finally:
+        tokenizer.chat_template = None
+    head = "<eos>user\nTo be?<eos>\n<eos>assistant\n"
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    tail_ids = tokenizer("Or not to be.<eos>\n", add_special_tokens=False)["input_ids"]
+    assert got.ids.tolist() == head_ids + tail_ids and got.num_masked == len(head_ids)
+    assert tokenizer.decode(got.ids[got.num_masked :].tolist()).startswith("Or not to be.")
+
+
+def test_chat_examples_need_a_chat_template(tokenizer):
+    with pytest.raises(PotstillError, match="has no chat template"):
+        tokenize_chat_examples(tokenizer, [("q", "a")])
 
 
 def test_blocks_with_no_trainable_token_are_dropped():

@@ -21,6 +21,7 @@ from potstill.data.packing import (
     eos_id,
     pack,
     split_blocks,
+    tokenize_chat_examples,
     tokenize_examples,
     tokenize_texts,
 )
@@ -59,10 +60,10 @@ def load_data(cfg: DataConfig, tokenizer) -> LMData:
     else:
         source = read_source(cfg.path, cfg)
     unit = "documents" if source.kind == "text" else "examples"
-    docs = _tokenize(source.kind, tokenizer, _nonempty(source.documents))
+    docs = _tokenize(source.kind, tokenizer, _nonempty(source.documents), cfg.chat_template)
     held_docs = None
     if source.heldout is not None:
-        held_docs = _tokenize(source.kind, tokenizer, _nonempty(source.heldout))
+        held_docs = _tokenize(source.kind, tokenizer, _nonempty(source.heldout), cfg.chat_template)
     train, heldout, split = _split(docs, held_docs, cfg, unit, source.heldout_split)
 
     if len(train) == 0 or len(heldout) == 0:
@@ -134,9 +135,13 @@ def _nonempty(documents: list[Document]) -> list[Document]:
     return [d for d in documents if not isinstance(d, str) or d.strip()]
 
 
-def _tokenize(kind: str, tokenizer, documents: list[Document]) -> list[TokenizedDoc]:
+def _tokenize(
+    kind: str, tokenizer, documents: list[Document], chat: bool = False
+) -> list[TokenizedDoc]:
     if kind == "text":
         return tokenize_texts(tokenizer, documents)  # type: ignore[arg-type]
+    if chat:
+        return tokenize_chat_examples(tokenizer, documents)  # type: ignore[arg-type]
     return tokenize_examples(tokenizer, documents)  # type: ignore[arg-type]
 
 
@@ -153,6 +158,8 @@ def _fingerprint(cfg: DataConfig, tokenizer, source: Source, train: Blocks, held
         "heldout_split": source.heldout_split,
         "eos": eos_id(tokenizer),
     }
+    if cfg.chat_template:  # only when set: older fingerprints (and caches) stay valid
+        settings["chat_template"] = True
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     for group in (source.documents, source.heldout or []):

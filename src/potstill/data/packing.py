@@ -122,6 +122,34 @@ def tokenize_texts(tokenizer, texts: Sequence[str]) -> list[TokenizedDoc]:
     return docs
 
 
+def tokenize_chat_examples(tokenizer, examples: Sequence[tuple[str, str]]) -> list[TokenizedDoc]:
+    """Each example as a chat: the prompt as the user's turn (the template's assistant
+    header included, as at serving time), the response as the assistant's turn up to and
+    including the template's end of turn; the prompt's tokens masked."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PotstillError(
+            "data.chat_template is true but the tokenizer has no chat template; "
+            "set data.chat_template=false for plain prompt + response"
+        )
+    docs = []
+    for prompt, response in examples:
+        user = [{"role": "user", "content": prompt}]
+        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": response}], tokenize=False
+        )
+        if not whole.startswith(head):
+            raise PotstillError(
+                "the tokenizer's chat template renders a prompt differently with and "
+                "without its answer; set data.chat_template=false"
+            )
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        tail_ids = tokenizer(whole[len(head) :], add_special_tokens=False)["input_ids"]
+        ids = np.array([*head_ids, *tail_ids], dtype=np.int32)
+        docs.append(TokenizedDoc(ids, num_masked=len(head_ids)))
+    return docs
+
+
 def tokenize_examples(tokenizer, examples: Sequence[tuple[str, str]]) -> list[TokenizedDoc]:
     """prompt + response + eos per example, with the prompt tokens masked."""
     eos = eos_id(tokenizer)
