@@ -19,6 +19,7 @@ LAYERS = {
     "models": 3,
     "data": 3,
     "teachers": 4,
+    "generation": 4,
     "cache": 5,
     "synth": 6,
     "tasks": 7,

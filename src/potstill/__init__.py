@@ -2,13 +2,13 @@
 
 The package is cut into layers that import one way only (a test keeps it so)::
 
-    util → signals → losses → models, data → teachers → cache → synth → tasks → train
-         → evaluation → config → pipeline → api → cli
+    util → signals → losses → models, data → teachers, generation → cache → synth → tasks
+         → train → evaluation → config → pipeline, serve → api → cli
 
-The public API is available from here: `run`, `teach`, `distill`, `label`, `evaluate`,
-`load_recipe`, the `Recipe` and `RunResult` types, the typed `Report`, the losses
-(`potstill.losses`) and the teacher-signal types (`potstill.signals`). They are imported
-on first use, so ``import potstill`` (and the command line's ``--help``) stays fast.
+The public API is available from here: `run`, `teach`, `distill`, `label`, `generate`,
+`evaluate`, `load_recipe`, the `Recipe` and `RunResult` types, the typed `Report`, the
+losses (`potstill.losses`) and the teacher-signal types (`potstill.signals`). They are
+imported on first use, so ``import potstill`` (and the command line's ``--help``) stays fast.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _EXPORTS = {
     "teach": "potstill.api",
     "distill": "potstill.api",
     "label": "potstill.api",
+    "generate": "potstill.api",
     "evaluate": "potstill.api",
     "load_recipe": "potstill.api",
     "Recipe": "potstill.config",

@@ -25,7 +25,9 @@ from potstill.models.load import load_causal_lm
 from potstill.models.student import check_same_vocab
 from potstill.pipeline import RunResult, distill_only, teach_only
 from potstill.pipeline import run as _run
+from potstill.pipeline.generate import generate_only
 from potstill.pipeline.label import label_only
+from potstill.synth.generate import GenerationsResult
 from potstill.synth.store import LabelsTable
 from potstill.util.device import resolve_device
 from potstill.util.errors import PotstillError
@@ -71,6 +73,16 @@ def label(recipe: RecipeLike = None, /, *, verbose: bool = False, **overrides: A
     (resumable); returns the table: soft labels, label prior, truncated count."""
     with _verbose(verbose):
         return label_only(load_recipe(recipe, **overrides))
+
+
+def generate(
+    recipe: RecipeLike = None, /, *, verbose: bool = False, **overrides: Any
+) -> GenerationsResult:
+    """The teacher (a local model, or ``openai:MODEL`` behind ``teach.endpoint``) writes
+    ``generate.n`` responses to every prompt of ``generate.prompts`` into
+    ``runs/NAME/generations.jsonl`` (resumable); returns the counts and token usage."""
+    with _verbose(verbose):
+        return generate_only(load_recipe(recipe, **overrides))
 
 
 def evaluate(

@@ -143,6 +143,32 @@ def label(
     )
 
 
+@app.command()
+def generate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Overrides = None,
+) -> None:
+    """The teacher writes responses to generate.prompts into runs/NAME/generations.jsonl.
+
+    The teacher is the recipe's local model, or openai:MODEL at teach.endpoint.base_url
+    (the API key read from the variable teach.endpoint.api_key_env names). Run again, it
+    continues a killed or interrupted run: rows already written are kept (no flag needed).
+    """
+    from potstill.config import load_recipe
+    from potstill.pipeline.generate import generate_only
+
+    cfg = load_recipe(recipe, overrides)
+    with _resumable("rerun the same command to continue where it stopped"):
+        result = generate_only(cfg)
+    tokens = result.usage.get("completion_tokens", 0)
+    retries = f", {result.usage['retries']:,} retries" if "retries" in result.usage else ""
+    print(
+        f"generations: {result.rows:,} rows ({result.generated:,} now, {result.kept:,} kept, "
+        f"{result.duplicates:,} duplicate prompts skipped), {tokens:,} completion tokens "
+        f"now{retries}: {result.path}"
+    )
+
+
 @app.command(name="eval")
 def evaluate(
     model: Annotated[list[str], typer.Option("--model", help="Model reference (repeatable).")],

@@ -69,7 +69,8 @@ def test_serve_off_loopback_warns_requires_the_key_and_never_prints_it(lm_dir):
             OpenAI(base_url=url, api_key="sk-wrong", max_retries=0).models.list()
     finally:
         process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=30)
+        process.wait(timeout=30)  # not communicate(): it would race the reader for stderr
+        stdout = process.stdout.read()
         reader.join(timeout=10)
     err = "".join(err_lines)
     assert process.returncode == 0, err

@@ -11,8 +11,8 @@ import logging
 import pytest
 import torch
 
+from potstill.generation.text import TokenText
 from potstill.serve import Engine
-from potstill.serve.text import TokenText
 from tests.serve.conftest import MODEL, post_stream, running
 
 PROMPTS = ["To be, or not", "The slings and arrows of outrageous fortune", "No"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from potstill.teachers.settings import EndpointConfig
 from potstill.util.schema import Strict
 
 
@@ -14,6 +15,7 @@ class TeachConfig(Strict):
 
     With ``enabled`` (the default) ``run`` pays the teacher once, into the cache, and the
     student trains from it; ``false`` runs the teacher live at every training step.
+    ``endpoint`` is where an ``openai:MODEL`` teacher is reached (`EndpointConfig`).
     """
 
     enabled: bool = True
@@ -31,6 +33,7 @@ class TeachConfig(Strict):
     shard_blocks: int = Field(64, ge=1)
     # A cache folder to train from (e.g. another run's); None = runs/NAME/cache.
     cache: str | None = None
+    endpoint: EndpointConfig = EndpointConfig()
 
     @field_validator("blocks", mode="before")
     @classmethod

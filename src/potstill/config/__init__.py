@@ -13,7 +13,7 @@ from potstill.models.settings import (
     LoraConfig,
     StudentConfig,
 )
-from potstill.synth.settings import TaskConfig
+from potstill.synth.settings import GenerateConfig, TaskConfig
 from potstill.train.settings import TrainConfig
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "EvalConfig",
     "FreshConfig",
     "FromTeacher",
+    "GenerateConfig",
     "LoraConfig",
     "LossName",
     "LossTermConfig",

@@ -18,7 +18,7 @@ from potstill.data.settings import DataConfig
 from potstill.evaluation.settings import EvalConfig
 from potstill.losses import LOSS_NAMES, REGISTRY, LossTerm
 from potstill.models.settings import StudentConfig
-from potstill.synth.settings import TaskConfig
+from potstill.synth.settings import GenerateConfig, TaskConfig
 from potstill.train.settings import TrainConfig
 from potstill.util.schema import Strict
 
@@ -78,6 +78,7 @@ class Recipe(Strict):
     teach: TeachConfig = TeachConfig()
     eval: EvalConfig = EvalConfig()
     task: TaskConfig = TaskConfig()
+    generate: GenerateConfig = GenerateConfig()
     runs_dir: str = "runs"
     # auto: a CUDA GPU when there is one, else Apple's mps, else the CPU.
     device: str = "auto"

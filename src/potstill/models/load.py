@@ -1,4 +1,8 @@
-"""Resolve a model reference (hub id, local folder, ``bundled:NAME``) and load it."""
+"""Resolve a model reference (hub id, local folder, ``bundled:NAME``) and load it.
+
+``openai:MODEL`` names a model behind an OpenAI-compatible endpoint: it has no weights
+here, so it is recognised (`endpoint_model`) and refused by everything that loads one.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,32 @@ from potstill.util.errors import PotstillError
 from potstill.util.io import sha256_file
 
 BUNDLED_PREFIX = "bundled:"
+ENDPOINT_PREFIX = "openai:"
+
+
+def endpoint_model(ref: str) -> str | None:
+    """The served model's name of an ``openai:MODEL`` reference; None for other references.
+
+    >>> endpoint_model("openai:gpt-4o-mini"), endpoint_model("bundled:smollm2-135m-instruct")
+    ('gpt-4o-mini', None)
+    """
+    if not ref.startswith(ENDPOINT_PREFIX):
+        return None
+    model = ref.removeprefix(ENDPOINT_PREFIX).strip()
+    if not model:
+        raise PotstillError(
+            f"teacher {ref!r} names no model: write openai:MODEL, e.g. openai:gpt-4o-mini"
+        )
+    return model
 
 
 def resolve(ref: str, log: Callable[[str], None] = lambda _: None) -> str:
     """Return something ``from_pretrained`` accepts: a local folder, or a hub id."""
+    if endpoint_model(ref) is not None:
+        raise PotstillError(
+            f"{ref} is a model behind an OpenAI-compatible endpoint, with no weights here: "
+            "only `potstill generate` can use it; give a local model reference for this"
+        )
     if ref.startswith(BUNDLED_PREFIX):
         return str(bundled.pull(ref.removeprefix(BUNDLED_PREFIX), log=log))
     path = Path(ref).expanduser()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from potstill.config import Recipe
+from potstill.synth.generations import OUTPUTS as GENERATE_OUTPUTS
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_text
 
-# What `potstill teach` and `potstill label` leave in a run folder: a later `distill` or
-# `run` of the same recipe starts from it without --resume.
-TEACH_OUTPUTS = {"config.yaml", "cache", "stages", "labels.parquet"}
+# What `potstill teach`, `label` and `generate` leave in a run folder: a later `distill`
+# or `run` of the same recipe starts from it without --resume.
+TEACH_OUTPUTS = {"config.yaml", "cache", "stages", "labels.parquet", *GENERATE_OUTPUTS}
 
 
 def run_dir_of(recipe: Recipe) -> Path:

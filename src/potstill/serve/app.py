@@ -19,9 +19,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from potstill.serve.engine import Engine
+from potstill.generation.engine import Engine
+from potstill.generation.handle import EngineBusy, EngineError, Generation, GenerationSettings
+from potstill.generation.text import TokenText
 from potstill.serve.errors import ApiError
-from potstill.serve.generation import EngineBusy, EngineError, Generation, GenerationSettings
 from potstill.serve.prompts import PromptBuilder
 from potstill.serve.responses import (
     chat_body,
@@ -39,7 +40,6 @@ from potstill.serve.schema import (
     ModelCard,
     ModelList,
 )
-from potstill.serve.text import TokenText
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_DEFAULT_MAX_TOKENS = 1024  # when the model's context length is unknown

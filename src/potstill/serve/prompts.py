@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from potstill.generation.chat import chat_text
 from potstill.serve.errors import ApiError
 from potstill.serve.schema import ChatMessage
 from potstill.util.log import log
@@ -53,19 +54,13 @@ class PromptBuilder:
     def chat(self, messages: list[ChatMessage]) -> list[int]:
         """The token ids of the conversation, ending where the assistant's reply begins."""
         turns = [{"role": m.role, "content": m.text} for m in messages]
-        if getattr(self._tokenizer, "chat_template", None):
-            try:
-                text = self._tokenizer.apply_chat_template(
-                    turns, tokenize=False, add_generation_prompt=True
-                )
-            except Exception as e:  # the template's own checks (role order, …)
-                raise ApiError(
-                    400, f"the model's chat template refused the messages: {e}", param="messages"
-                ) from e
-            # The template writes the special tokens (BOS…) itself.
-            return self._encode(text, False)
-        if not self._said_plain:
+        try:
+            chat = chat_text(self._tokenizer, turns)
+        except Exception as e:  # the template's own checks (role order, …)
+            raise ApiError(
+                400, f"the model's chat template refused the messages: {e}", param="messages"
+            ) from e
+        if not chat.templated and not self._said_plain:
             log("the tokenizer has no chat template: chat prompts are plain 'role: content' lines")
             self._said_plain = True
-        text = "".join(f"{turn['role']}: {turn['content']}\n" for turn in turns) + "assistant:"
-        return self._encode(text, True)
+        return self._encode(chat.text, chat.add_special_tokens)

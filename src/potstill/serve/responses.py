@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Sequence
 
 from pydantic import BaseModel
 
+from potstill.generation.handle import Choice, EngineError, Generation, TokenLogprob
+from potstill.generation.text import TokenText
 from potstill.serve.errors import ApiError
-from potstill.serve.generation import Choice, EngineError, Generation, TokenLogprob
 from potstill.serve.schema import (
     AssistantMessage,
     ChatChoice,
@@ -26,7 +27,6 @@ from potstill.serve.schema import (
     TopLogprob,
     Usage,
 )
-from potstill.serve.text import TokenText
 
 
 def completion_logprobs(

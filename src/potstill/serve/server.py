@@ -12,9 +12,9 @@ import ipaddress
 import os
 import socket
 
+from potstill.generation.engine import Engine
 from potstill.models.load import load_causal_lm
 from potstill.serve.app import create_app
-from potstill.serve.engine import Engine
 from potstill.util.device import resolve_device
 from potstill.util.errors import PotstillError
 from potstill.util.log import log, logger

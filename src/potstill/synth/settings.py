@@ -1,10 +1,11 @@
-"""The recipe's ``task`` block: what the teacher labels, and how."""
+"""The recipe's sections synth owns: ``task`` (what the teacher labels, and how) and
+``generate`` (what the teacher writes, and how)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from potstill.synth.prompt import Example, Label, LabelSpec
 from potstill.util.schema import Strict
@@ -97,3 +98,47 @@ class TaskConfig(Strict):
         ]
         examples = [Example(x.text, x.label) for x in self.examples]
         return LabelSpec(labels, self.instruction, examples)
+
+
+class GenerateConfig(Strict):
+    """What the teacher writes (``potstill generate``): ``n`` responses to every prompt.
+
+    ``prompts`` is a ``.jsonl``/``.csv``/``.parquet`` file (the text under
+    ``prompt_field``), a ``.txt`` file (one prompt per non-empty line) or a ``shipped:``
+    set; ``max_prompts`` keeps only the first. Each prompt is the user turn of a chat,
+    after ``system`` when given. ``temperature`` is the sampling temperature (0 = greedy)
+    and ``top_p`` the nucleus; each row samples with its own seed, derived from ``seed``,
+    the prompt and the sample index. Generation stops at ``max_tokens``, an end token or
+    one of ``stop`` (at most 4, as OpenAI). A local teacher decodes ``batch_size`` rows
+    together; ``shard_rows`` rows are saved between two atomic writes.
+
+    >>> GenerateConfig(prompts="prompts.jsonl", n=2).max_tokens
+    256
+    """
+
+    prompts: str | None = None
+    prompt_field: str = "prompt"
+    system: str | None = None
+    n: int = Field(1, ge=1, le=128)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = Field(0, ge=0)
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    batch_size: int = Field(8, ge=1)
+    shard_rows: int = Field(64, ge=1)
+    max_prompts: int | None = Field(None, ge=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, stop: list[str]) -> list[str]:
+        if any(s == "" for s in stop):
+            raise ValueError("a stop string is empty; give text or drop it")
+        return stop
+
+    @field_validator("system")
+    @classmethod
+    def _non_empty_system(cls, system: str | None) -> str | None:
+        if system is not None and not system.strip():
+            raise ValueError("is empty; give the system prompt's text or leave it out")
+        return system

@@ -4,7 +4,8 @@ A `TeacherSource` answers ``outputs(batch, request) -> TeacherOutputs``. `LiveTe
 a local model (the one path both training and `potstill teach` use); the teacher cache
 (`potstill.cache`) answers the same call from disk. A teacher may read a different input
 than the student (`LiveTeacher(prefix_ids=…)`: a prompt the student never sees), with its
-outputs cut back to the student's positions.
+outputs cut back to the student's positions. `EndpointClient` (``teacher: openai:MODEL``)
+asks an OpenAI-compatible endpoint for text, with retries, a rate limit and token counts.
 """
 
 from potstill.teachers.base import TeacherSource

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from potstill.serve.sampling import RowSampling, next_tokens, nucleus, token_logprobs
+from potstill.generation.sampling import RowSampling, next_tokens, nucleus, token_logprobs
 
 
 def test_nucleus_keeps_the_smallest_set_reaching_top_p():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from potstill.serve.text import TextStream, TokenText
+from potstill.generation.text import TextStream, TokenText
 from tests.conftest import make_tokenizer
 
 

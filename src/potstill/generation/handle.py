@@ -1,4 +1,4 @@
-"""A request inside the engine, as the web side sees it: what it asks (`GenerationSettings`),
+"""A request inside the engine, as its caller sees it: what it asks (`GenerationSettings`),
 what comes back (`RowUpdate` as rows produce text, `Choice` once they finish), and the
 `Generation` handle that carries updates from the worker thread to the request's asyncio
 loop."""

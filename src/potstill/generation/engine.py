@@ -9,21 +9,27 @@ token, a stop string, ``max_tokens``); finished rows are dropped from the batch 
 cache, so the rest decode at the cost of the rows still running. Each row's text goes
 back to its request as it is produced, handed to the request's asyncio loop with
 ``call_soon_threadsafe``.
+
+The server submits from its own asyncio loop (`Engine.submit`); offline code calls
+`Engine.generate` or `Engine.generate_each`, which run a loop of their own and block
+until every row is written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import queue
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from potstill.serve.generation import (
+from potstill.generation.forward import Forward, end_token_ids
+from potstill.generation.handle import (
+    Choice,
     EngineBusy,
     EngineError,
     Generation,
@@ -31,8 +37,8 @@ from potstill.serve.generation import (
     RowUpdate,
     TokenLogprob,
 )
-from potstill.serve.sampling import RowSampling, next_tokens, token_logprobs
-from potstill.serve.text import TextStream
+from potstill.generation.sampling import RowSampling, next_tokens, token_logprobs
+from potstill.generation.text import TextStream
 from potstill.util.log import logger
 
 
@@ -72,7 +78,7 @@ class Engine:
         max_batch: the most rows decoded together.
         max_queue: the most requests waiting; one more gets `EngineBusy`.
 
-    Call `start` before use and `close` after.
+    Call `start` before use and `close` after (or use it as a context manager).
     """
 
     def __init__(
@@ -86,10 +92,10 @@ class Engine:
         self.device = next(model.parameters()).device
         self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
         self.vocab_size: int = model.get_input_embeddings().weight.shape[0]
-        self.end_ids = _end_token_ids(model, tokenizer)
+        self.end_ids = end_token_ids(model, tokenizer)
         self.stats = EngineStats()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._forward = _Forward(model)
+        self._forward = Forward(model)
         self._queue: queue.Queue[Generation] = queue.Queue(maxsize=max_queue)
         self._pending: deque[_Row] = deque()  # rows taken from the queue, not yet decoded
         self._closing = threading.Event()
@@ -97,6 +103,9 @@ class Engine:
         # Request threads encode while the worker decodes; a fast tokenizer can refuse
         # concurrent use ("Already borrowed"), so both go through this lock.
         self._tokenizer_lock = threading.Lock()
+        # Held by an offline caller while it queues its rows, and by the worker while it
+        # gathers rows into a batch, so a batch never starts with half of them.
+        self._intake = threading.Lock()
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -110,6 +119,13 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
         self._fail_waiting()
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (safe to call while the worker runs)."""
@@ -140,14 +156,74 @@ class Engine:
             ) from None
         return generation
 
+    # Offline use: no server, the caller's thread blocks until the text is written.
+
+    def generate(
+        self, prompts: list[list[int]], settings: GenerationSettings, n: int = 1
+    ) -> list[Choice]:
+        """``n`` choices for each prompt (token ids, each non-empty), synchronously.
+
+        Returns the ``len(prompts) * n`` choices in index order (prompt * n + choice); row
+        ``i`` samples with ``settings.seed + i``. The engine must be started; call from a
+        thread with no running asyncio loop (async code uses `submit`).
+        """
+        return self._offline([(prompts, settings, n)])[0]
+
+    def generate_each(
+        self, requests: Sequence[tuple[list[int], GenerationSettings]]
+    ) -> list[Choice]:
+        """One choice per ``(prompt ids, settings)``, each row with its own settings (its
+        own seed: a row's sampled text does not depend on which rows share its batch),
+        decoded together in batches of up to ``max_batch`` rows. The choices come back in
+        the requests' order, each with ``index`` 0. Blocks like `generate`.
+        """
+        done = self._offline([([prompt], settings, 1) for prompt, settings in requests])
+        return [choices[0] for choices in done]
+
+    def _offline(
+        self, requests: list[tuple[list[list[int]], GenerationSettings, int]]
+    ) -> list[list[Choice]]:
+        if self._thread is None or not self._thread.is_alive():
+            raise EngineError("the engine is not running: call start() first")
+        for prompts, _, n in requests:
+            if n < 1 or any(not prompt for prompt in prompts):
+                raise ValueError("n must be at least 1 and every prompt needs a token")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._collect(requests))
+        raise RuntimeError("generate blocks: from a running asyncio loop, use submit")
+
+    async def _collect(
+        self, requests: list[tuple[list[list[int]], GenerationSettings, int]]
+    ) -> list[list[Choice]]:
+        generations: list[Generation] = []
+        try:
+            while len(generations) < len(requests):
+                # Queue as many as there is room for before the worker forms its next batch
+                # (it waits for this lock); then wait for room instead of failing.
+                with self._intake:
+                    for prompts, settings, n in requests[len(generations) :]:
+                        try:
+                            generations.append(self.submit(prompts, settings, n))
+                        except EngineBusy:
+                            break
+                if len(generations) < len(requests):
+                    await asyncio.sleep(0.005)
+            return [await generation.choices() for generation in generations]
+        finally:  # on failure or interruption, rows still queued are dropped
+            for generation in generations:
+                generation.cancel()
+
     # The worker thread.
 
     def _work(self) -> None:
         while not self._closing.is_set():
             if not self._pending and not self._take(wait=0.2):
                 continue
-            while len(self._pending) < self.max_batch and self._take(wait=None):
-                pass
+            with self._intake:  # an offline caller's rows all queued first: full batches
+                while len(self._pending) < self.max_batch and self._take(wait=None):
+                    pass
             batch: list[_Row] = []
             while self._pending and len(batch) < self.max_batch:
                 row = self._pending.popleft()
@@ -304,60 +380,3 @@ class Engine:
             waiting[id(generation)] = generation
         for generation in waiting.values():
             generation.deliver(EngineError("the server is shutting down"))
-
-
-class _Forward:
-    """The model's forward for decoding, whatever this transformers version calls its
-    KV-cache argument (``cache`` from 5.x, ``past_key_values`` before)."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        # Models with absolute or rotary positions take them; ALiBi models (BLOOM) do not.
-        self._takes_positions = "position_ids" in params
-        self._keep_arg = next(
-            (name for name in ("logits_to_keep", "num_logits_to_keep") if name in params), None
-        )
-
-    def __call__(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
-    ) -> tuple[torch.Tensor, Any]:
-        """Run ``ids`` ``(B, T)`` after the cached tokens.
-
-        Args:
-            ids: ``(B, T)`` new token ids.
-            mask: ``(B, S + T)`` attention mask over the cached and new tokens (0 = pad).
-            positions: ``(B, T)`` the new tokens' position ids.
-            cache: the KV cache of the ``S`` earlier tokens, or None for a fresh one (the
-                model makes a ``DynamicCache``).
-
-        Returns ``(logits (B, V), cache)``: the last position's logits and the cache
-        extended by the new tokens.
-        """
-        kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
-        if self._takes_positions:
-            kwargs["position_ids"] = positions
-        if self._keep_arg is not None:
-            kwargs[self._keep_arg] = 1  # only the last position's logits: (B, 1, V)
-        out = self._model(input_ids=ids, attention_mask=mask, **kwargs)
-        new_cache = next(
-            value
-            for name in ("cache", "past_key_values")
-            if (value := getattr(out, name, None)) is not None
-        )
-        return out.logits[:, -1], new_cache
-
-
-def _end_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """The tokens that end a row: the generation config's end tokens and the tokenizer's."""
-    ids: set[int] = set()
-    config = getattr(model, "generation_config", None)
-    configured = getattr(config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured is not None:
-        ids.update(configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)

@@ -1,0 +1,53 @@
+"""The recipe's ``teach.endpoint`` section: an OpenAI-compatible endpoint as the teacher."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+
+from potstill.util.schema import Strict
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class EndpointConfig(Strict):
+    """Where an ``openai:MODEL`` teacher lives and how hard to push it.
+
+    The key itself is never in a recipe (recipes are saved as ``config.yaml`` and shared):
+    ``api_key_env`` names the environment variable that holds it; None sends no real key
+    (a local server started without one). ``concurrency`` requests are in flight at once;
+    each is retried up to ``max_retries`` times on HTTP 429, 5xx, timeouts and refused
+    connections, with exponential backoff and jitter; ``timeout_s`` bounds one request;
+    ``requests_per_minute`` (optional) spaces request starts evenly.
+
+    >>> EndpointConfig(base_url="http://127.0.0.1:8000/v1").concurrency
+    4
+    """
+
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: int = Field(4, ge=1, le=256)
+    max_retries: int = Field(5, ge=0, le=50)
+    timeout_s: float = Field(60.0, gt=0.0)
+    requests_per_minute: float | None = Field(None, gt=0.0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "give the endpoint's URL with its scheme, e.g. http://127.0.0.1:8000/v1"
+            )
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        # The value is never echoed: a key pasted here by mistake must not reach a log.
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _), not the "
+                "key itself; export NAME=<key> and set teach.endpoint.api_key_env=NAME"
+            )
+        return value
