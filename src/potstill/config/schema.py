@@ -14,7 +14,7 @@ import yaml
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from potstill.cache.settings import TeachConfig
-from potstill.data.settings import DataConfig
+from potstill.data.settings import ContextConfig, DataConfig
 from potstill.evaluation.settings import EvalConfig
 from potstill.losses import LOSS_NAMES, REGISTRY, LossTerm
 from potstill.models.settings import StudentConfig
@@ -79,6 +79,8 @@ class Recipe(Strict):
     eval: EvalConfig = EvalConfig()
     task: TaskConfig = TaskConfig()
     generate: GenerateConfig = GenerateConfig()
+    # Context distillation: what only the teacher reads (a system prompt, few-shot turns).
+    context: ContextConfig | None = None
     runs_dir: str = "runs"
     # auto: a CUDA GPU when there is one, else Apple's mps, else the CPU.
     device: str = "auto"

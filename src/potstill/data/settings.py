@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from potstill.data.chat import Context
 from potstill.util.schema import Strict
 
 
@@ -19,3 +20,27 @@ class DataConfig(Strict):
     heldout: float = Field(0.05, gt=0.0, lt=1.0)
     max_heldout_tokens: int | None = Field(16384, ge=1)
     seed: int = 0
+
+
+class ShotConfig(Strict):
+    """A few-shot turn of a context: a prompt and the answer to it."""
+
+    prompt: str
+    response: str
+
+
+class ContextConfig(Strict):
+    """The recipe's ``context``: what only the teacher reads (context distillation), a
+    system prompt and/or few-shot turns before each example's own chat."""
+
+    system: str | None = None
+    examples: list[ShotConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ContextConfig:
+        if not (self.system and self.system.strip()) and not self.examples:
+            raise ValueError("context is empty: give context.system and/or context.examples")
+        return self
+
+    def to_context(self) -> Context:
+        return Context(self.system, tuple((s.prompt, s.response) for s in self.examples))

@@ -12,6 +12,7 @@ from potstill.evaluation.report import Report
 from potstill.pipeline.budget import fit_budget, refit_after_teach
 from potstill.pipeline.classify import run_classify
 from potstill.pipeline.context import RunContext
+from potstill.pipeline.context_distill import run_context_distillation
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import (
     CE_ONLY,
@@ -57,6 +58,9 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     """Run ``recipe``'s plan: teach, distil, train the baseline, evaluate, report."""
     if recipe.task.kind == "classify":
         report, run_dir = run_classify(recipe, resume=resume)
+        return RunResult(report, run_dir)
+    if recipe.context is not None:
+        report, run_dir = run_context_distillation(recipe, resume=resume)
         return RunResult(report, run_dir)
     started = time.perf_counter()
     stages = plan(recipe)
