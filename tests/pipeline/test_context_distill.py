@@ -57,6 +57,8 @@ def test_the_adapter_moves_the_unprompted_model_toward_the_prompted_teacher(
     assert report.models["student"].trainable_params < report.models["student"].params / 4
     assert report.recipe["context_tokens_per_call"] > 10
     assert report.recipe["prefill_ms_with_context"] > 0
+    markdown = (run_dir / "report.md").read_text()
+    assert "**agreement with the prompted teacher:" in markdown and "gap closed" not in markdown
     adapter = run_dir / "student" / "adapter"
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "adapter_model.safetensors").is_file()

@@ -45,6 +45,8 @@ def headline(report: Report) -> list[tuple[str, str, str]]:
     """The findings in a few (label, value, sentence) triples, most important first."""
     if is_classification(report):
         return classification_headline(report)
+    if is_context_distillation(report):
+        return context_headline(report)
     models, summary = report.models, report.summary
     teacher, student = models.get("teacher", ModelEntry()), models.get("student", ModelEntry())
     lines = []
@@ -112,6 +114,44 @@ def headline(report: Report) -> list[tuple[str, str, str]]:
 def is_classification(report: Report) -> bool:
     """True when the models were scored on labels (task: classify), not perplexity."""
     return any(entry.accuracy is not None for entry in report.models.values())
+
+
+def is_context_distillation(report: Report) -> bool:
+    """True for a context-distillation run (an adapter learning a prompt)."""
+    return report.recipe.get("task") == "context distillation"
+
+
+def context_headline(report: Report) -> list[tuple[str, str, str]]:
+    """The findings of a context-distillation run: how close the unprompted student and
+    the unprompted base model come to the prompted teacher, and what the prompt cost."""
+    student = (report.models.get("student") or ModelEntry()).agreement or Agreement()
+    base = (report.models.get("base") or ModelEntry()).agreement or Agreement()
+    if student.top1 is None or base.top1 is None:
+        return []
+    lines = [
+        (
+            "agreement with the prompted teacher",
+            f"{fmt_percent(student.top1)} vs {fmt_percent(base.top1)}",
+            f"Without the context, the student's next token is the prompted teacher's on "
+            f"{fmt_percent(student.top1)} of held-out response tokens, the base model's on "
+            f"{fmt_percent(base.top1)}; KL(teacher ‖ model) {fmt_number(student.kl)} against "
+            f"{fmt_number(base.kl)} nats/token.",
+        )
+    ]
+    tokens = report.recipe.get("context_tokens_per_call")
+    with_ms = report.recipe.get("prefill_ms_with_context")
+    without_ms = report.recipe.get("prefill_ms_without_context")
+    if tokens is not None and with_ms is not None and without_ms is not None:
+        lines.append(
+            (
+                "saved per call",
+                f"{tokens:g} tokens",
+                f"Each call without the context reads {tokens:g} fewer prompt tokens (beyond "
+                "what the chat template adds anyway); its batch-1 prefill took "
+                f"{without_ms:g} ms against {with_ms:g} ms with the context.",
+            )
+        )
+    return lines
 
 
 def best_student(report: Report) -> tuple[str, ModelEntry] | None:
