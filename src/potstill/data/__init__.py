@@ -139,6 +139,12 @@ def _tokenize(
     kind: str, tokenizer, documents: list[Document], chat: bool = False
 ) -> list[TokenizedDoc]:
     if kind == "text":
+        if chat:
+            raise PotstillError(
+                "data.chat_template is true but the data holds plain text, not "
+                "prompt/response rows; set data.chat_template=false or point data.path at "
+                "prompt/response rows (data.prompt_field / data.response_field)"
+            )
         return tokenize_texts(tokenizer, documents)  # type: ignore[arg-type]
     if chat:
         return tokenize_chat_examples(tokenizer, documents)  # type: ignore[arg-type]
