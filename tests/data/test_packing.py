@@ -107,6 +107,29 @@ def test_chat_examples_train_on_the_answer_and_its_end_of_turn_only(tokenizer):
     assert tokenizer.decode(got.ids[got.num_masked :].tolist()).startswith("Or not to be.")
 
 
+def test_a_system_prompt_opens_every_chat_and_is_masked(tokenizer):
+    tokenizer.chat_template = CHAT
+    try:
+        (got,) = tokenize_chat_examples(tokenizer, [("To be?", "Or not.")], system="Be brief.")
+    finally:
+        tokenizer.chat_template = None
+    head = "<eos>system\nBe brief.<eos>\n<eos>user\nTo be?<eos>\n<eos>assistant\n"
+    assert got.num_masked == len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    assert tokenizer.decode(got.ids[: got.num_masked].tolist()) == head
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"system": "Be brief."}, "needs data.chat_template"),
+        ({"chat_template": True, "system": " "}, "is empty"),
+    ],
+)
+def test_a_system_prompt_needs_chats_and_text(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**settings)
+
+
 def test_chat_examples_need_a_chat_template(tokenizer):
     with pytest.raises(PotstillError, match="has no chat template"):
         tokenize_chat_examples(tokenizer, [("q", "a")])

@@ -60,10 +60,10 @@ def load_data(cfg: DataConfig, tokenizer) -> LMData:
     else:
         source = read_source(cfg.path, cfg)
     unit = "documents" if source.kind == "text" else "examples"
-    docs = _tokenize(source.kind, tokenizer, _nonempty(source.documents), cfg.chat_template)
+    docs = _tokenize(source.kind, tokenizer, _nonempty(source.documents), cfg)
     held_docs = None
     if source.heldout is not None:
-        held_docs = _tokenize(source.kind, tokenizer, _nonempty(source.heldout), cfg.chat_template)
+        held_docs = _tokenize(source.kind, tokenizer, _nonempty(source.heldout), cfg)
     train, heldout, split = _split(docs, held_docs, cfg, unit, source.heldout_split)
 
     if len(train) == 0 or len(heldout) == 0:
@@ -136,18 +136,18 @@ def _nonempty(documents: list[Document]) -> list[Document]:
 
 
 def _tokenize(
-    kind: str, tokenizer, documents: list[Document], chat: bool = False
+    kind: str, tokenizer, documents: list[Document], cfg: DataConfig
 ) -> list[TokenizedDoc]:
     if kind == "text":
-        if chat:
+        if cfg.chat_template:
             raise PotstillError(
                 "data.chat_template is true but the data holds plain text, not "
                 "prompt/response rows; set data.chat_template=false or point data.path at "
                 "prompt/response rows (data.prompt_field / data.response_field)"
             )
         return tokenize_texts(tokenizer, documents)  # type: ignore[arg-type]
-    if chat:
-        return tokenize_chat_examples(tokenizer, documents)  # type: ignore[arg-type]
+    if cfg.chat_template:
+        return tokenize_chat_examples(tokenizer, documents, cfg.system)  # type: ignore[arg-type]
     return tokenize_examples(tokenizer, documents)  # type: ignore[arg-type]
 
 
@@ -166,6 +166,7 @@ def _fingerprint(cfg: DataConfig, tokenizer, source: Source, train: Blocks, held
     }
     if cfg.chat_template:  # only when set: older fingerprints (and caches) stay valid
         settings["chat_template"] = True
+        settings["system"] = cfg.system
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     for group in (source.documents, source.heldout or []):

@@ -122,10 +122,13 @@ def tokenize_texts(tokenizer, texts: Sequence[str]) -> list[TokenizedDoc]:
     return docs
 
 
-def tokenize_chat_examples(tokenizer, examples: Sequence[tuple[str, str]]) -> list[TokenizedDoc]:
-    """Each example as a chat: the prompt as the user's turn (the template's assistant
-    header included, as at serving time), the response as the assistant's turn up to and
-    including the template's end of turn; the prompt's tokens masked."""
+def tokenize_chat_examples(
+    tokenizer, examples: Sequence[tuple[str, str]], system: str | None = None
+) -> list[TokenizedDoc]:
+    """Each example as a chat: ``system`` (if given) and the prompt as the user's turn (the
+    template's assistant header included, as at serving time), the response as the
+    assistant's turn up to and including the template's end of turn; the prompt's tokens
+    masked."""
     if not getattr(tokenizer, "chat_template", None):
         raise PotstillError(
             "data.chat_template is true but the tokenizer has no chat template; "
@@ -133,7 +136,8 @@ def tokenize_chat_examples(tokenizer, examples: Sequence[tuple[str, str]]) -> li
         )
     docs = []
     for prompt, response in examples:
-        user = [{"role": "user", "content": prompt}]
+        user = [{"role": "system", "content": system}] if system else []
+        user.append({"role": "user", "content": prompt})
         head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
         whole = tokenizer.apply_chat_template(
             [*user, {"role": "assistant", "content": response}], tokenize=False

@@ -16,6 +16,18 @@ class DataConfig(Strict):
     # prompt/response rows: render each through the tokenizer's chat template (the prompt
     # as the user's turn, the response as the assistant's), as a chat model is served.
     chat_template: bool = False
+    # ...and with this system prompt first in every chat (student and teacher alike), e.g.
+    # the one `potstill generate` answered under.
+    system: str | None = None
+
+    @model_validator(mode="after")
+    def _system_needs_chats(self) -> DataConfig:
+        if self.system is not None and not self.chat_template:
+            raise ValueError("data.system needs data.chat_template: true (chats have a system)")
+        if self.system is not None and not self.system.strip():
+            raise ValueError("data.system is empty; give the system prompt or leave it out")
+        return self
+
     block_size: int = Field(128, ge=8)
     heldout: float = Field(0.05, gt=0.0, lt=1.0)
     max_heldout_tokens: int | None = Field(16384, ge=1)
