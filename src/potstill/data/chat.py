@@ -125,11 +125,13 @@ class ChatExamples:
         return sum(extra) / len(extra)
 
 
-def _render(
-    tokenizer: Any, context: list[dict[str, str]], prompt: str, response: str
+def render_chat(
+    tokenizer: Any, turns: list[dict[str, str]], response: str, *, fix: str
 ) -> tuple[list[int], list[int]]:
-    """(prompt ids up to the assistant header, response ids through the end of turn)."""
-    turns = [*context, {"role": "user", "content": prompt}]
+    """``turns`` then ``response`` as the assistant's turn, through the chat template:
+    (the ids up to and including the assistant header, the response ids through the end of
+    turn). ``fix`` ends the error when the template renders the prompt differently with
+    and without its answer (so the two cannot be split)."""
     head = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     whole = tokenizer.apply_chat_template(
         [*turns, {"role": "assistant", "content": response}], tokenize=False
@@ -137,11 +139,21 @@ def _render(
     if not whole.startswith(head):
         raise PotstillError(
             "the tokenizer's chat template renders a prompt differently with and without "
-            "its answer; context distillation cannot align the two views"
+            f"its answer; {fix}"
         )
     return (
         list(tokenizer(head, add_special_tokens=False)["input_ids"]),
         list(tokenizer(whole[len(head) :], add_special_tokens=False)["input_ids"]),
+    )
+
+
+def _render(
+    tokenizer: Any, context: list[dict[str, str]], prompt: str, response: str
+) -> tuple[list[int], list[int]]:
+    """(prompt ids up to the assistant header, response ids through the end of turn)."""
+    turns = [*context, {"role": "user", "content": prompt}]
+    return render_chat(
+        tokenizer, turns, response, fix="context distillation cannot align the two views"
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from potstill.data.batch import Batch
+from potstill.data.chat import render_chat
 from potstill.util.errors import PotstillError
 from potstill.util.tokens import IGNORE_INDEX
 
@@ -136,19 +137,11 @@ def tokenize_chat_examples(
         )
     docs = []
     for prompt, response in examples:
-        user = [{"role": "system", "content": system}] if system else []
-        user.append({"role": "user", "content": prompt})
-        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        whole = tokenizer.apply_chat_template(
-            [*user, {"role": "assistant", "content": response}], tokenize=False
+        turns = [{"role": "system", "content": system}] if system else []
+        turns.append({"role": "user", "content": prompt})
+        head_ids, tail_ids = render_chat(
+            tokenizer, turns, response, fix="set data.chat_template=false"
         )
-        if not whole.startswith(head):
-            raise PotstillError(
-                "the tokenizer's chat template renders a prompt differently with and "
-                "without its answer; set data.chat_template=false"
-            )
-        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-        tail_ids = tokenizer(whole[len(head) :], add_special_tokens=False)["input_ids"]
         ids = np.array([*head_ids, *tail_ids], dtype=np.int32)
         docs.append(TokenizedDoc(ids, num_masked=len(head_ids)))
     return docs
