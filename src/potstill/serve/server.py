@@ -9,7 +9,6 @@ the model folder unless ``trust_remote_code``.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 
 from potstill.generation.engine import Engine
@@ -18,6 +17,7 @@ from potstill.serve.app import create_app
 from potstill.util.device import resolve_device
 from potstill.util.errors import PotstillError
 from potstill.util.log import log, logger
+from potstill.util.secrets import env_secret
 
 GRACEFUL_SHUTDOWN_S = 3  # Ctrl-C waits this long for open requests, then drops them
 
@@ -40,15 +40,9 @@ def is_loopback(host: str) -> bool:
 
 def read_api_key(env_name: str | None) -> str | None:
     """The API key from the environment variable ``env_name``; None without one."""
-    if env_name is None:
-        return None
-    key = os.environ.get(env_name, "").strip()
-    if not key:
-        raise PotstillError(
-            f"--api-key-env {env_name}: the environment variable {env_name} is not set or "
-            f"empty; export {env_name}=<your key> first, or leave out --api-key-env"
-        )
-    return key
+    return env_secret(
+        env_name, setting=f"--api-key-env {env_name}", fix=" first, or leave out --api-key-env"
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -11,7 +11,6 @@ name, and any text from the server is scrubbed of the key before it is shown.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 from potstill.teachers.retry import RateLimiter, backoff_delay
 from potstill.teachers.settings import EndpointConfig
 from potstill.util.errors import PotstillError
+from potstill.util.secrets import env_secret
 
 RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
 NO_KEY = "unused"  # what is sent when the recipe names no key variable: servers want one
@@ -32,16 +32,12 @@ def api_key_from_env(env_name: str | None) -> str | None:
 
     Raises a one-line `PotstillError` naming the variable when it is unset or empty.
     """
-    if env_name is None:
-        return None
-    key = os.environ.get(env_name, "").strip()
-    if not key:
-        raise PotstillError(
-            f"teach.endpoint.api_key_env: the environment variable {env_name} is not set or "
-            f"empty; export {env_name}=<your key>, or name another variable "
-            "(teach.endpoint.api_key_env=null for a server that needs no key)"
-        )
-    return key
+    return env_secret(
+        env_name,
+        setting="teach.endpoint.api_key_env",
+        fix=", or name another variable "
+        "(teach.endpoint.api_key_env=null for a server that needs no key)",
+    )
 
 
 @dataclass(frozen=True)
