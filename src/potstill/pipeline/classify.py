@@ -5,7 +5,6 @@ every model is scored on the user's labelled test set.
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -117,13 +116,7 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
             "train_seconds": info["seconds"],
         }
     report = build_report(
-        run={
-            "name": recipe.name,
-            "wall_seconds": time.perf_counter() - started,
-            "device": str(ctx.device),
-            "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(),
-        },
+        run=ctx.run_info(time.perf_counter() - started),
         data={"name": test.name, "split": f"test: {len(test)} labelled texts"},
         recipe={
             "task": "classify",

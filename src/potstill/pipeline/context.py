@@ -4,6 +4,7 @@ tokenizer and data, each loaded once and only when a stage needs it."""
 from __future__ import annotations
 
 import functools
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ class RunContext:
     @functools.cached_property
     def device(self) -> torch.device:
         return resolve_device(self.recipe.device)
+
+    def run_info(self, wall_seconds: float) -> dict[str, Any]:
+        """The report's ``run`` section: the run's name, wall time, device, threads and
+        machine."""
+        return {
+            "name": self.recipe.name,
+            "wall_seconds": wall_seconds,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+        }
 
     @functools.cached_property
     def autocast_dtype(self) -> torch.dtype | None:

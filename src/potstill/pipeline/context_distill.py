@@ -12,7 +12,6 @@ prompted teacher, and says what the context cost per call: its tokens and prefil
 from __future__ import annotations
 
 import copy
-import platform
 import random
 import time
 from pathlib import Path
@@ -108,13 +107,7 @@ def run_context_distillation(recipe: Recipe, *, resume: bool = False) -> tuple[R
         },
     }
     report = build_report(
-        run={
-            "name": recipe.name,
-            "wall_seconds": time.perf_counter() - started,
-            "device": str(ctx.device),
-            "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(),
-        },
+        run=ctx.run_info(time.perf_counter() - started),
         data={
             "name": source.name,
             "split": f"held-out: {len(heldout)} of {len(source.documents)} examples "

@@ -8,7 +8,6 @@ resumed run skips what is done and redoes what changed.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -254,12 +253,8 @@ def report_stage(
     recipe, data = ctx.recipe, ctx.data
     report = build_report(
         run={
-            "name": recipe.name,
-            "wall_seconds": wall_seconds,
-            "device": str(ctx.device),
+            **ctx.run_info(wall_seconds),
             "precision": str(ctx.autocast_dtype or torch.float32).removeprefix("torch."),
-            "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(),
         },
         data={
             "name": data.name,
