@@ -17,24 +17,14 @@ from potstill.generation import Engine
 from potstill.models.load import load_causal_lm
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.synth.generations import read_generations
-from tests.conftest import make_tokenizer, run_cli
-from tests.serve.conftest import MODEL, make_decisive_llama, running
-from tests.synth.test_label import CHAT_TEMPLATE
+from tests.conftest import run_cli
+from tests.pipeline.test_generate import chat_teacher  # noqa: F401 (a fixture)
+from tests.serve.conftest import MODEL, running
 from tests.teachers.scripted import Script, scripted
 
 PROMPTS = ["To be, or not", "The slings and arrows", "To be, or not", "No more", "To sleep"]
 KEY = "sk-planted-7f3a9c1e5b"
 KEY_ENV = "POTSTILL_TEST_GENERATE_KEY"
-
-
-@pytest.fixture(scope="module")
-def chat_teacher(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli_generate_teacher")
-    tokenizer = make_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    make_decisive_llama(len(tokenizer)).save_pretrained(folder)
-    return folder
 
 
 def write_recipe(tmp_path: Path, teacher: str, prompts: list[str] = PROMPTS, **generate) -> Path:
@@ -64,7 +54,7 @@ def last_line(out: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-def test_generate_writes_rows_and_a_rerun_keeps_them(tmp_path, capsys, chat_teacher):
+def test_generate_writes_rows_and_a_rerun_keeps_them(tmp_path, capsys, chat_teacher):  # noqa: F811
     recipe = write_recipe(tmp_path, str(chat_teacher), system="Be brief.")
     code, out, err = run_cli("generate", str(recipe), capsys=capsys)
     assert code == 0, err
@@ -101,7 +91,10 @@ def test_generate_writes_rows_and_a_rerun_keeps_them(tmp_path, capsys, chat_teac
 
 
 def test_an_interrupted_generate_continues_where_it_stopped(
-    tmp_path, capsys, chat_teacher, monkeypatch
+    tmp_path,
+    capsys,
+    chat_teacher,  # noqa: F811
+    monkeypatch,
 ):
     recipe = write_recipe(tmp_path, str(chat_teacher))
     whole = tmp_path / "whole"
@@ -187,7 +180,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_overwritten(
 
 
 def test_openai_teacher_on_a_real_server_never_writes_or_logs_the_key(
-    tmp_path, capsys, caplog, chat_teacher, monkeypatch, one_thread
+    tmp_path,
+    capsys,
+    caplog,
+    chat_teacher,  # noqa: F811
+    monkeypatch,
+    one_thread,
 ):
     caplog.set_level(logging.DEBUG)  # every library's debug lines too
     monkeypatch.setenv(KEY_ENV, KEY)
@@ -248,7 +246,11 @@ def test_429s_are_retried_with_backoff_and_counted(tmp_path, capsys, monkeypatch
 
 
 def test_a_busy_real_server_answers_429_and_every_row_is_still_written(
-    tmp_path, capsys, chat_teacher, monkeypatch, one_thread
+    tmp_path,
+    capsys,
+    chat_teacher,  # noqa: F811
+    monkeypatch,
+    one_thread,
 ):
     monkeypatch.setenv(KEY_ENV, KEY)
     recipe = write_recipe(tmp_path, f"openai:{MODEL}", n=2, max_tokens=32)

@@ -79,11 +79,10 @@ def chat_lm(chat_lm_dir) -> tuple[Any, Any]:
 
 
 @contextmanager
-def running(engine: Engine, *, api_key: str | None = None) -> Iterator[str]:
-    """Serve ``engine`` with uvicorn on 127.0.0.1, a free port, in a background thread;
-    yield the base URL (``http://127.0.0.1:PORT/v1``). The engine is closed at the end."""
+def serving(app: Any) -> Iterator[str]:
+    """Run the ASGI ``app`` with uvicorn on 127.0.0.1 (a free port) in a background thread;
+    yield the base URL (``http://127.0.0.1:PORT/v1``)."""
     sock = bind("127.0.0.1", 0)
-    app = create_app(engine, MODEL, api_key=api_key)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -96,8 +95,17 @@ def running(engine: Engine, *, api_key: str | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=20)
-        engine.close()
         sock.close()
+
+
+@contextmanager
+def running(engine: Engine, *, api_key: str | None = None) -> Iterator[str]:
+    """Serve ``engine`` (`serving`); yield the base URL. The engine is closed at the end."""
+    try:
+        with serving(create_app(engine, MODEL, api_key=api_key)) as url:
+            yield url
+    finally:
+        engine.close()
 
 
 @pytest.fixture
