@@ -80,3 +80,22 @@ def test_text_rows_cannot_be_rendered_as_chats(tmp_path, capsys, chat_teacher): 
     assert code == 2
     assert "data.chat_template is true but the data holds plain text" in err
     assert err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_run_alone_generates_first_and_a_rerun_reuses_the_rows(
+    tmp_path,
+    capsys,
+    chat_teacher,  # noqa: F811
+):
+    recipe = _recipe(tmp_path, chat_teacher)
+    code, _out, err = run_cli("run", str(recipe), capsys=capsys)
+    assert code == 0, err
+    folder = tmp_path / "runs" / "tiny-sequence"
+    assert len((folder / "generations.jsonl").read_text().splitlines()) == len(PROMPTS)
+    assert Report.load(folder / "report.json").models["student"].perplexity is not None
+    code, _out, err = run_cli("run", str(recipe), capsys=capsys)
+    assert code == 2 and "already exists; pass --resume" in err  # refused, nothing redone
+    code, out, err = run_cli("run", str(recipe), "--resume", capsys=capsys)
+    assert code == 0, err
+    assert f"generations: 0 rows written, {len(PROMPTS)} kept" in out + err
+    assert len((folder / "generations.jsonl").read_text().splitlines()) == len(PROMPTS)

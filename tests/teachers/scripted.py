@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,8 @@ class Script:
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     error_message: str = "scripted failure"
+    # The reply's text, from the request body; None: "reply to " + the last message.
+    reply: Callable[[dict[str, Any]], str] | None = None
     arrivals: list[float] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
@@ -67,7 +69,10 @@ def scripted_app(script: Script) -> FastAPI:
                 status_code=status,
                 headers=script.headers,
             )
-        text = "reply to " + body["messages"][-1]["content"]
+        if script.reply is not None:
+            text = script.reply(body)
+        else:
+            text = "reply to " + body["messages"][-1]["content"]
         return JSONResponse(
             {
                 "id": f"chatcmpl-{number}",

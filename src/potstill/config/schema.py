@@ -18,13 +18,13 @@ from potstill.data.settings import ContextConfig, DataConfig
 from potstill.evaluation.settings import EvalConfig
 from potstill.losses import LOSS_NAMES, REGISTRY, LossTerm
 from potstill.models.settings import StudentConfig
-from potstill.synth.settings import GenerateConfig, TaskConfig
+from potstill.synth.settings import GenerateConfig, ReasonConfig, TaskConfig
 from potstill.train.settings import TrainConfig
 from potstill.util.schema import Strict
 
 # The registry's names as a Literal, so a wrong name lists the valid ones.
 LossName = Literal[LOSS_NAMES]  # type: ignore[valid-type]
-STAGES = ("teach", "distill", "baseline", "evaluate", "report")
+STAGES = ("generate", "teach", "distill", "baseline", "evaluate", "report")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -79,6 +79,8 @@ class Recipe(Strict):
     eval: EvalConfig = EvalConfig()
     task: TaskConfig = TaskConfig()
     generate: GenerateConfig = GenerateConfig()
+    # Chain-of-thought distillation (task.kind: reason): the problems and how they are asked.
+    reason: ReasonConfig = ReasonConfig()
     # Context distillation: what only the teacher reads (a system prompt, few-shot turns).
     context: ContextConfig | None = None
     runs_dir: str = "runs"

@@ -125,6 +125,62 @@ class ChatExamples:
         return sum(extra) / len(extra)
 
 
+@dataclass
+class ChatRows:
+    """Chats as one view for training on their responses: ``ids[i]`` is chat ``i`` through
+    the end of its assistant turn, its first ``prompt[i]`` tokens the prompt (labels -100).
+
+    Build with `ChatRows.build`; batches are right-padded, one chat per row.
+    """
+
+    ids: list[list[int]]
+    prompt: list[int]
+    pad_id: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        tokenizer: Any,
+        chats: Sequence[tuple[list[dict[str, str]], str]],
+        *,
+        max_length: int = 256,
+    ) -> ChatRows:
+        """Render each (turns, response) through the chat template; a response is cut so the
+        chat fits ``max_length`` tokens, and a prompt that alone does not fit is refused."""
+        if not getattr(tokenizer, "chat_template", None):
+            raise PotstillError(
+                "training on chats needs a chat model: the tokenizer has no template"
+            )
+        if not chats:
+            raise PotstillError("no chats to train on")
+        out = cls([], [], pad_id=_pad_id(tokenizer))
+        for i, (turns, response) in enumerate(chats):
+            head, resp = render_chat(
+                tokenizer, turns, response, fix="its responses cannot be told from its prompts"
+            )
+            if len(head) >= max_length:
+                raise PotstillError(
+                    f"chat {i + 1}: its prompt alone takes {len(head)} tokens, more than "
+                    f"max_length {max_length}; shorten it or raise max_length"
+                )
+            out.ids.append(head + resp[: max_length - len(head)])
+            out.prompt.append(len(head))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Chats ``index``, right-padded; labels only on the responses."""
+        rows = index.tolist()
+        return _padded(
+            [self.ids[i] for i in rows], [self.prompt[i] for i in rows], index, self.pad_id
+        )
+
+    def response_tokens(self) -> int:
+        return sum(len(ids) - prompt for ids, prompt in zip(self.ids, self.prompt, strict=True))
+
+
 def render_chat(
     tokenizer: Any, turns: list[dict[str, str]], response: str, *, fix: str
 ) -> tuple[list[int], list[int]]:

@@ -13,6 +13,8 @@ from potstill.pipeline.budget import fit_budget, refit_after_teach
 from potstill.pipeline.classify import run_classify
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.context_distill import run_context_distillation
+from potstill.pipeline.generate import generate_only
+from potstill.pipeline.reason import run_reasoning
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import (
     CE_ONLY,
@@ -43,8 +45,16 @@ def plan(recipe: Recipe) -> list[str]:
     ['teach', 'distill', 'baseline', 'evaluate', 'report']
     >>> plan(Recipe(teach={"enabled": False}, eval={"baseline": False}))
     ['distill', 'evaluate', 'report']
+
+    With ``generate.prompts`` set, the teacher first writes its answers (the data the
+    recipe's ``data.path`` then names), or finishes writing them:
+
+    >>> plan(Recipe(generate={"prompts": "prompts.txt"}))[0]
+    'generate'
     """
     stages = []
+    if recipe.generate.prompts is not None:
+        stages.append("generate")
     if recipe.needs_teacher_logits and recipe.teach.enabled:
         stages.append("teach")
     stages.append("distill")
@@ -59,11 +69,20 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     if recipe.task.kind == "classify":
         report, run_dir = run_classify(recipe, resume=resume)
         return RunResult(report, run_dir)
-    if recipe.context is not None:
-        report, run_dir = run_context_distillation(recipe, resume=resume)
+    if recipe.task.kind == "reason":
+        report, run_dir = run_reasoning(recipe, resume=resume)
         return RunResult(report, run_dir)
     started = time.perf_counter()
     stages = plan(recipe)
+    if "generate" in stages:
+        # Resumable and deduplicated: rows already written (by `potstill generate` or an
+        # earlier run) are kept, only missing ones are generated. A finished run is
+        # refused (without --resume) before the teacher is loaded.
+        prepare_run_dir(recipe, resume=resume)
+        generate_only(recipe)
+    if recipe.context is not None:
+        report, run_dir = run_context_distillation(recipe, resume=resume)
+        return RunResult(report, run_dir)
     if "report" in stages and "evaluate" not in stages:
         raise PotstillError("stages: report needs evaluate; add it, or drop report")
     ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.util.errors import PotstillError
-from potstill.util.io import atomic_write_json, atomic_write_text
+from potstill.util.io import atomic_write_json, atomic_write_jsonl
 
 FORMAT_VERSION = 1
 GENERATIONS_FILE = "generations.jsonl"
@@ -98,12 +98,12 @@ class GenerationsStore:
         shards = self._shards()
         number = int(shards[-1].stem.removeprefix("shard-")) + 1 if shards else 0
         path = self.parts / f"shard-{number:05d}.jsonl"
-        atomic_write_text(path, _jsonl(rows))
+        atomic_write_jsonl(path, rows)
         return path
 
     def finish(self, rows: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
         """Write the whole file and the manifest (each atomically), then drop the shards."""
-        atomic_write_text(self.path, _jsonl(rows))
+        atomic_write_jsonl(self.path, rows)
         atomic_write_json(self.manifest_path, manifest)
         shutil.rmtree(self.parts, ignore_errors=True)
 
@@ -126,10 +126,6 @@ class GenerationsStore:
 def read_generations(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a ``generations.jsonl``, in file order."""
     return _read_rows(Path(path))
-
-
-def _jsonl(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

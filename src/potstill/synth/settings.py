@@ -3,12 +3,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from potstill.synth.prompt import Example, Label, LabelSpec
 from potstill.util.schema import Strict
+
+
+def _non_empty_system(system: str | None) -> str | None:
+    if system is not None and not system.strip():
+        raise ValueError("is empty; give the system prompt's text or leave it out")
+    return system
+
+
+# A system prompt: text, or None for none (never blank).
+SystemPrompt = Annotated[str | None, AfterValidator(_non_empty_system)]
 
 
 class LabelConfig(Strict):
@@ -29,7 +39,8 @@ class ExampleConfig(Strict):
 
 
 class TaskConfig(Strict):
-    """What the student learns: next tokens (``lm``) or the teacher's labels (``classify``).
+    """What the student learns: next tokens (``lm``), the teacher's labels (``classify``)
+    or the teacher's checked reasoning (``reason``, set up in the recipe's ``reason``).
 
     ``labels`` are plain names or ``{name, description}`` mappings; ``train`` is the path
     of the unlabelled texts, ``test`` of a labelled test set (``label_field`` names its
@@ -43,7 +54,7 @@ class TaskConfig(Strict):
     ['yes', 'no']
     """
 
-    kind: Literal["lm", "classify"] = "lm"
+    kind: Literal["lm", "classify", "reason"] = "lm"
     labels: list[str | LabelConfig] = Field(default_factory=list)
     instruction: str | None = None
     examples: list[ExampleConfig] = Field(default_factory=list)
@@ -118,7 +129,7 @@ class GenerateConfig(Strict):
 
     prompts: str | None = None
     prompt_field: str = "prompt"
-    system: str | None = None
+    system: SystemPrompt = None
     n: int = Field(1, ge=1, le=128)
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -136,9 +147,28 @@ class GenerateConfig(Strict):
             raise ValueError("a stop string is empty; give text or drop it")
         return stop
 
-    @field_validator("system")
-    @classmethod
-    def _non_empty_system(cls, system: str | None) -> str | None:
-        if system is not None and not system.strip():
-            raise ValueError("is empty; give the system prompt's text or leave it out")
-        return system
+
+class ReasonConfig(Strict):
+    """Chain-of-thought distillation (``task.kind: reason``): problems with checkable
+    answers from the reasoning-gym generator ``dataset`` (its ``options`` passed as they
+    are), ``train`` of them for the teacher to solve and ``test`` held out, drawn at
+    ``seed`` and ``seed + 1`` with no question in both. Teacher and students read
+    ``system`` before each question. The teacher writes ``generate.n`` traces per train
+    problem (``generate``'s sampling settings); only traces whose final answer checks are
+    kept. Everyone answers the test problems greedily, in at most ``max_tokens`` tokens,
+    ``batch_size`` at a time.
+
+    >>> ReasonConfig().dataset
+    'chain_sum'
+    """
+
+    dataset: str = "chain_sum"
+    options: dict[str, Any] = Field(default_factory=dict)
+    train: int = Field(64, ge=1)
+    test: int = Field(50, ge=1)
+    seed: int = Field(0, ge=0)
+    system: SystemPrompt = "Think step by step, then give the final answer as a number."
+    max_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    # Also train a student on every trace, checked or not: what the checking bought.
+    unchecked: bool = False

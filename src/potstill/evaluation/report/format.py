@@ -22,8 +22,17 @@ CLASSIFICATION_NOTE = (
 )
 
 
+REASONING_NOTE = (
+    "Accuracy is exact match on the held-out problems: each model answers greedily, its final "
+    "answer is read from its reply and checked by the problem generator's scorer; problems/s "
+    "is the batched generation rate on this machine."
+)
+
+
 def metrics_note(report: Report) -> str:
     """The sentence under the metrics table."""
+    if is_reasoning(report):
+        return REASONING_NOTE
     return CLASSIFICATION_NOTE if is_classification(report) else METRICS_NOTE
 
 
@@ -43,6 +52,8 @@ def subtitle(report: Report) -> str:
 
 def headline(report: Report) -> list[tuple[str, str, str]]:
     """The findings in a few (label, value, sentence) triples, most important first."""
+    if is_reasoning(report):
+        return reasoning_headline(report)
     if is_classification(report):
         return classification_headline(report)
     if is_context_distillation(report):
@@ -114,6 +125,85 @@ def headline(report: Report) -> list[tuple[str, str, str]]:
 def is_classification(report: Report) -> bool:
     """True when the models were scored on labels (task: classify), not perplexity."""
     return any(entry.accuracy is not None for entry in report.models.values())
+
+
+def is_reasoning(report: Report) -> bool:
+    """True for a chain-of-thought run (models scored by exact match on problems)."""
+    return report.recipe.get("task") == "chain-of-thought distillation"
+
+
+def reasoning_headline(report: Report) -> list[tuple[str, str, str]]:
+    """The findings of a chain-of-thought run: what the traces bought over the answers
+    alone, the student against the teacher and itself before, and how many traces checked."""
+    models = report.models
+    student, answers = models.get("student"), models.get("answers")
+    lines = []
+    if student and answers and student.accuracy is not None and answers.accuracy is not None:
+        gain = (student.accuracy - answers.accuracy) * 100
+        lines.append(
+            (
+                "traces vs answers only",
+                f"{gain:+.1f} points",
+                f"Trained on the teacher's checked reasoning, the student solves "
+                f"{fmt_percent(student.accuracy)} of the held-out problems; trained on the same "
+                f"problems' final answers alone, {fmt_percent(answers.accuracy)}.",
+            )
+        )
+    teacher, base = models.get("teacher"), models.get("base")
+    if student and student.accuracy is not None and teacher and teacher.accuracy is not None:
+        before = "" if base is None else f", up from {fmt_percent(base.accuracy)} before training"
+        size = ""
+        if student.params and teacher.params:
+            size = f", with {fmt_percent(student.params / teacher.params)} of its parameters"
+        lines.append(
+            (
+                "student vs teacher",
+                f"{fmt_percent(student.accuracy)} vs {fmt_percent(teacher.accuracy)}",
+                f"The student solves {fmt_percent(student.accuracy)} against the teacher's "
+                f"{fmt_percent(teacher.accuracy)}{size}{before}.",
+            )
+        )
+    traces = report.recipe.get("traces") or {}
+    if traces.get("traces"):
+        lines.append(
+            (
+                "traces kept",
+                f"{traces['kept']} of {traces['traces']}",
+                f"The teacher wrote {traces['samples_per_problem']} trace(s) for each of "
+                f"{traces['problems']} problems; {traces['kept']} checked (a correct final "
+                f"answer) and were kept, covering {traces['problems_with_a_kept_trace']} "
+                "problems.",
+            )
+        )
+    return lines
+
+
+def reasoning_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The per-model table of a chain-of-thought run: (header, rows)."""
+    header = [
+        "model",
+        "params",
+        "accuracy",
+        "answered",
+        "cut off",
+        "tokens/reply",
+        "problems/s (batched)",
+        "train s",
+    ]
+    rows = [
+        [
+            name,
+            fmt_params(entry.params),
+            fmt_percent(entry.accuracy, digits=1),
+            fmt_percent(entry.answered, digits=0),
+            fmt_percent(entry.truncated, digits=0),
+            fmt_number(entry.mean_answer_tokens, digits=0),
+            _batched_speed(entry),
+            fmt_rate(entry.train_seconds),
+        ]
+        for name, entry in report.models.items()
+    ]
+    return header, rows
 
 
 def is_context_distillation(report: Report) -> bool:
@@ -291,6 +381,8 @@ def classification_table(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def metrics_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """The per-model table as formatted strings: (header, rows)."""
+    if is_reasoning(report):
+        return reasoning_table(report)
     if is_classification(report):
         return classification_table(report)
     header = [

@@ -85,6 +85,10 @@ class ModelEntry(Section):
     per_class_f1: list[Number] | None = None  # classification, in the order of the labels
     confusion: list[list[int]] | None = None  # [gold][predicted] counts on the test set
     peak_ram_bytes: Count = None
+    # Problems with a checked answer (chain-of-thought runs): `accuracy` is exact match.
+    answered: Number = None  # share of replies with an answer that could be read
+    mean_answer_tokens: Number = None  # generated tokens per reply
+    truncated: Number = None  # share of replies cut off by the token limit
 
 
 class RunInfo(Section):

@@ -1,0 +1,103 @@
+"""Exact-match accuracy on problems with checkable answers: a model answers every
+problem greedily (batched, with a KV cache), its final answer is extracted and checked
+by the problem's own scorer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from potstill.data.problems import ProblemSet
+from potstill.generation import Engine
+from potstill.generation.chat import chat_text
+from potstill.generation.handle import GenerationSettings
+from potstill.synth.generate import messages_of
+from potstill.util.errors import PotstillError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One model's reply to one problem, and how it checked."""
+
+    problem: int
+    text: str
+    answer: str | None
+    correct: bool
+    tokens: int
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class Solved:
+    """A model's answers to a problem set: exact-match accuracy and what they cost."""
+
+    answers: list[Answer]
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return sum(a.correct for a in self.answers) / len(self.answers)
+
+    @property
+    def answered(self) -> float:
+        """Share of replies with an answer that could be read at all."""
+        return sum(a.answer is not None for a in self.answers) / len(self.answers)
+
+    @property
+    def mean_tokens(self) -> float:
+        return sum(a.tokens for a in self.answers) / len(self.answers)
+
+    @property
+    def truncated(self) -> float:
+        """Share of replies cut off by the token limit."""
+        return sum(a.finish_reason == "length" for a in self.answers) / len(self.answers)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second over the whole batched run (this machine)."""
+        return sum(a.tokens for a in self.answers) / self.seconds if self.seconds else 0.0
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [a.__dict__.copy() for a in self.answers]
+
+
+def solve(
+    model: Any,
+    tokenizer: Any,
+    problems: ProblemSet,
+    *,
+    system: str | None,
+    max_tokens: int,
+    batch_size: int,
+) -> Solved:
+    """Every problem answered greedily by ``model`` (in eval mode, on its device) through
+    its chat template, then checked."""
+    if max_tokens < 1 or batch_size < 1:
+        raise ValueError("max_tokens and batch_size must be at least 1")
+    if len(problems) == 0:
+        raise PotstillError("no problems to answer")
+    engine = Engine(model, tokenizer, max_batch=batch_size, max_queue=len(problems) + 1)
+    prompts = []
+    for problem in problems.problems:
+        chat = chat_text(tokenizer, messages_of(problem.question, system))
+        prompts.append(engine.encode(chat.text, add_special_tokens=chat.add_special_tokens))
+    settings = GenerationSettings(max_tokens=max_tokens, sampling_temperature=0.0)
+    started = time.perf_counter()
+    with engine:
+        choices = engine.generate(prompts, settings)
+    seconds = time.perf_counter() - started
+    answers = []
+    for i, choice in enumerate(choices):
+        check = problems.check(i, choice.text)
+        answers.append(
+            Answer(
+                i,
+                choice.text,
+                check.answer,
+                check.correct,
+                choice.completion_tokens,
+                choice.finish_reason,
+            )
+        )
+    return Solved(answers, seconds)

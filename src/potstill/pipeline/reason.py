@@ -1,0 +1,364 @@
+"""Chain-of-thought distillation with checking (``task.kind: reason``).
+
+The teacher writes ``generate.n`` reasoning traces for each of ``reason.train`` problems
+with checkable answers (reasoning-gym); only the traces whose final answer checks are
+kept (rejection sampling). The student learns them as chats (prompt masked), and a
+second copy of the student learns the same problems' final answers alone, with no
+reasoning. On ``reason.test`` held-out problems, everyone answers greedily: the teacher,
+the student before training, the answers-only student and the trace-trained student;
+the report's exact-match accuracies say what the traces bought.
+
+The student may use another tokenizer than the teacher: it reads the traces as text.
+A token-level KD term (e.g. ``forward_kl``) is added on the traces only when the two
+share a vocabulary, and refused in one line when they do not.
+
+Run folder: ``problems/train.jsonl`` and ``test.jsonl``; ``traces/generations.jsonl``
+(the teacher's traces, resumable) and ``traces.jsonl`` (each trace with its check);
+``teacher-test/generations.jsonl`` (the teacher's test answers); ``answers/NAME.jsonl``
+(each model's test answers); ``student/`` and ``answers-student/`` (HF folders); the
+report. Every stage is skipped on ``--resume`` when its inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from potstill.config import Recipe
+from potstill.data.chat import ChatRows
+from potstill.data.problems import ANSWER_RULE, ProblemSet
+from potstill.evaluation.reasoning import Answer, Solved, solve
+from potstill.evaluation.report import Report, build_report, write_report
+from potstill.evaluation.size import count_params, size_on_disk
+from potstill.models.load import endpoint_model, load_causal_lm
+from potstill.models.student import build_student, save_student, wrap_adapter
+from potstill.pipeline.context import RunContext
+from potstill.pipeline.generate import generate_only
+from potstill.pipeline.markers import fingerprint, finished, mark_finished
+from potstill.pipeline.run_dir import prepare_run_dir
+from potstill.pipeline.stages import read_curves
+from potstill.synth.generations import read_generations
+from potstill.synth.traces import Chat, Traces, check_traces
+from potstill.tasks.causal_lm import CausalLM
+from potstill.teachers.live import LiveTeacher
+from potstill.train.loop import train
+from potstill.util.errors import PotstillError
+from potstill.util.io import atomic_write_jsonl
+from potstill.util.log import log
+
+# The models of the report, in order: what each is.
+ROLES = {
+    "teacher": "the teacher, answering with its reasoning",
+    "base": "the student before training",
+    "answers": "the student trained on the final answers alone",
+    "student": "the student trained on the teacher's checked traces",
+    "unchecked": "the student trained on every trace, checked or not",
+}
+
+
+def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]:
+    """problems → teacher traces → check → train on traces / on answers → test → report."""
+    started = time.perf_counter()
+    cfg = recipe.reason
+    _check_recipe(recipe)
+    test = ProblemSet.generate(cfg.dataset, size=cfg.test, seed=cfg.seed + 1, options=cfg.options)
+    train_set = ProblemSet.generate(
+        cfg.dataset, size=cfg.train, seed=cfg.seed, options=cfg.options, exclude=test.questions()
+    )
+    ctx = RunContext(recipe, recipe.run_dir, resume)
+    base, tokenizer = _student_base(ctx)  # refuses a KD term across tokenizers, first
+    run_dir = prepare_run_dir(recipe, resume=resume)
+    for split, problems in (("train", train_set), ("test", test)):
+        _write_problems(run_dir / "problems" / f"{split}.jsonl", problems)
+
+    traces = _traces(ctx, train_set)
+    stats = traces.stats()
+    log(
+        f"traces: {stats['kept']} of {stats['traces']} check "
+        f"({stats['problems_with_a_kept_trace']} of {stats['problems']} problems solved)"
+    )
+    if not traces.kept:
+        raise PotstillError(
+            f"none of the teacher's {stats['traces']} traces checks, so there is nothing to "
+            "learn from; raise generate.n, give the teacher an easier reason.dataset, or a "
+            "clearer reason.system"
+        )
+    solved: dict[str, Solved] = {"teacher": _teacher_answers(ctx, test)}
+    models: dict[str, dict[str, Any]] = {"teacher": {"ref": recipe.teacher}}
+    if endpoint_model(recipe.teacher) is None:
+        models["teacher"]["params"] = count_params(ctx.teacher)
+
+    models["base"] = {"ref": _student_ref(recipe), "params": count_params(base)}
+    solved["base"] = _solve_cached(ctx, "base", base, tokenizer, test, "untrained")
+
+    system = cfg.system
+    sets: dict[str, list[Chat]] = {
+        "answers": traces.answer_chats(system),
+        "student": traces.trace_chats(system),
+    }
+    if cfg.unchecked:
+        sets["unchecked"] = traces.trace_chats(system, checked=False)
+    for name, chats in sets.items():
+        folder = run_dir / ("student" if name == "student" else f"{name}-student")
+        info = _train(ctx, name, chats, folder)
+        model, model_tokenizer = load_causal_lm(str(folder))
+        model = model.to(ctx.device)
+        models[name] = {
+            "ref": str(folder),
+            "params": count_params(model),
+            "size_bytes": size_on_disk(folder),
+            "train_seconds": info["seconds"],
+        }
+        made = info["fingerprint"]  # the marker's: what the model was trained from
+        solved[name] = _solve_cached(ctx, name, model, model_tokenizer, test, made)
+        del model
+
+    for name, result in solved.items():
+        models[name].update(
+            accuracy=result.accuracy,
+            answered=result.answered,
+            mean_answer_tokens=result.mean_tokens,
+            truncated=result.truncated,
+        )
+        if result.seconds:
+            models[name]["examples_per_second"] = {
+                str(cfg.batch_size): len(result.answers) / result.seconds
+            }
+    report = build_report(
+        run=ctx.run_info(time.perf_counter() - started),
+        data={
+            "name": f"reasoning-gym:{cfg.dataset}",
+            "split": f"{len(train_set)} train problems (seed {cfg.seed}), {len(test)} held-out "
+            f"test problems (seed {cfg.seed + 1}), no question in both",
+        },
+        recipe={
+            "task": "chain-of-thought distillation",
+            "dataset": cfg.dataset,
+            "options": cfg.options,
+            "system": system,
+            "answer_rule": ANSWER_RULE,
+            "samples_per_problem": recipe.generate.n,
+            "sampling_temperature": recipe.generate.temperature,
+            "trace_max_tokens": recipe.generate.max_tokens,
+            "test_max_tokens": cfg.max_tokens,
+            "traces": stats,
+            "train_examples": {name: len(chats) for name, chats in sets.items()},
+            "roles": {name: ROLES[name] for name in models},
+            "loss": [
+                {"loss": t.loss, "weight": t.weight, "temperature": t.temperature}
+                for t in recipe.terms
+            ],
+            **recipe.train.model_dump(include={"steps", "batch_size", "lr", "seed"}),
+        },
+        models=models,
+    )
+    write_report(run_dir, report, read_curves(run_dir / "metrics.jsonl"))
+    return report, run_dir
+
+
+def _check_recipe(recipe: Recipe) -> None:
+    if recipe.generate.prompts is not None:
+        raise PotstillError(
+            "task.kind reason asks the teacher reason.train problems of its own; leave "
+            "generate.prompts unset (generate sets only how traces are sampled)"
+        )
+    if recipe.context is not None:
+        raise PotstillError("task.kind reason takes no context; set reason.system instead")
+    if recipe.needs_teacher_logits and endpoint_model(recipe.teacher) is not None:
+        kd = ", ".join(t.loss for t in recipe.terms if t.spec.needs_teacher)
+        raise PotstillError(
+            f"loss: {kd} needs the teacher's logits, which an endpoint teacher does not give; "
+            "learn from its traces alone: loss: [{loss: cross_entropy}]"
+        )
+
+
+def _student_ref(recipe: Recipe) -> str:
+    student = recipe.student
+    if student.model is not None:
+        return student.model
+    if student.fresh is not None:
+        return "fresh"
+    assert student.from_teacher is not None
+    return f"{recipe.teacher} layers {student.from_teacher.layers}"
+
+
+def _write_problems(path: Path, problems: ProblemSet) -> None:
+    atomic_write_jsonl(
+        path, ({"question": p.question, "answer": p.answer} for p in problems.problems)
+    )
+
+
+def _sub_recipe(recipe: Recipe, folder: str, prompts: Path, **generate: Any) -> Recipe:
+    """The recipe `generate_only` runs for one set of questions, into run_dir/folder."""
+    settings = recipe.generate.model_copy(
+        update={
+            "prompts": str(prompts),
+            "prompt_field": "question",
+            "system": recipe.reason.system,
+            "max_prompts": None,
+            **generate,
+        }
+    )
+    return recipe.model_copy(
+        update={"name": folder, "runs_dir": str(recipe.run_dir), "generate": settings}
+    )
+
+
+def _traces(ctx: RunContext, problems: ProblemSet) -> Traces:
+    """The teacher's traces for the train problems (generated, or finished, now), checked."""
+    recipe = ctx.recipe
+    sub = _sub_recipe(recipe, "traces", ctx.run_dir / "problems" / "train.jsonl")
+    result = generate_only(sub, _local(ctx))
+    traces = check_traces(read_generations(result.path), problems, samples=recipe.generate.n)
+    atomic_write_jsonl(ctx.run_dir / "traces.jsonl", (t.__dict__ for t in traces.traces))
+    return traces
+
+
+def _teacher_answers(ctx: RunContext, problems: ProblemSet) -> Solved:
+    """The teacher's greedy answers to the test problems, through the same generation
+    path as its traces (so an endpoint teacher is tested too)."""
+    cfg = ctx.recipe.reason
+    sub = _sub_recipe(
+        ctx.recipe,
+        "teacher-test",
+        ctx.run_dir / "problems" / "test.jsonl",
+        n=1,
+        temperature=0.0,
+        max_tokens=cfg.max_tokens,
+        batch_size=cfg.batch_size,
+    )
+    result = generate_only(sub, _local(ctx))
+    index = {p.question: i for i, p in enumerate(problems.problems)}
+    answers = []
+    for row in read_generations(result.path):
+        i = index[row["prompt"]]
+        check = problems.check(i, row["response"])
+        answers.append(
+            Answer(
+                i,
+                row["response"],
+                check.answer,
+                check.correct,
+                int(row.get("completion_tokens") or 0),
+                row.get("finish_reason"),
+            )
+        )
+    answers.sort(key=lambda a: a.problem)
+    seconds = result.seconds if result.generated == len(answers) else 0.0
+    solved = Solved(answers, seconds)
+    _write_answers(ctx.run_dir, "teacher", solved)
+    log(f"teacher: {solved.accuracy:.1%} of {len(problems)} test problems")
+    return solved
+
+
+def _local(ctx: RunContext) -> RunContext | None:
+    """The run's context to lend `generate_only` a local teacher; None for an endpoint."""
+    return None if endpoint_model(ctx.recipe.teacher) is not None else ctx
+
+
+def _student_base(ctx: RunContext) -> tuple[torch.nn.Module, Any]:
+    """The untrained student and its tokenizer, on the run's device."""
+    recipe = ctx.recipe
+    if recipe.student.source == "model":
+        assert recipe.student.model is not None
+        model, tokenizer = load_causal_lm(recipe.student.model)
+    else:
+        model, tokenizer = build_student(
+            recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
+        )
+    if recipe.needs_teacher_logits:
+        _check_vocab(ctx, tokenizer)
+    return model.to(ctx.device), tokenizer
+
+
+def _check_vocab(ctx: RunContext, tokenizer: Any) -> None:
+    recipe = ctx.recipe
+    kd = ", ".join(t.loss for t in recipe.terms if t.spec.needs_teacher)
+    if ctx.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise PotstillError(
+            f"loss: {kd} compares next-token distributions, but the student's tokenizer "
+            f"({len(tokenizer.get_vocab()):,} tokens) is not the teacher's "
+            f"({len(ctx.tokenizer.get_vocab()):,}); across tokenizers the student learns from "
+            "the traces' text alone: loss: [{loss: cross_entropy}]"
+        )
+
+
+def _train(ctx: RunContext, name: str, chats: list[Chat], folder: Path) -> dict[str, Any]:
+    """Train a fresh copy of the student on ``chats`` (responses only) and save it."""
+    recipe = ctx.recipe
+    base, tokenizer = _student_base(ctx)
+    rows = ChatRows.build(tokenizer, chats, max_length=recipe.data.block_size)
+    print_ = fingerprint(
+        "reason-student",
+        name,
+        recipe.student.model_dump(mode="json"),
+        [[t.loss, t.weight, t.temperature, dict(t.params)] for t in recipe.terms],
+        recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"}),
+        recipe.teacher,
+        rows.ids,
+    )
+    done = finished(ctx.run_dir, name, print_)
+    if done is not None and (folder / "config.json").is_file():
+        log(f"{name}: already trained, skipping")
+        return done
+    log(f"{name}: {len(rows)} chats, {rows.response_tokens():,} response tokens")
+    torch.manual_seed(recipe.train.seed)
+    model = wrap_adapter(base, recipe.student)
+    cfg = recipe.train
+    if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
+        cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
+    terms = (
+        recipe.terms if name != "answers" else [t for t in recipe.terms if not t.spec.needs_teacher]
+    )
+    result = train(
+        model,
+        rows,
+        CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens),
+        cfg,
+        teacher=LiveTeacher(ctx.teacher) if recipe.needs_teacher_logits else None,
+        name=name,
+        checkpoint_dir=ctx.run_dir / "checkpoints" / name,
+        metrics_path=ctx.run_dir / "metrics.jsonl",
+        resume=True,
+        device=ctx.device,
+    )
+    save_student(model, tokenizer, folder)
+    return mark_finished(ctx.run_dir, name, print_, seconds=result.seconds)
+
+
+def _solve_cached(
+    ctx: RunContext, name: str, model: Any, tokenizer: Any, problems: ProblemSet, made: str
+) -> Solved:
+    """``model``'s answers to the test problems; reused on resume when the model (``made``:
+    its training fingerprint) and the test settings are unchanged."""
+    cfg = ctx.recipe.reason
+    stage = f"test-{name}"
+    print_ = fingerprint(
+        stage, made, cfg.model_dump(mode="json"), [p.question for p in problems.problems]
+    )
+    done = finished(ctx.run_dir, stage, print_)
+    path = ctx.run_dir / "answers" / f"{name}.jsonl"
+    if done is not None and path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return Solved([Answer(**r) for r in rows], done["seconds"])
+    log(f"{name}: answering {len(problems)} test problems")
+    solved = solve(
+        model,
+        tokenizer,
+        problems,
+        system=cfg.system,
+        max_tokens=cfg.max_tokens,
+        batch_size=cfg.batch_size,
+    )
+    _write_answers(ctx.run_dir, name, solved)
+    mark_finished(ctx.run_dir, stage, print_, seconds=solved.seconds, accuracy=solved.accuracy)
+    log(f"{name}: {solved.accuracy:.1%} of {len(problems)} test problems")
+    return solved
+
+
+def _write_answers(run_dir: Path, name: str, solved: Solved) -> None:
+    atomic_write_jsonl(run_dir / "answers" / f"{name}.jsonl", solved.to_rows())
