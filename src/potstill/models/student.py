@@ -104,8 +104,10 @@ def check_same_vocab(
         differing = len(set(t_vocab.items()) ^ set(s_vocab.items()))
         raise PotstillError(
             f"teacher and student vocabularies differ (teacher {len(t_vocab)} tokens, student "
-            f"{len(s_vocab)}, {differing} entries differ); choose a student with the "
-            "teacher's tokenizer, or build one with student.from_teacher or student.fresh"
+            f"{len(s_vocab)}, {differing} entries differ), so logit terms cannot compare "
+            "them; choose a student with the teacher's tokenizer (or student.from_teacher / "
+            "student.fresh), or learn from the teacher's text alone with a cross_entropy-only "
+            "loss on its generations (potstill generate; task.kind: reason)"
         )
     if teacher is not None and student is not None:
         t_out = teacher.get_output_embeddings().weight.shape[0]
