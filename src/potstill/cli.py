@@ -223,6 +223,12 @@ def serve(
         int, typer.Option(min=1, help="Most requests waiting; more get HTTP 429.")
     ] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="CPU threads for torch (default: torch's); 1 when the CPUs are shared."
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool,
         typer.Option("--trust-remote-code", help="Run code from the model folder (trusted only)."),
@@ -236,6 +242,10 @@ def serve(
     """
     from potstill.serve import serve as serve_model
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     serve_model(
         model,
         host=host,

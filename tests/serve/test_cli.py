@@ -43,9 +43,10 @@ def test_an_unset_api_key_variable_is_one_line_and_exit_2(lm_dir, capsys, monkey
 
 
 def test_serve_off_loopback_warns_requires_the_key_and_never_prints_it(lm_dir):
-    env = {**os.environ, "POTSTILL_TEST_KEY": KEY, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "POTSTILL_TEST_KEY": KEY}
     command = [sys.executable, "-m", "potstill", "serve", str(lm_dir), "--host", "0.0.0.0"]
     command += ["--port", "0", "--api-key-env", "POTSTILL_TEST_KEY", "--max-batch", "2"]
+    command += ["--threads", "1"]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
