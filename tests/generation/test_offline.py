@@ -78,6 +78,27 @@ def test_each_row_keeps_its_text_whatever_shares_its_batch(lm, one_thread):
     assert together[0].text != together[3].text  # same prompt, other seed
 
 
+def test_waiting_rows_join_a_running_batch_and_write_what_they_write_alone(lm, one_thread):
+    """Continuous batching: when a row finishes, a waiting one takes its place (its
+    prompt run once, its cache merged in, left-padded), and every row's greedy text is
+    still ``model.generate``'s."""
+    model, tokenizer = lm
+    lengths = [2, 12, 9, 5]  # the short rows finish first and make room
+    prompts = PROMPTS + ["Whether 'tis nobler in the mind"]
+    rows = [
+        (ids_of(tokenizer, text), GenerationSettings(n, sampling_temperature=0))
+        for text, n in zip(prompts, lengths, strict=True)
+    ]
+    with Engine(*lm, max_batch=2) as engine:
+        choices = engine.generate_each(rows)
+        assert engine.stats.batches == 1 and engine.stats.joined == 2
+        assert engine.stats.rows == 4 and engine.stats.largest_batch == 2
+    for (prompt, settings), choice in zip(rows, choices, strict=True):
+        expected = generate_reference(model, tokenizer, prompt, settings.max_tokens)
+        assert choice.text == tokenizer.decode(expected, skip_special_tokens=True)
+        assert choice.completion_tokens == len(expected)
+
+
 def test_stop_strings_finish_rows(engine, lm):
     _, tokenizer = lm
     prompt = ids_of(tokenizer, PROMPTS[1])

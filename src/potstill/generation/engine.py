@@ -6,7 +6,11 @@ prompts is ``n * p`` rows), left-pads their prompts into one batch, runs the pro
 through the model once and then one token per step for every live row, reusing the
 model's KV cache (a transformers ``DynamicCache``). Rows finish independently (end
 token, a stop string, ``max_tokens``); finished rows are dropped from the batch and its
-cache, so the rest decode at the cost of the rows still running. Each row's text goes
+cache, so the rest decode at the cost of the rows still running, and rows waiting by then
+join the running batch (continuous batching): their prompts run once, and their KV cache
+is merged into the batch's, the shorter of the two left-padded. Caches other than plain
+growing ``DynamicLayer`` s (sliding windows, older transformers) keep their batch as it
+started. Each row's text goes
 back to its request as it is produced, handed to the request's asyncio loop with
 ``call_soon_threadsafe``.
 
@@ -67,6 +71,7 @@ class EngineStats:
     batches: int = 0
     rows: int = 0
     largest_batch: int = 0
+    joined: int = 0  # rows that joined a batch already decoding
 
 
 class Engine:
@@ -282,11 +287,13 @@ class Engine:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @torch.inference_mode()
-    def _decode(self, rows: list[_Row]) -> None:
-        """Decode one batch until every row has finished."""
-        ids, mask = self._left_pad([row.prompt for row in rows])  # (B, L) each
-        positions = (mask.cumsum(dim=-1) - 1).clamp_min(0)  # (B, L); pads sit at 0, masked
-        logits, cache = self._forward(ids, mask, positions, cache=None)  # (B, V)
+    def _decode(self, batch: list[_Row]) -> None:
+        """Decode ``batch`` until every row has finished; rows waiting meanwhile join it
+        (their prompts run once, their caches are merged in) while there is room. Rows
+        that join are appended to ``batch``, so a failure reaches them too."""
+        rows = list(batch)
+        logits, cache, mask, positions = self._prefill(rows)  # (B, V), cache, (B, L) × 2
+        joinable = _mergeable(cache)
         while True:
             chosen = next_tokens(logits, [row.sampling for row in rows])  # (B,)
             self._advance(rows, logits, chosen)
@@ -306,6 +313,39 @@ class Engine:
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)  # (B, L + t)
             positions = positions[:, -1:] + 1  # (B, 1)
             logits, cache = self._forward(chosen[:, None], mask, positions, cache)
+            joining = self._admit(self.max_batch - len(rows)) if joinable else []
+            if joining:
+                batch.extend(joining)
+                new_logits, new_cache, new_mask, new_positions = self._prefill(joining)
+                mask = _merge_caches(cache, mask, new_cache, new_mask)
+                positions = torch.cat([positions, new_positions[:, -1:]])
+                logits = torch.cat([logits, new_logits])
+                rows += joining
+                self.stats.rows += len(joining)
+                self.stats.joined += len(joining)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
+
+    def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """Run the rows' prompts, left-padded: (last logits (B, V), cache, mask (B, L),
+        positions (B, L))."""
+        ids, mask = self._left_pad([row.prompt for row in rows])  # (B, L) each
+        positions = (mask.cumsum(dim=-1) - 1).clamp_min(0)  # (B, L); pads sit at 0, masked
+        logits, cache = self._forward(ids, mask, positions, cache=None)  # (B, V)
+        return logits, cache, mask, positions
+
+    def _admit(self, room: int) -> list[_Row]:
+        """Up to ``room`` rows that are waiting (taken from the queue as needed)."""
+        if room < 1 or (not self._pending and self._queue.empty()):
+            return []
+        with self._intake:
+            while len(self._pending) < room and self._take(wait=None):
+                pass
+        rows: list[_Row] = []
+        while self._pending and len(rows) < room:
+            row = self._pending.popleft()
+            if not row.generation.cancelled:
+                rows.append(row)
+        return rows
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor, chosen: torch.Tensor) -> None:
         """Give each row its chosen token; send what became final.
@@ -380,3 +420,46 @@ class Engine:
             waiting[id(generation)] = generation
         for generation in waiting.values():
             generation.deliver(EngineError("the server is shutting down"))
+
+
+def _mergeable(cache: Any) -> bool:
+    """Whether rows can join ``cache``: a cache of plain growing layers (transformers'
+    ``DynamicCache`` with ``DynamicLayer`` s); others (sliding windows, older versions)
+    keep their batch as it started."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(
+        type(layer).__name__ == "DynamicLayer"
+        and isinstance(getattr(layer, "keys", None), torch.Tensor)
+        for layer in layers
+    )
+
+
+def _merge_caches(
+    cache: Any, mask: torch.Tensor, joining: Any, joining_mask: torch.Tensor
+) -> torch.Tensor:
+    """Append ``joining``'s rows to ``cache`` in place and return the merged mask.
+
+    Both caches are left-padded: the shorter one gets zero keys and values (masked out) on
+    the left, so both have ``L = max`` positions, and the rows are concatenated.
+
+    Args:
+        mask: ``(B, L1)`` the running rows' attention mask (0 = pad).
+        joining_mask: ``(J, L2)`` the joining rows'.
+
+    Returns the ``(B + J, L)`` mask.
+    """
+    width = max(mask.shape[1], joining_mask.shape[1])
+
+    def left(t: torch.Tensor, length: int) -> torch.Tensor:
+        missing = width - length
+        if missing == 0:
+            return t
+        pad = t.new_zeros((*t.shape[:-2], missing, t.shape[-1]))
+        return torch.cat([pad, t], dim=-2)
+
+    ours_len, theirs_len = mask.shape[1], joining_mask.shape[1]
+    for ours, theirs in zip(cache.layers, joining.layers, strict=True):
+        ours.keys = torch.cat([left(ours.keys, ours_len), left(theirs.keys, theirs_len)])
+        ours.values = torch.cat([left(ours.values, ours_len), left(theirs.values, theirs_len)])
+    pad = torch.nn.functional.pad
+    return torch.cat([pad(mask, (width - ours_len, 0)), pad(joining_mask, (width - theirs_len, 0))])
