@@ -50,6 +50,13 @@ def write_recipe(tmp_path: Path, teacher: str, prompts: list[str] = PROMPTS, **g
     return out
 
 
+def generate_from(url: str, recipe: Path, capsys, *more: str) -> tuple[int, str, str]:
+    """``potstill generate RECIPE`` against the endpoint at ``url``, with the test key's
+    variable, and ``more`` overrides."""
+    endpoint = [f"teach.endpoint.base_url={url}", f"teach.endpoint.api_key_env={KEY_ENV}"]
+    return run_cli("generate", str(recipe), *endpoint, *more, capsys=capsys)
+
+
 def last_line(out: str) -> str:
     return out.strip().splitlines()[-1]
 
@@ -193,13 +200,7 @@ def test_openai_teacher_on_a_real_server_never_writes_or_logs_the_key(
     engine = Engine(*load_causal_lm(str(chat_teacher)), max_batch=4)
     engine.start()
     with running(engine, api_key=KEY) as url:
-        code, out, err = run_cli(
-            "generate",
-            str(recipe),
-            f"teach.endpoint.base_url={url}",
-            f"teach.endpoint.api_key_env={KEY_ENV}",
-            capsys=capsys,
-        )
+        code, out, err = generate_from(url, recipe, capsys)
     assert code == 0, err
     assert "4 rows (4 now, 0 kept, 1 duplicate prompts skipped)" in last_line(out)
     assert ", 0 retries" in last_line(out)
@@ -225,14 +226,7 @@ def test_429s_are_retried_with_backoff_and_counted(tmp_path, capsys, monkeypatch
     script = Script(statuses=[429, 429])
     recipe = write_recipe(tmp_path, "openai:scripted", n=1)
     with scripted(script) as url:
-        code, out, err = run_cli(
-            "generate",
-            str(recipe),
-            f"teach.endpoint.base_url={url}",
-            f"teach.endpoint.api_key_env={KEY_ENV}",
-            "teach.endpoint.concurrency=1",
-            capsys=capsys,
-        )
+        code, out, err = generate_from(url, recipe, capsys, "teach.endpoint.concurrency=1")
     assert code == 0, err
     assert "4 rows (4 now" in last_line(out) and ", 2 retries" in last_line(out)
     folder = tmp_path / "runs" / "gen"
@@ -273,3 +267,30 @@ def test_a_busy_real_server_answers_429_and_every_row_is_still_written(
     assert usage["retries"] >= 1
     assert usage["replies"] == 8 and usage["requests"] == usage["replies"] + usage["retries"]
     assert len(read_generations(tmp_path / "runs" / "gen" / "generations.jsonl")) == 8
+
+
+@pytest.mark.slow
+def test_the_bundled_teacher_served_and_asked_through_openai_writes_what_it_writes_locally(
+    tmp_path, capsys, monkeypatch, one_thread
+):
+    """`potstill serve`'s app over the real bundled SmolLM2, `generate` through `openai:`:
+    greedy answers equal the same model's answers generated locally."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    bundled = "bundled:smollm2-135m-instruct"
+    for side in ("served", "local"):
+        (tmp_path / side).mkdir()
+    served = write_recipe(tmp_path / "served", f"openai:{MODEL}", temperature=0.0, n=1)
+    local = write_recipe(tmp_path / "local", bundled, temperature=0.0, n=1)
+    model, tokenizer = load_causal_lm(bundled)
+    engine = Engine(model, tokenizer, max_batch=4)
+    engine.start()
+    with running(engine, api_key=KEY) as url:
+        code, _out, err = generate_from(url, served, capsys, "generate.max_tokens=16")
+    assert code == 0, err
+    code, _, err = run_cli("generate", str(local), "generate.max_tokens=16", capsys=capsys)
+    assert code == 0, err
+    over_http = read_generations(tmp_path / "served" / "runs" / "gen" / "generations.jsonl")
+    at_home = read_generations(tmp_path / "local" / "runs" / "gen" / "generations.jsonl")
+    assert len(over_http) == len(at_home) == 4
+    assert [r["response"] for r in over_http] == [r["response"] for r in at_home]
+    assert all(r["completion_tokens"] >= 1 and r["response"].strip() for r in over_http)

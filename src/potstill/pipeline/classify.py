@@ -25,7 +25,7 @@ from potstill.pipeline.context import RunContext
 from potstill.pipeline.label import label_only, train_source
 from potstill.pipeline.markers import fingerprint, finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
-from potstill.pipeline.stages import read_curves
+from potstill.pipeline.stages import read_curves, train_summary
 from potstill.synth.label import apply_calibration, score_labels
 from potstill.synth.prompt import build_prompt
 from potstill.tasks.classify import Classify
@@ -128,11 +128,7 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
             "truncated": int(sum(table.truncated_rows)),
             "student": ref,
             "adapters": adapters,
-            "loss": [
-                {"loss": t.loss, "weight": t.weight, "temperature": t.temperature}
-                for t in recipe.terms
-            ],
-            **recipe.train.model_dump(include={"steps", "batch_size", "lr", "seed"}),
+            **train_summary(recipe),
         },
         models=entries,
         break_even=_break_even(entries, len(train_texts), task.batch_size),

@@ -31,7 +31,7 @@ from potstill.models.student import save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.markers import fingerprint, finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
-from potstill.pipeline.stages import read_curves
+from potstill.pipeline.stages import read_curves, train_summary
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers.context import ContextTeacher
 from potstill.train.loop import train
@@ -121,11 +121,7 @@ def run_context_distillation(recipe: Recipe, *, resume: bool = False) -> tuple[R
             "prefill_ms_with_context": round(1000 * with_context, 2),
             "prefill_ms_without_context": round(1000 * without, 2),
             "adapter": recipe.student.adapter,
-            "loss": [
-                {"loss": t.loss, "weight": t.weight, "temperature": t.temperature}
-                for t in recipe.terms
-            ],
-            **recipe.train.model_dump(include={"steps", "batch_size", "lr", "seed"}),
+            **train_summary(recipe),
         },
         models=models,
     )

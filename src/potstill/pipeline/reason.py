@@ -40,7 +40,7 @@ from potstill.pipeline.context import RunContext
 from potstill.pipeline.generate import generate_only
 from potstill.pipeline.markers import fingerprint, finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
-from potstill.pipeline.stages import read_curves
+from potstill.pipeline.stages import read_curves, train_summary
 from potstill.synth.generations import read_generations
 from potstill.synth.traces import Chat, Traces, check_traces
 from potstill.tasks.causal_lm import CausalLM
@@ -148,11 +148,7 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
             "traces": stats,
             "train_examples": {name: len(chats) for name, chats in sets.items()},
             "roles": {name: ROLES[name] for name in models},
-            "loss": [
-                {"loss": t.loss, "weight": t.weight, "temperature": t.temperature}
-                for t in recipe.terms
-            ],
-            **recipe.train.model_dump(include={"steps", "batch_size", "lr", "seed"}),
+            **train_summary(recipe),
         },
         models=models,
     )

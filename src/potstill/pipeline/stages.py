@@ -17,6 +17,7 @@ import torch
 
 from potstill.cache.store import TeacherCache
 from potstill.cache.teach import cache_source, plan_blocks, teach
+from potstill.config import Recipe
 from potstill.data.order import scheduled_blocks
 from potstill.evaluation.lm import evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
@@ -291,6 +292,14 @@ def read_curves(metrics: Path) -> dict[str, list[dict]]:
             row = json.loads(line)
             curves.setdefault(row["model"], []).append(row)
     return curves
+
+
+def train_summary(recipe: Recipe) -> dict[str, Any]:
+    """The report's loss terms and training settings, for the task pipelines."""
+    return {
+        "loss": [_term_summary(t) for t in recipe.terms],
+        **recipe.train.model_dump(include={"steps", "batch_size", "lr", "seed"}),
+    }
 
 
 def _term_summary(term: LossTerm) -> dict[str, Any]:
