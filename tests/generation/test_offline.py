@@ -84,7 +84,7 @@ def test_waiting_rows_join_a_running_batch_and_write_what_they_write_alone(lm, o
     still ``model.generate``'s."""
     model, tokenizer = lm
     lengths = [2, 12, 9, 5]  # the short rows finish first and make room
-    prompts = PROMPTS + ["Whether 'tis nobler in the mind"]
+    prompts = [*PROMPTS, "Whether 'tis nobler in the mind"]
     rows = [
         (ids_of(tokenizer, text), GenerationSettings(n, sampling_temperature=0))
         for text, n in zip(prompts, lengths, strict=True)

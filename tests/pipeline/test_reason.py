@@ -163,3 +163,25 @@ def test_a_kd_term_across_tokenizers_is_refused_before_anything_is_written(
         "the student learns from the traces' text alone: loss: [{loss: cross_entropy}]"
     )
     assert not (tmp_path / "runs" / "cot").exists()
+
+
+def test_a_teacher_whose_traces_never_check_stops_the_run_in_one_line(
+    tmp_path,
+    capsys,
+    monkeypatch,
+    chat_teacher,  # noqa: F811
+):
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    recipe = _recipe(tmp_path, chat_teacher)
+    with scripted(Script(reply=lambda body: "I would rather not say.")) as url:
+        code, _out, err = _run(recipe, url, capsys)
+    assert code == 2
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: none of the teacher's 16 traces checks, so there is nothing to learn from"
+        )
+    )
+    traces = (tmp_path / "runs" / "cot" / "traces.jsonl").read_text().splitlines()
+    assert len(traces) == 16 and all(json.loads(t)["answer"] is None for t in traces)
