@@ -93,7 +93,8 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
         models["teacher"]["params"] = count_params(ctx.teacher)
 
     models["base"] = {"ref": _student_ref(recipe), "params": count_params(base)}
-    solved["base"] = _solve_cached(ctx, "base", base, tokenizer, test, "untrained")
+    untrained = f"untrained {models['base']['ref']}"
+    solved["base"] = _solve_cached(ctx, "base", base, tokenizer, test, untrained)
 
     system = cfg.system
     sets: dict[str, list[Chat]] = {
