@@ -63,7 +63,7 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
     )
     run_dir = prepare_run_dir(recipe, resume=resume)
     ctx = RunContext(recipe, run_dir)
-    table = label_only(recipe, ctx)
+    table = label_only(recipe, ctx, train_texts)  # the texts read once
     soft = np.asarray(table.probs, dtype=np.float64)  # calibrated by `label` when asked
     teacher_hard = soft.argmax(-1)
     gold_hard = None if train_gold is None else train_gold.numpy()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from potstill.config import Recipe
-from potstill.data.texts import read_texts
+from potstill.data.texts import TextSet, read_texts
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir, run_dir_of
 from potstill.synth.prompt import build_prompt
@@ -29,10 +29,13 @@ def train_source(recipe: Recipe) -> str:
     return recipe.task.train
 
 
-def label_only(recipe: Recipe, ctx: RunContext | None = None) -> LabelsTable:
+def label_only(
+    recipe: Recipe, ctx: RunContext | None = None, texts: TextSet | None = None
+) -> LabelsTable:
     """Label (or finish labelling) ``recipe.task.train`` with the teacher; return the table.
 
     ``ctx`` lends a run's already loaded teacher (and its hash); None loads it here.
+    ``texts`` lends the train texts a caller has already read; None reads them here.
 
     Every check that can refuse the run (the labels, the texts, the prompt, an existing
     table made with other labels or teacher) comes before anything in the run folder is
@@ -41,7 +44,8 @@ def label_only(recipe: Recipe, ctx: RunContext | None = None) -> LabelsTable:
     task = recipe.task
     spec = task.to_spec()
     path = run_dir_of(recipe) / LABELS_FILE
-    texts = read_texts(train_source(recipe), task.text_field, limit=task.max_train)
+    if texts is None:
+        texts = read_texts(train_source(recipe), task.text_field, limit=task.max_train)
     log(f"texts {texts.name}: {len(texts):,} to label with {spec.names}")
     ctx = ctx or RunContext(recipe, run_dir_of(recipe))  # a run's own, with its teacher
     model, tokenizer = ctx.teacher, ctx.tokenizer
