@@ -226,14 +226,7 @@ class Engine:
         while not self._closing.is_set():
             if not self._pending and not self._take(wait=0.2):
                 continue
-            with self._intake:  # an offline caller's rows all queued first: full batches
-                while len(self._pending) < self.max_batch and self._take(wait=None):
-                    pass
-            batch: list[_Row] = []
-            while self._pending and len(batch) < self.max_batch:
-                row = self._pending.popleft()
-                if not row.generation.cancelled:
-                    batch.append(row)
+            batch = self._admit(self.max_batch)
             if not batch:
                 continue
             self.stats.batches += 1
@@ -334,10 +327,11 @@ class Engine:
         return logits, cache, mask, positions
 
     def _admit(self, room: int) -> list[_Row]:
-        """Up to ``room`` rows that are waiting (taken from the queue as needed)."""
+        """Up to ``room`` rows that are waiting (taken from the queue as needed), for a new
+        batch or one already decoding; cancelled rows are dropped."""
         if room < 1 or (not self._pending and self._queue.empty()):
             return []
-        with self._intake:
+        with self._intake:  # an offline caller's rows all queued first: full batches
             while len(self._pending) < room and self._take(wait=None):
                 pass
         rows: list[_Row] = []
