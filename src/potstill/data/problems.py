@@ -79,6 +79,7 @@ class ProblemSet:
         self.name = name
         self.problems = list(problems)
         self._scorer = scorer
+        self._index = {p.question: i for i, p in enumerate(self.problems)}
 
     @classmethod
     def generate(
@@ -103,7 +104,7 @@ class ProblemSet:
                 dataset, size=size + len(exclude) + 8, seed=seed, **dict(options or {})
             )
         except (ValueError, TypeError, AssertionError, KeyError) as e:
-            known = ", ".join(sorted(_datasets(rg))[:12])
+            known = ", ".join(sorted(_datasets())[:12])
             raise PotstillError(
                 f"reasoning-gym cannot make {dataset!r} with options {dict(options or {})}: "
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__} (datasets include "
@@ -129,7 +130,17 @@ class ProblemSet:
         return len(self.problems)
 
     def questions(self) -> set[str]:
-        return {p.question for p in self.problems}
+        return set(self._index)
+
+    def index_of(self, question: str) -> int:
+        """Which problem ``question`` is; a question from elsewhere (a generated row of
+        another problem set) is an error."""
+        if question not in self._index:
+            raise PotstillError(
+                f"a generated row answers a question that is not in the problem set "
+                f"({question[:60]!r}…); remove the run's generations.jsonl and rerun"
+            )
+        return self._index[question]
 
     def check(self, index: int, text: str) -> Check:
         """Extract the answer in ``text`` and score it against problem ``index``."""
@@ -153,7 +164,7 @@ def _reasoning_gym() -> Any:
     return reasoning_gym
 
 
-def _datasets(rg: Any) -> list[str]:
+def _datasets() -> list[str]:
     from reasoning_gym.factory import DATASETS
 
     return list(DATASETS)

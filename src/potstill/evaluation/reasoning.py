@@ -27,6 +27,19 @@ class Answer:
     tokens: int
     finish_reason: str | None
 
+    @classmethod
+    def of(
+        cls,
+        problems: ProblemSet,
+        problem: int,
+        text: str,
+        tokens: int,
+        finish_reason: str | None,
+    ) -> Answer:
+        """``text`` as the reply to problem ``problem``, checked."""
+        check = problems.check(problem, text)
+        return cls(problem, text, check.answer, check.correct, tokens, finish_reason)
+
 
 @dataclass(frozen=True)
 class Solved:
@@ -52,11 +65,6 @@ class Solved:
     def truncated(self) -> float:
         """Share of replies cut off by the token limit."""
         return sum(a.finish_reason == "length" for a in self.answers) / len(self.answers)
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Generated tokens per second over the whole batched run (this machine)."""
-        return sum(a.tokens for a in self.answers) / self.seconds if self.seconds else 0.0
 
     def to_rows(self) -> list[dict[str, Any]]:
         return [a.__dict__.copy() for a in self.answers]
@@ -87,17 +95,8 @@ def solve(
     with engine:
         choices = engine.generate(prompts, settings)
     seconds = time.perf_counter() - started
-    answers = []
-    for i, choice in enumerate(choices):
-        check = problems.check(i, choice.text)
-        answers.append(
-            Answer(
-                i,
-                choice.text,
-                check.answer,
-                check.correct,
-                choice.completion_tokens,
-                choice.finish_reason,
-            )
-        )
+    answers = [
+        Answer.of(problems, i, c.text, c.completion_tokens, c.finish_reason)
+        for i, c in enumerate(choices)
+    ]
     return Solved(answers, seconds)

@@ -229,21 +229,16 @@ def _teacher_answers(ctx: RunContext, problems: ProblemSet) -> Solved:
         batch_size=cfg.batch_size,
     )
     result = generate_only(sub, _local(ctx))
-    index = {p.question: i for i, p in enumerate(problems.problems)}
-    answers = []
-    for row in read_generations(result.path):
-        i = index[row["prompt"]]
-        check = problems.check(i, row["response"])
-        answers.append(
-            Answer(
-                i,
-                row["response"],
-                check.answer,
-                check.correct,
-                int(row.get("completion_tokens") or 0),
-                row.get("finish_reason"),
-            )
+    answers = [
+        Answer.of(
+            problems,
+            problems.index_of(row["prompt"]),
+            row["response"],
+            int(row.get("completion_tokens") or 0),
+            row.get("finish_reason"),
         )
+        for row in read_generations(result.path)
+    ]
     answers.sort(key=lambda a: a.problem)
     seconds = result.seconds if result.generated == len(answers) else 0.0
     solved = Solved(answers, seconds)

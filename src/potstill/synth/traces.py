@@ -10,7 +10,6 @@ from typing import Any
 
 from potstill.data.problems import ProblemSet
 from potstill.synth.generate import messages_of
-from potstill.util.errors import PotstillError
 
 Chat = tuple[list[dict[str, str]], str]  # (turns up to the assistant's, the assistant's reply)
 
@@ -74,15 +73,9 @@ def check_traces(rows: Sequence[dict[str, Any]], problems: ProblemSet, *, sample
     """Check every generated row (``prompt``: the question, ``sample``, ``response``)
     against the problem it answers; a row whose question is not in ``problems`` is an
     error (the generations belong to another problem set)."""
-    index = {p.question: i for i, p in enumerate(problems.problems)}
     traces = []
     for row in rows:
-        problem = index.get(row["prompt"])
-        if problem is None:
-            raise PotstillError(
-                f"a generated row answers a question that is not in the problem set "
-                f"({row['prompt'][:60]!r}…); remove the run's generations.jsonl and rerun"
-            )
+        problem = problems.index_of(row["prompt"])
         check = problems.check(problem, row["response"])
         traces.append(
             Trace(
