@@ -21,6 +21,7 @@ report. Every stage is skipped on ``--resume`` when its inputs are unchanged.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
         sets["unchecked"] = traces.trace_chats(system, checked=False)
     for name, chats in sets.items():
         folder = run_dir / ("student" if name == "student" else f"{name}-student")
-        info = _train(ctx, name, chats, folder)
+        info = _train(ctx, name, chats, folder, base, tokenizer)
         model, model_tokenizer = load_causal_lm(str(folder))
         model = model.to(ctx.device)
         models[name] = {
@@ -279,10 +280,17 @@ def _check_vocab(ctx: RunContext, tokenizer: Any) -> None:
         )
 
 
-def _train(ctx: RunContext, name: str, chats: list[Chat], folder: Path) -> dict[str, Any]:
-    """Train a fresh copy of the student on ``chats`` (responses only) and save it."""
+def _train(
+    ctx: RunContext,
+    name: str,
+    chats: list[Chat],
+    folder: Path,
+    base: torch.nn.Module,
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """Train a copy of the untrained student ``base`` on ``chats`` (responses only) and
+    save it; ``base`` itself is left as it is."""
     recipe = ctx.recipe
-    base, tokenizer = _student_base(ctx)
     rows = ChatRows.build(tokenizer, chats, max_length=recipe.data.block_size)
     print_ = fingerprint(
         "reason-student",
@@ -299,7 +307,7 @@ def _train(ctx: RunContext, name: str, chats: list[Chat], folder: Path) -> dict[
         return done
     log(f"{name}: {len(rows)} chats, {rows.response_tokens():,} response tokens")
     torch.manual_seed(recipe.train.seed)
-    model = wrap_adapter(base, recipe.student)
+    model = wrap_adapter(copy.deepcopy(base), recipe.student)
     cfg = recipe.train
     if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
         cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
