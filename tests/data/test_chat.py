@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from potstill.data.chat import ChatExamples, Context
+from potstill.data.chat import ChatExamples, ChatRows, Context
 from potstill.util.errors import PotstillError
 from potstill.util.tokens import IGNORE_INDEX
 from tests.conftest import make_tokenizer
@@ -83,3 +83,26 @@ def test_responses_are_cut_to_max_length_in_both_views():
 def test_bad_input_is_refused(build, message):
     with pytest.raises(PotstillError, match=message):
         build()
+
+
+def test_chat_rows_label_the_reply_only_and_cut_it_to_max_length():
+    tokenizer = chat_tokenizer()
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "To be?"}]
+    rows = ChatRows.build(tokenizer, [(turns, "Or not to be.")])
+    head = encode(
+        tokenizer, "<eos>system\nBe brief.<eos>\n<eos>user\nTo be?<eos>\n<eos>assistant\n"
+    )
+    assert rows.prompt == [len(head)] and rows.ids[0][: len(head)] == head
+    assert rows.response_tokens() == len(rows.ids[0]) - len(head)
+    batch = rows.batch(torch.tensor([0]))
+    labels = batch.labels[0].tolist()
+    assert (
+        labels[: len(head)] == [IGNORE_INDEX] * len(head)
+        and labels[len(head) :] == rows.ids[0][len(head) :]
+    )
+    cut = ChatRows.build(tokenizer, [(turns, "Or not to be.")], max_length=len(head) + 2)
+    assert cut.ids[0] == rows.ids[0][: len(head) + 2]
+    with pytest.raises(PotstillError, match=r"^chat 1: its prompt alone takes"):
+        ChatRows.build(tokenizer, [(turns, "Or not to be.")], max_length=len(head))
+    with pytest.raises(PotstillError, match="no chats"):
+        ChatRows.build(tokenizer, [])

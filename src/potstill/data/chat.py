@@ -86,12 +86,7 @@ class ChatExamples:
                     f"example {i + 1}: the chat template renders the response differently "
                     "after the context; context distillation needs the same response tokens"
                 )
-            if len(s_head) >= max_length:
-                raise PotstillError(
-                    f"example {i + 1}: its prompt alone takes {len(s_head)} tokens, more than "
-                    f"max_length {max_length}; shorten it or raise max_length"
-                )
-            resp = s_resp[: max_length - len(s_head)]
+            resp = _fitted(s_head, s_resp, max_length, f"example {i + 1}")
             out.student_ids.append(s_head + resp)
             out.student_prompt.append(len(s_head))
             out.teacher_ids.append(t_head + resp)
@@ -158,12 +153,7 @@ class ChatRows:
             head, resp = render_chat(
                 tokenizer, turns, response, fix="its responses cannot be told from its prompts"
             )
-            if len(head) >= max_length:
-                raise PotstillError(
-                    f"chat {i + 1}: its prompt alone takes {len(head)} tokens, more than "
-                    f"max_length {max_length}; shorten it or raise max_length"
-                )
-            out.ids.append(head + resp[: max_length - len(head)])
+            out.ids.append(head + _fitted(head, resp, max_length, f"chat {i + 1}"))
             out.prompt.append(len(head))
         return out
 
@@ -211,6 +201,17 @@ def _render(
     return render_chat(
         tokenizer, turns, response, fix="context distillation cannot align the two views"
     )
+
+
+def _fitted(head: list[int], response: list[int], max_length: int, what: str) -> list[int]:
+    """``response`` cut so that ``head + response`` fits ``max_length`` tokens; a prompt
+    (``head``) that alone does not fit is refused, naming ``what`` it is."""
+    if len(head) >= max_length:
+        raise PotstillError(
+            f"{what}: its prompt alone takes {len(head)} tokens, more than "
+            f"max_length {max_length}; shorten it or raise max_length"
+        )
+    return response[: max_length - len(head)]
 
 
 def _padded(rows: list[list[int]], prompts: list[int], index: torch.Tensor, pad: int) -> Batch:
