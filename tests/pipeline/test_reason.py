@@ -185,3 +185,91 @@ def test_a_teacher_whose_traces_never_check_stops_the_run_in_one_line(
     )
     traces = (tmp_path / "runs" / "cot" / "traces.jsonl").read_text().splitlines()
     assert len(traces) == 16 and all(json.loads(t)["answer"] is None for t in traces)
+
+
+def test_an_on_policy_student_trains_on_its_own_replies_beside_the_off_policy_one(
+    tmp_path,
+    capsys,
+    monkeypatch,
+    chat_teacher,  # noqa: F811
+):
+    # A tiny local teacher (its logits score the student's replies) whose traces are
+    # written for it: a random model's arithmetic would never check.
+    from potstill.pipeline import reason
+    from potstill.synth.traces import check_traces
+
+    def scripted_traces(ctx, problems):
+        rows = [
+            {
+                "prompt": p.question,
+                "sample": 0,
+                "response": work_it_out({"messages": [{"content": p.question}]}),
+                "finish_reason": "stop",
+            }
+            for p in problems.problems
+        ]
+        return check_traces(rows, problems, samples=1)
+
+    monkeypatch.setattr(reason, "_traces", scripted_traces)
+    kd = [{"loss": "cross_entropy", "weight": 0.5}, {"loss": "forward_kl", "weight": 0.5}]
+    recipe = _recipe(
+        tmp_path,
+        chat_teacher,
+        teacher=str(chat_teacher),
+        loss=kd,
+        reason={
+            "options": SUMS,
+            "train": 8,
+            "test": 4,
+            "max_tokens": 8,
+            "batch_size": 4,
+            "answers": False,
+            "on_policy": {"fraction": 0.5, "max_tokens": 16},
+        },
+        train={"steps": 6, "batch_size": 2, "warmup": 1, "threads": 1},
+    )
+    code, _out, err = run_cli("run", str(recipe), capsys=capsys)
+    assert code == 0, err
+    folder = tmp_path / "runs" / "cot"
+    report = Report.load(folder / "report.json")
+    assert list(report.models) == ["teacher", "student", "base", "on-policy"]
+    settings = report.recipe["on_policy"]
+    assert settings["fraction"] == 0.5 and settings["temperature"] == 1.0
+    assert 1 <= settings["sampled_batches"] <= 7 and settings["sampled_tokens"] >= 1
+    assert report.recipe["train_examples"] == {
+        "student": report.recipe["traces"]["kept"],
+        "on-policy": report.recipe["traces"]["kept"],
+    }
+    # Both students are the same copy of the student, trained on the same traces: they
+    # differ because the on-policy one's sampled batches are its own replies.
+    off = (folder / "student" / "model.safetensors").read_bytes()
+    on = (folder / "on-policy-student" / "model.safetensors").read_bytes()
+    assert off != on
+    markdown = (folder / "report.md").read_text()
+    assert "on-policy vs off-policy" in markdown and "KL on own replies" in markdown
+    # The local teacher shares the students' vocabulary: it scores their own replies
+    # (the untrained student is the teacher's own copy here, so it agrees exactly).
+    assert abs(report.models["base"].reply_kl) < 1e-6
+    for name in ("student", "on-policy"):
+        assert report.models[name].reply_kl > 0
+    assert report.models["teacher"].reply_kl is None
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} >= {"student", "on-policy"}
+
+    # A loss with nothing to score the student's own replies is refused in one line.
+    (tmp_path / "ce").mkdir()
+    ce_only = _recipe(
+        tmp_path / "ce",
+        chat_teacher,
+        teacher=str(chat_teacher),
+        reason={"options": SUMS, "on_policy": {"fraction": 0.5}},
+    )
+    code, _out, err = run_cli("run", str(ce_only), capsys=capsys)
+    assert code == 2
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: reason.on_policy trains on the student's own replies, which have no reference"
+        )
+    )

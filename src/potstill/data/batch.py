@@ -20,6 +20,9 @@ class Batch:
             taken (prompt tokens, padding).
         index: ``(B,)`` long, which examples (packed blocks) of the dataset these are;
             a teacher cache is keyed by it.
+        sampled: the labelled tokens were sampled from the student itself (on-policy
+            distillation): they are no ground truth, so only terms that compare with the
+            teacher apply to them.
 
     >>> b = Batch.of(torch.tensor([[5, 6, 7]]), torch.tensor([[-100, 6, 7]]), torch.tensor([0]))
     >>> b.attention_mask.tolist(), b.packed
@@ -30,6 +33,7 @@ class Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor
+    sampled: bool = False
 
     def __post_init__(self) -> None:
         if self.input_ids.dim() != 2 or self.input_ids.dtype != torch.long:
@@ -80,4 +84,5 @@ class Batch:
             self.attention_mask.to(device),
             self.labels.to(device),
             self.index.to(device),
+            self.sampled,
         )

@@ -98,7 +98,7 @@ class ChatExamples:
 
     def batch(self, index: torch.Tensor) -> Batch:
         """The student's view of examples ``index``, right-padded; labels only on responses."""
-        return _padded(
+        return padded_chats(
             [self.student_ids[i] for i in index.tolist()],
             [self.student_prompt[i] for i in index.tolist()],
             index,
@@ -107,7 +107,7 @@ class ChatExamples:
 
     def teacher_batch(self, index: torch.Tensor) -> Batch:
         """The teacher's view of the same examples, right-padded the same way."""
-        return _padded(
+        return padded_chats(
             [self.teacher_ids[i] for i in index.tolist()],
             [self.teacher_prompt[i] for i in index.tolist()],
             index,
@@ -163,7 +163,7 @@ class ChatRows:
     def batch(self, index: torch.Tensor) -> Batch:
         """Chats ``index``, right-padded; labels only on the responses."""
         rows = index.tolist()
-        return _padded(
+        return padded_chats(
             [self.ids[i] for i in rows], [self.prompt[i] for i in rows], index, self.pad_id
         )
 
@@ -214,7 +214,16 @@ def _fitted(head: list[int], response: list[int], max_length: int, what: str) ->
     return response[: max_length - len(head)]
 
 
-def _padded(rows: list[list[int]], prompts: list[int], index: torch.Tensor, pad: int) -> Batch:
+def padded_chats(
+    rows: list[list[int]],
+    prompts: list[int],
+    index: torch.Tensor,
+    pad: int,
+    *,
+    sampled: bool = False,
+) -> Batch:
+    """Chats ``rows`` (token ids) right-padded into a `Batch`, labels only past each row's
+    first ``prompts[i]`` tokens."""
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (B, L)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (B, L)
@@ -223,7 +232,7 @@ def _padded(rows: list[list[int]], prompts: list[int], index: torch.Tensor, pad:
         ids[r, : len(row)] = torch.tensor(row)
         labels[r, prompt : len(row)] = torch.tensor(row[prompt:])
         mask[r, : len(row)] = True
-    return Batch(ids, mask, labels, index.clone())
+    return Batch(ids, mask, labels, index.clone(), sampled)
 
 
 def _pad_id(tokenizer: Any) -> int:

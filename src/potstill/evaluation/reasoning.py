@@ -8,11 +8,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from potstill.data.chat import ChatRows
 from potstill.data.problems import ProblemSet
 from potstill.generation import Engine
 from potstill.generation.chat import chat_text
 from potstill.generation.handle import GenerationSettings
 from potstill.synth.generate import messages_of
+from potstill.tasks.causal_lm import score_models
 from potstill.util.errors import PotstillError
 
 
@@ -100,3 +104,36 @@ def solve(
         for i, c in enumerate(choices)
     ]
     return Solved(answers, seconds)
+
+
+def reply_kl(
+    teacher: Any,
+    model: Any,
+    tokenizer: Any,
+    problems: ProblemSet,
+    solved: Solved,
+    *,
+    system: str | None,
+    max_length: int,
+    batch_size: int = 8,
+) -> float:
+    """Mean KL(teacher ‖ model) per token of ``model``'s own replies (``solved``), in nats:
+    how far the model strays from the teacher on the text it writes itself, which is what
+    on-policy distillation trains down. Teacher and model share ``tokenizer``; each reply
+    is read back through the chat template after its question."""
+    chats = [
+        (messages_of(problems.problems[a.problem].question, system), a.text)
+        for a in solved.answers
+    ]
+    rows = ChatRows.build(tokenizer, chats, max_length=max_length)
+    batch = rows.batch(torch.arange(len(rows)))
+    scores = score_models(
+        {"teacher": teacher, "model": model},
+        batch.input_ids,
+        batch.labels,
+        teacher="teacher",
+        batch_size=batch_size,
+    )
+    kl = scores["model"].kl
+    assert kl is not None
+    return kl

@@ -32,7 +32,7 @@ import torch
 from potstill.config import Recipe
 from potstill.data.chat import ChatRows
 from potstill.data.problems import ANSWER_RULE, ProblemSet
-from potstill.evaluation.reasoning import Answer, Solved, solve
+from potstill.evaluation.reasoning import Answer, Solved, reply_kl, solve
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.size import count_params, size_on_disk
 from potstill.models.load import endpoint_model, load_causal_lm
@@ -47,6 +47,7 @@ from potstill.synth.traces import Chat, Traces, check_traces
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers.live import LiveTeacher
 from potstill.train.loop import train
+from potstill.train.onpolicy import OnPolicyChats
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_jsonl
 from potstill.util.log import log
@@ -57,6 +58,8 @@ ROLES = {
     "base": "the student before training",
     "answers": "the student trained on the final answers alone",
     "student": "the student trained on the teacher's checked traces",
+    "on-policy": "the student trained on the teacher's checked traces and, in a share of its "
+    "batches, on its own replies scored by the teacher (GKD)",
     "unchecked": "the student trained on every trace, checked or not",
 }
 
@@ -96,14 +99,21 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
     models["base"] = {"ref": _student_ref(recipe), "params": count_params(base)}
     untrained = f"untrained {models['base']['ref']}"
     solved["base"] = _solve_cached(ctx, "base", base, tokenizer, test, untrained)
+    # A local teacher that shares the student's vocabulary scores each model's own replies.
+    scores = endpoint_model(recipe.teacher) is None and _same_vocab(ctx, tokenizer)
+    if scores:
+        models["base"]["reply_kl"] = _reply_kl(ctx, base, tokenizer, test, solved["base"])
 
     system = cfg.system
-    sets: dict[str, list[Chat]] = {
-        "answers": traces.answer_chats(system),
-        "student": traces.trace_chats(system),
-    }
+    sets: dict[str, list[Chat]] = {}
+    if cfg.answers:
+        sets["answers"] = traces.answer_chats(system)
+    sets["student"] = traces.trace_chats(system)
+    if cfg.on_policy is not None:
+        sets["on-policy"] = sets["student"]
     if cfg.unchecked:
         sets["unchecked"] = traces.trace_chats(system, checked=False)
+    on_policy: dict[str, int] = {}
     for name, chats in sets.items():
         folder = run_dir / ("student" if name == "student" else f"{name}-student")
         info = _train(ctx, name, chats, folder, base, tokenizer)
@@ -115,8 +125,12 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
             "size_bytes": size_on_disk(folder),
             "train_seconds": info["seconds"],
         }
+        if "sampled_batches" in info:
+            on_policy = {k: info[k] for k in ("sampled_batches", "sampled_tokens")}
         made = info["fingerprint"]  # the marker's: what the model was trained from
         solved[name] = _solve_cached(ctx, name, model, model_tokenizer, test, made)
+        if scores:
+            models[name]["reply_kl"] = _reply_kl(ctx, model, tokenizer, test, solved[name])
         del model
 
     for name, result in solved.items():
@@ -149,6 +163,11 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
             "test_max_tokens": cfg.max_tokens,
             "traces": stats,
             "train_examples": {name: len(chats) for name, chats in sets.items()},
+            **(
+                {}
+                if cfg.on_policy is None
+                else {"on_policy": {**cfg.on_policy.model_dump(), **on_policy}}
+            ),
             "roles": {name: ROLES[name] for name in models},
             **train_summary(recipe),
         },
@@ -166,6 +185,12 @@ def _check_recipe(recipe: Recipe) -> None:
         )
     if recipe.context is not None:
         raise PotstillError("task.kind reason takes no context; set reason.system instead")
+    if recipe.reason.on_policy is not None and not recipe.needs_teacher_logits:
+        raise PotstillError(
+            "reason.on_policy trains on the student's own replies, which have no reference: "
+            "the teacher must score them, so the loss needs a term that compares with it, "
+            "e.g. loss: [{loss: cross_entropy, weight: 0.5}, {loss: forward_kl, weight: 0.5}]"
+        )
     if recipe.needs_teacher_logits and endpoint_model(recipe.teacher) is not None:
         kd = ", ".join(t.loss for t in recipe.terms if t.spec.needs_teacher)
         raise PotstillError(
@@ -268,10 +293,30 @@ def _student_base(ctx: RunContext) -> tuple[torch.nn.Module, Any]:
     return model.to(ctx.device), tokenizer
 
 
+def _same_vocab(ctx: RunContext, tokenizer: Any) -> bool:
+    return ctx.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def _reply_kl(
+    ctx: RunContext, model: Any, tokenizer: Any, problems: ProblemSet, solved: Solved
+) -> float:
+    """KL(teacher ‖ model) on ``model``'s own test replies (see `reply_kl`)."""
+    cfg = ctx.recipe.reason
+    return reply_kl(
+        ctx.teacher,
+        model,
+        tokenizer,
+        problems,
+        solved,
+        system=cfg.system,
+        max_length=ctx.recipe.data.block_size,
+    )
+
+
 def _check_vocab(ctx: RunContext, tokenizer: Any) -> None:
     recipe = ctx.recipe
     kd = ", ".join(t.loss for t in recipe.terms if t.spec.needs_teacher)
-    if ctx.tokenizer.get_vocab() != tokenizer.get_vocab():
+    if not _same_vocab(ctx, tokenizer):
         raise PotstillError(
             f"loss: {kd} compares next-token distributions, but the student's tokenizer "
             f"({len(tokenizer.get_vocab()):,} tokens) is not the teacher's "
@@ -300,6 +345,8 @@ def _train(
         recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"}),
         recipe.teacher,
         rows.ids,
+        recipe.reason.on_policy.model_dump() if name == "on-policy" else None,
+        recipe.generate.max_tokens if name == "on-policy" else None,
     )
     done = finished(ctx.run_dir, name, print_)
     if done is not None and (folder / "config.json").is_file():
@@ -314,9 +361,23 @@ def _train(
     terms = (
         recipe.terms if name != "answers" else [t for t in recipe.terms if not t.spec.needs_teacher]
     )
+    data: ChatRows | OnPolicyChats = rows
+    if name == "on-policy":
+        assert recipe.reason.on_policy is not None
+        settings = recipe.reason.on_policy
+        data = OnPolicyChats(
+            rows,
+            model,
+            tokenizer,
+            fraction=settings.fraction,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens or recipe.generate.max_tokens,
+            max_length=recipe.data.block_size,
+            seed=recipe.train.seed,
+        )
     result = train(
         model,
-        rows,
+        data,
         CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens),
         cfg,
         teacher=LiveTeacher(ctx.teacher) if recipe.needs_teacher_logits else None,
@@ -327,7 +388,10 @@ def _train(
         device=ctx.device,
     )
     save_student(model, tokenizer, folder)
-    return mark_finished(ctx.run_dir, name, print_, seconds=result.seconds)
+    sampled = {}
+    if isinstance(data, OnPolicyChats):  # counted in this process only (resume: from here)
+        sampled = {"sampled_batches": data.sampled_batches, "sampled_tokens": data.sampled_tokens}
+    return mark_finished(ctx.run_dir, name, print_, seconds=result.seconds, **sampled)
 
 
 def _solve_cached(

@@ -148,6 +148,22 @@ class GenerateConfig(Strict):
         return stop
 
 
+class OnPolicyConfig(Strict):
+    """On-policy distillation (GKD): a ``fraction`` λ of the trace-trained student's
+    batches are replaced by its own replies to the same problems, sampled at
+    ``temperature`` in at most ``max_tokens`` tokens (None: ``generate.max_tokens``), and
+    scored by the teacher; only the loss's teacher terms train on them. The student with
+    ``fraction: 0`` (off-policy) is trained beside it for the comparison.
+
+    >>> OnPolicyConfig().fraction
+    0.5
+    """
+
+    fraction: float = Field(0.5, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
 class ReasonConfig(Strict):
     """Chain-of-thought distillation (``task.kind: reason``): problems with checkable
     answers from the reasoning-gym generator ``dataset`` (its ``options`` passed as they
@@ -172,3 +188,7 @@ class ReasonConfig(Strict):
     batch_size: int = Field(32, ge=1)
     # Also train a student on every trace, checked or not: what the checking bought.
     unchecked: bool = False
+    # Train the student on the final answers alone (no reasoning): what the traces bought.
+    answers: bool = True
+    # Also train an on-policy student (GKD) and compare it with the off-policy one.
+    on_policy: OnPolicyConfig | None = None

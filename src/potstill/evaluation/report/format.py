@@ -149,6 +149,20 @@ def reasoning_headline(report: Report) -> list[tuple[str, str, str]]:
                 f"problems' final answers alone, {fmt_percent(answers.accuracy)}.",
             )
         )
+    on_policy = models.get("on-policy")
+    if student and on_policy and student.accuracy is not None and on_policy.accuracy is not None:
+        settings = report.recipe.get("on_policy") or {}
+        share = settings.get("fraction")
+        lam = "" if share is None else f"λ = {share:g} of its batches"
+        lines.append(
+            (
+                "on-policy vs off-policy",
+                f"{(on_policy.accuracy - student.accuracy) * 100:+.1f} points",
+                f"Trained on its own replies scored by the teacher ({lam or 'GKD'}) as well as "
+                f"the traces, the student solves {fmt_percent(on_policy.accuracy)}; trained on "
+                f"the traces alone, {fmt_percent(student.accuracy)}.",
+            )
+        )
     teacher, base = models.get("teacher"), models.get("base")
     if student and student.accuracy is not None and teacher and teacher.accuracy is not None:
         before = "" if base is None else f", up from {fmt_percent(base.accuracy)} before training"
@@ -203,6 +217,10 @@ def reasoning_table(report: Report) -> tuple[list[str], list[list[str]]]:
         ]
         for name, entry in report.models.items()
     ]
+    if any(entry.reply_kl is not None for entry in report.models.values()):
+        header.insert(3, "KL on own replies")
+        for row, entry in zip(rows, report.models.values(), strict=True):
+            row.insert(3, fmt_number(entry.reply_kl, digits=3))
     return header, rows
 
 

@@ -89,6 +89,8 @@ class ModelEntry(Section):
     answered: Number = None  # share of replies with an answer that could be read
     mean_answer_tokens: Number = None  # generated tokens per reply
     truncated: Number = None  # share of replies cut off by the token limit
+    # KL(teacher ‖ model) per token, nats, on the model's own test replies (same vocabulary)
+    reply_kl: Number = None
 
 
 class RunInfo(Section):

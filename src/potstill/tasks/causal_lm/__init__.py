@@ -60,16 +60,28 @@ class CausalLM:
         *,
         num_tokens: int,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted loss of one micro-batch, divided by ``num_tokens`` (the step's)."""
+        """The weighted loss of one micro-batch, divided by ``num_tokens`` (the step's).
+
+        On a batch the student sampled itself (``batch.sampled``, on-policy) its tokens are
+        no ground truth: only the terms that compare with the teacher apply.
+        """
         if id(model) not in self._fused:
             self.prepare(model, batch)
+        terms = self.terms
+        if batch.sampled:
+            terms = [t for t in terms if t.spec.needs_teacher]
+            if not terms:
+                raise ValueError(
+                    "a batch of the student's own samples needs a term that compares with "
+                    "the teacher (e.g. forward_kl); the loss has none"
+                )
         return student_loss(
             model,
             self._fused[id(model)],
             batch.input_ids,
             batch.labels,
             None if teacher is None else teacher.distributions,
-            self.terms,
+            terms,
             num_tokens=num_tokens,
             chunk_tokens=self.chunk_tokens,
             attention_mask=None if batch.packed else batch.attention_mask,
