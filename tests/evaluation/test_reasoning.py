@@ -41,6 +41,7 @@ def test_reply_kl_is_the_mean_kl_per_reply_token():
         count += p.shape[0]
     assert abs(got - total / count) < 1e-5
     assert got > 0
-    assert reply_kl(
-        teacher, teacher, tokenizer, problems, solved, system=SYSTEM, max_length=128
-    ) < 1e-9
+    assert (
+        reply_kl(teacher, teacher, tokenizer, problems, solved, system=SYSTEM, max_length=128)
+        < 1e-9
+    )

@@ -122,8 +122,7 @@ def reply_kl(
     on-policy distillation trains down. Teacher and model share ``tokenizer``; each reply
     is read back through the chat template after its question."""
     chats = [
-        (messages_of(problems.problems[a.problem].question, system), a.text)
-        for a in solved.answers
+        (messages_of(problems.problems[a.problem].question, system), a.text) for a in solved.answers
     ]
     rows = ChatRows.build(tokenizer, chats, max_length=max_length)
     batch = rows.batch(torch.arange(len(rows)))
