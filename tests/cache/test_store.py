@@ -113,6 +113,8 @@ def shard_entries(codec_version: int) -> tuple[dict, list[dict]]:
             "k": K,
             "temperature": T,
             "bits": BITS,
+            "samples": 0,  # a top-k cache: no draws
+            "seed": 0,
             "bytes": SIZE,
             "bytes_per_token": SIZE / TOKENS,
             "reconstruction_kl_mean": 0.25,
@@ -221,7 +223,7 @@ def test_a_format_1_cache_is_read_as_format_2(tmp_path):
     assert cache.manifest.source.model_dump() == {**SOURCE, "vocab_size": V}
     shown = ["top_k", "temperature", "bits", "tokens", "bytes", "bytes_per_token"]
     shown += ["reconstruction_kl_mean", "tail_mass_mean"]
-    assert cache.summary() == {key: written[key] for key in shown}
+    assert cache.summary() == {"samples": 0, **{key: written[key] for key in shown}}
     # block 1 is the second block of shard 1, block 3 the first of shard 0
     signal = cache.signal(torch.tensor([1, 3]))
     for row, (shard, rows) in enumerate([(1, slice(P, 2 * P)), (0, slice(0, P))]):

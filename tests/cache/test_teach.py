@@ -233,3 +233,98 @@ def test_a_cache_of_every_block_serves_a_shorter_schedule(setup, tmp_path):
     cache = teach(recipe, teacher, tokenizer, data, directory=tmp_path)  # nothing to teach
     assert shard_bytes(tmp_path) == before
     cache.check_covers(scheduled_blocks(len(data.train), recipe.train))
+
+
+def _sampled(recipe, **teach):
+    """The recipe with a sampled (hybrid) cache; forward KL at the cache's temperature."""
+    return recipe.model_copy(
+        update={
+            "teach": recipe.teach.model_copy(update={"top_k": 2, "samples": 6, **teach}),
+            "loss": [
+                recipe.loss[0].model_copy(update={"temperature": 1.0}),
+                recipe.loss[1],
+            ],
+        }
+    )
+
+
+def test_a_sampled_cache_holds_an_unbiased_estimate_and_resumes_to_the_same_draws(
+    setup, tmp_path, monkeypatch
+):
+    recipe, teacher, tokenizer, data = setup
+    sampled = _sampled(recipe)
+    cache = teach(sampled, teacher, tokenizer, data, directory=tmp_path / "straight")
+    manifest = json.loads((tmp_path / "straight" / MANIFEST).read_text())
+    top_k = manifest["fields"]["top_k"]
+    assert (top_k["k"], top_k["samples"], top_k["seed"]) == (2, 6, 0)
+    assert top_k["reconstruction_kl_mean"] is None  # infinite for an estimate: not shown
+    plan = manifest["plan"]
+    index = torch.tensor(plan[:2])
+    got = cache.signal(index)
+    assert got.ids.shape == (2, 15, 8) and torch.isneginf(got.tail_logprob).all()
+    for row in got.ids.reshape(-1, 8):
+        assert len(set(row.tolist())) == 8
+    # The teacher's top 2 ids are kept with their own probabilities (up to the codec's
+    # rounding); the estimate sums to 1 up to that rounding of each slot.
+    with torch.no_grad():
+        logits = teacher(input_ids=data.train.input_ids[index]).logits[:, :-1]
+    top = top_k_signal(logits, 2)
+    bound = codec.max_logprob_error(8)
+    for row in range(2):
+        for pos in range(15):
+            have = _entries(got, row, pos)
+            for i, logprob in _entries(top, row, pos).items():
+                assert abs(have[i] - logprob) <= bound
+    total = got.logprobs.exp().sum(-1)
+    assert ((total - 1).abs() < 8 * bound).all()
+
+    # A killed teach run draws, on its rerun, exactly what a straight run drew.
+    real_write = CacheWriter.write_shard
+    written = []
+
+    def killed_after_one(self, *args, **kwargs):
+        if written:
+            raise KeyboardInterrupt
+        written.append(1)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "write_shard", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        teach(sampled, teacher, tokenizer, data, directory=tmp_path / "killed")
+    monkeypatch.setattr(CacheWriter, "write_shard", real_write)
+    teach(sampled, teacher, tokenizer, data, directory=tmp_path / "killed")
+    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "straight")
+    # Another seed draws other ids; it cannot extend this cache.
+    other = teach(_sampled(recipe, seed=1), teacher, tokenizer, data, directory=tmp_path / "other")
+    assert not torch.equal(other.signal(index).ids, got.ids)
+    with pytest.raises(PotstillError, match=r"teach\.seed"):
+        teach(_sampled(recipe, seed=1), teacher, tokenizer, data, directory=tmp_path / "straight")
+
+
+def test_a_student_trains_from_a_sampled_cache(setup, tmp_path):
+    recipe, teacher, tokenizer, data = setup
+    sampled = _sampled(recipe, top_k=0, samples=8)
+    cache = teach(sampled, teacher, tokenizer, data, directory=tmp_path / "cache")
+    student = layer_subset(teacher, [0, 2])
+    result = train(
+        student,
+        data.train,
+        CausalLM(sampled.terms),
+        sampled.train,
+        teacher=cache,
+        name="student",
+        checkpoint_dir=tmp_path / "ckpt",
+        metrics_path=tmp_path / "metrics.jsonl",
+    )
+    assert result.steps == 5 and torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_a_sampled_cache_refuses_terms_it_would_bias():
+    with pytest.raises(ValueError, match="unbiased estimate for forward_kl only, not jsd"):
+        Recipe(teach={"samples": 8}, loss=[{"loss": "jsd"}])
+    with pytest.raises(ValueError, match="cannot be re-tempered"):
+        Recipe(teach={"samples": 8, "temperature": 2.0}, loss=[{"loss": "forward_kl"}])
+    with pytest.raises(ValueError, match="both 0"):
+        Recipe(teach={"samples": 0, "top_k": 0})
+    # A live teacher (no cache) takes any term.
+    Recipe(teach={"samples": 8, "enabled": False}, loss=[{"loss": "jsd"}])

@@ -36,6 +36,8 @@ SETTINGS_FIELDS = {
     "top_k": "teach.top_k",
     "temperature": "temperature",
     "bits": "teach.bits",
+    "samples": "teach.samples",
+    "seed": "teach.seed",
 }
 
 
@@ -94,6 +96,10 @@ class TopK(BaseModel):
     k: int
     temperature: float
     bits: int
+    # Draws per token from the mass outside the k ids, at ``seed`` (0: a top-k cache with
+    # a tail bucket); a row then holds k + samples slots and no tail.
+    samples: int = 0
+    seed: int = 0
     bytes: int = 0
     bytes_per_token: float | None = None
     reconstruction_kl_mean: float | None = None
@@ -164,13 +170,17 @@ class Manifest(BaseModel):
         temperature: float,
         bits: int,
         plan: list[int],
+        samples: int = 0,
+        seed: int = 0,
     ) -> Manifest:
         """An empty cache: what made it (``source``: teacher, teacher_sha256,
         tokenizer_sha256, data_fingerprint, block_size), its ``top_k`` settings and the
         blocks it is to hold."""
         return cls(
             source=Source(**source, vocab_size=vocab_size),
-            fields=Fields(top_k=TopK(k=top_k, temperature=temperature, bits=bits)),
+            fields=Fields(
+                top_k=TopK(k=top_k, temperature=temperature, bits=bits, samples=samples, seed=seed)
+            ),
             plan=plan,
         ).with_totals()
 
@@ -217,6 +227,14 @@ class Manifest(BaseModel):
     @property
     def bits(self) -> int:
         return self.fields.top_k.bits
+
+    @property
+    def samples(self) -> int:
+        return self.fields.top_k.samples
+
+    @property
+    def seed(self) -> int:
+        return self.fields.top_k.seed
 
     @property
     def reconstruction_kl_mean(self) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from potstill.teachers.settings import EndpointConfig
 from potstill.util.schema import Strict
@@ -21,7 +21,13 @@ class TeachConfig(Strict):
     enabled: bool = True
     # 64: under 100 bytes/token on the default data; larger k costs bytes and, at the
     # default lr, stability (bench/results/defaults.md, bench/results/cache.txt).
-    top_k: int = Field(64, ge=1)
+    top_k: int = Field(64, ge=0)
+    # Draws per token from the teacher's mass outside the top_k ids (0: none, the rest is
+    # one tail bucket). With draws the cache holds an unbiased estimate of the teacher's
+    # distribution (`potstill.losses.sampled`): top_k 0 is pure sampling, top_k > 0 the
+    # hybrid. Only forward_kl (and cross_entropy) train on it, at the cache's temperature.
+    samples: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)  # the draws' seed (each shard's draws are fixed by it)
     # The temperature the cached log-probabilities are taken at. None: the KD terms' own
     # temperature when they share one (re-tempering the tail is then exact), else 1.
     temperature: float | None = Field(None, gt=0.0)
@@ -34,6 +40,12 @@ class TeachConfig(Strict):
     # A cache folder to train from (e.g. another run's); None = runs/NAME/cache.
     cache: str | None = None
     endpoint: EndpointConfig = EndpointConfig()
+
+    @model_validator(mode="after")
+    def _some_ids(self) -> TeachConfig:
+        if self.top_k + self.samples < 1:
+            raise ValueError("teach.top_k and teach.samples are both 0: keep some ids")
+        return self
 
     @field_validator("blocks", mode="before")
     @classmethod

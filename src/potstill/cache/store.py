@@ -243,6 +243,7 @@ class TeacherCache:
         m = self.manifest
         return {
             "top_k": m.top_k,
+            "samples": m.samples,
             "temperature": m.temperature,
             "bits": m.bits,
             "tokens": m.tokens,

@@ -15,6 +15,7 @@ from potstill.cache.settings import TeachConfig
 from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
 from potstill.data import Blocks
 from potstill.losses import top_k_signal
+from potstill.losses.sampled import sampled_signal
 from potstill.models.load import tokenizer_sha256, weights_sha256
 from potstill.signals import SignalRequest, SparseSignal
 from potstill.teachers import LiveTeacher
@@ -66,13 +67,16 @@ def teach(
     """Fill the cache in ``directory`` with the teacher's top-k signal for the ``plan``
     blocks (continuing one a killed run left), then load and return it."""
     vocab = teacher.model.get_output_embeddings().weight.shape[0]  # what cached ids index
+    top_k = min(settings.top_k, vocab - settings.samples) if settings.samples else settings.top_k
     fresh = Manifest.new(
         source,
         vocab_size=vocab,
-        top_k=min(settings.top_k, vocab),
+        top_k=min(max(top_k, 0), vocab),
         temperature=temperature,
         bits=settings.bits,
         plan=plan,
+        samples=settings.samples,
+        seed=settings.seed,
     )
     writer = CacheWriter.open(directory, fresh, log=log)
     remaining = writer.manifest.remaining()
@@ -97,12 +101,15 @@ def _teach_blocks(
         for start in range(0, len(remaining), shard_blocks):
             shard = remaining[start : start + shard_blocks]
             signals, fidelity = [], Fidelity()
+            # A shard's draws are fixed by the seed and its first block: a shard taught
+            # again after a kill draws what it drew before.
+            generator = torch.Generator().manual_seed(manifest.seed * 1_000_003 + shard[0])
             for offset in range(0, len(shard), batch_size):
                 index = torch.tensor(shard[offset : offset + batch_size])
                 with torch.inference_mode():
                     logits = teacher.outputs(blocks.batch(index), request).distributions.logits
                     logits = logits.cpu()  # (B, L − 1, V)
-                    signal = top_k_signal(logits, manifest.top_k, manifest.temperature)
+                    signal = cache_signal(logits, manifest, generator)
                     if offset == 0:  # a sample of every shard: its first block
                         fidelity = _fidelity(logits[:1], _first(signal), manifest)
                 signals.append(_flat(signal))
@@ -112,6 +119,22 @@ def _teach_blocks(
                 ids, logprobs, tail, vocab_size=manifest.vocab_size, bits=manifest.bits
             )
             writer.write_shard(shard, payload, fidelity)
+
+
+def cache_signal(
+    logits: torch.Tensor, manifest: Manifest, generator: torch.Generator | None = None
+) -> SparseSignal:
+    """What the cache keeps of the teacher's ``(B, T, V)`` logits: the top-k ids and a
+    tail, or (with ``samples``) the top-k ids exactly and draws from the rest."""
+    if manifest.samples:
+        return sampled_signal(
+            logits,
+            manifest.samples,
+            top=manifest.top_k,
+            temperature=manifest.temperature,
+            generator=generator,
+        )
+    return top_k_signal(logits, manifest.top_k, manifest.temperature)
 
 
 def _first(signal: SparseSignal) -> SparseSignal:
@@ -131,7 +154,14 @@ def _flat(signal: SparseSignal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _fidelity(logits: torch.Tensor, signal: SparseSignal, manifest: Manifest) -> Fidelity:
-    """``KL(teacher ‖ what the cache gives back)`` over this batch, after a codec round trip."""
+    """``KL(teacher ‖ what the cache gives back)`` over this batch, after a codec round trip.
+
+    None for a sampled cache (no tokens measured): a sampled estimate puts no mass on
+    the ids it did not draw, so its KL from the teacher is infinite, though it is right
+    on average.
+    """
+    if manifest.samples:
+        return Fidelity()
     ids, logprobs, tail = _flat(signal)
     decoded = codec.decode(
         codec.encode(ids, logprobs, tail, vocab_size=manifest.vocab_size, bits=manifest.bits)

@@ -115,6 +115,29 @@ class Recipe(Strict):
             raise ValueError("loss: every term has weight 0; give at least one a positive weight")
         return self
 
+    @model_validator(mode="after")
+    def _sampled_cache_terms(self) -> Recipe:
+        """A sampled cache is an unbiased estimate for forward KL at its own temperature
+        only (`potstill.losses.sampled`); other divergences, or re-tempering, would be
+        biased, so they are refused."""
+        if not (self.teach.enabled and self.teach.samples):
+            return self
+        kd = [t for t in self.terms if t.spec.needs_teacher and t.weight > 0]
+        other = sorted({t.loss for t in kd if t.loss != "forward_kl"})
+        if other:
+            raise ValueError(
+                f"teach.samples: a sampled cache is an unbiased estimate for forward_kl only, "
+                f"not {', '.join(other)}; use forward_kl, or teach.samples=0 (top-k)"
+            )
+        temperatures = {t.temperature for t in kd} | {self.teach_temperature}
+        if len(temperatures) > 1:
+            raise ValueError(
+                "teach.samples: a sampled cache holds draws at one temperature and cannot be "
+                f"re-tempered; the cache and the loss terms use {sorted(temperatures)}: give "
+                "them one temperature"
+            )
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

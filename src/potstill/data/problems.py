@@ -99,9 +99,10 @@ class ProblemSet:
         rg = _reasoning_gym()
         exclude = exclude or set()
         try:
-            # Ask for spares: a question already in `exclude` is replaced by the next one.
+            # Ask for spares: a question already in `exclude`, or drawn twice (small
+            # generators repeat themselves), is replaced by the next one.
             data = rg.create_dataset(
-                dataset, size=size + len(exclude) + 8, seed=seed, **dict(options or {})
+                dataset, size=2 * size + len(exclude) + 16, seed=seed, **dict(options or {})
             )
         except (ValueError, TypeError, AssertionError, KeyError) as e:
             known = ", ".join(sorted(_datasets())[:12])
