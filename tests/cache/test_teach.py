@@ -67,6 +67,23 @@ def setup(tiny_teacher_dir, corpus_file):
     return recipe, teacher, tokenizer, data
 
 
+def kill_teach_after(shards, recipe, teacher, tokenizer, data, directory, monkeypatch):
+    """Run `teach` into ``directory`` and kill it once it has written ``shards`` shards."""
+    real_write = CacheWriter.write_shard
+    written = []
+
+    def killed(self, *args, **kwargs):
+        if len(written) == shards:
+            raise KeyboardInterrupt
+        written.append(1)
+        return real_write(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CacheWriter, "write_shard", killed)
+        with pytest.raises(KeyboardInterrupt):
+            teach(recipe, teacher, tokenizer, data, directory=directory)
+
+
 def shard_bytes(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.glob("shard-*.bin"))}
 
@@ -111,23 +128,11 @@ def test_interrupted_teach_resumes_to_the_same_cache(setup, tmp_path, monkeypatc
     recipe, teacher, tokenizer, data = setup
     teach(recipe, teacher, tokenizer, data, directory=tmp_path / "straight")
 
-    real_write = CacheWriter.write_shard
-    written = []
-
-    def killed_after_two(self, *args, **kwargs):
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        written.append(1)
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(CacheWriter, "write_shard", killed_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        teach(recipe, teacher, tokenizer, data, directory=tmp_path / "killed")
+    kill_teach_after(2, recipe, teacher, tokenizer, data, tmp_path / "killed", monkeypatch)
     partial = json.loads((tmp_path / "killed" / MANIFEST).read_text())
     assert len(partial["shards"]) == 2 and not partial["complete"]
     with pytest.raises(PotstillError, match="incomplete"):
         TeacherCache.load(tmp_path / "killed", source_of(recipe, tokenizer, data))
-    monkeypatch.setattr(CacheWriter, "write_shard", real_write)
     teach(recipe, teacher, tokenizer, data, directory=tmp_path / "killed")
 
     assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "straight")
@@ -279,19 +284,7 @@ def test_a_sampled_cache_holds_an_unbiased_estimate_and_resumes_to_the_same_draw
     assert ((total - 1).abs() < 8 * bound).all()
 
     # A killed teach run draws, on its rerun, exactly what a straight run drew.
-    real_write = CacheWriter.write_shard
-    written = []
-
-    def killed_after_one(self, *args, **kwargs):
-        if written:
-            raise KeyboardInterrupt
-        written.append(1)
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(CacheWriter, "write_shard", killed_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        teach(sampled, teacher, tokenizer, data, directory=tmp_path / "killed")
-    monkeypatch.setattr(CacheWriter, "write_shard", real_write)
+    kill_teach_after(1, sampled, teacher, tokenizer, data, tmp_path / "killed", monkeypatch)
     teach(sampled, teacher, tokenizer, data, directory=tmp_path / "killed")
     assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "straight")
     # Another seed draws other ids; it cannot extend this cache.
