@@ -244,3 +244,17 @@ def test_user_errors_are_one_line_exit_2_and_touch_nothing(
     assert expected in line
     assert err.strip().splitlines()[-1] == line and "Traceback" not in err
     assert not (tmp_path / "runs" / "tiny" / "report.json").exists()
+
+
+def test_run_through_a_sampled_cache(recipe, tmp_path, capsys):
+    sampled = ("teach.top_k=0", "teach.samples=16")
+    code, out, err = potstill("teach", str(recipe), *sampled, capsys=capsys)
+    assert code == 0, err
+    assert "16 draws at T=" in out and "an unbiased estimate" in out
+    code, _out, err = potstill("run", str(recipe), *sampled, "--resume", capsys=capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "runs" / "tiny" / "report.json").read_text())
+    signal = report["recipe"]["teacher_signal"]
+    assert signal["from"] == "cache" and (signal["top_k"], signal["samples"]) == (0, 16)
+    assert signal["reconstruction_kl_mean"] is None
+    assert "16 draws" in err  # the run's log line about the cache it trained from

@@ -91,11 +91,7 @@ def teach(
     cfg = load_recipe(recipe, overrides)
     with _resumable("rerun the same command to continue where it stopped"):
         cache = teach_only(cfg)
-    m = cache.manifest
-    print(
-        f"cache: {cfg.cache_dir} ({m.tokens:,} tokens, {m.bytes_per_token:.1f} bytes/token, "
-        f"reconstruction KL {m.reconstruction_kl_mean:.4f})"
-    )
+    print(f"cache: {cfg.cache_dir} ({cache.manifest.describe()})")
 
 
 @app.command()

@@ -236,6 +236,21 @@ class Manifest(BaseModel):
     def seed(self) -> int:
         return self.fields.top_k.seed
 
+    def describe(self) -> str:
+        """One line for logs: what the cache keeps per token, its size and fidelity."""
+        if self.samples:
+            kept = f"{self.samples} draws" + (f" beyond the top {self.top_k}" if self.top_k else "")
+            fidelity = "an unbiased estimate"
+        else:
+            kept = f"top {self.top_k}"
+            kl = self.reconstruction_kl_mean
+            fidelity = "reconstruction KL " + ("-" if kl is None else f"{kl:.4f}")
+        size = "-" if self.bytes_per_token is None else f"{self.bytes_per_token:.1f}"
+        return (
+            f"{self.tokens:,} tokens, {kept} at T={self.temperature:g}, {size} bytes/token, "
+            f"{fidelity}"
+        )
+
     @property
     def reconstruction_kl_mean(self) -> float | None:
         return self.fields.top_k.reconstruction_kl_mean

@@ -106,10 +106,10 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
         done = finished(ctx.run_dir, "teach", print_)
         if done is None:  # first time (or changed): record how long teaching took
             done = mark_finished(ctx.run_dir, "teach", print_, content=content, seconds=seconds)
-        log(f"teacher cache {directory}: {_cache_line(cache)} ({seconds:.0f} s)")
+        log(f"teacher cache {directory}: {cache.manifest.describe()} ({seconds:.0f} s)")
     else:
         cache = TeacherCache.load(directory, source)
-        log(f"teacher cache {directory}: {_cache_line(cache)}")
+        log(f"teacher cache {directory}: {cache.manifest.describe()}")
     cache.check_covers(schedule(ctx))
     return cache, print_
 
@@ -128,14 +128,6 @@ def _drop_stale_cache(ctx: RunContext, content: str) -> None:
         log(f"teach: the teacher signal's inputs changed; teaching {directory} again")
         shutil.rmtree(directory)
         forget(ctx.run_dir, "teach")
-
-
-def _cache_line(cache: TeacherCache) -> str:
-    m = cache.manifest
-    return (
-        f"{m.tokens:,} tokens, top {m.top_k} at T={m.temperature:g}, "
-        f"{m.bytes_per_token:.1f} B/token, reconstruction KL {m.reconstruction_kl_mean:.4f}"
-    )
 
 
 def teach_seconds(ctx: RunContext) -> float:
