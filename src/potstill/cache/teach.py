@@ -67,11 +67,10 @@ def teach(
     """Fill the cache in ``directory`` with the teacher's top-k signal for the ``plan``
     blocks (continuing one a killed run left), then load and return it."""
     vocab = teacher.model.get_output_embeddings().weight.shape[0]  # what cached ids index
-    top_k = min(settings.top_k, vocab - settings.samples) if settings.samples else settings.top_k
     fresh = Manifest.new(
         source,
         vocab_size=vocab,
-        top_k=min(max(top_k, 0), vocab),
+        top_k=max(0, min(settings.top_k, vocab - settings.samples)),  # k + draws fit in V
         temperature=temperature,
         bits=settings.bits,
         plan=plan,

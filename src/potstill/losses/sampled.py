@@ -44,8 +44,9 @@ def sampled_signal(
 
     Returns:
         A `SparseSignal` of ``K = top + samples`` slots per token: the top ids first, then
-        the distinct drawn ids, then unused ids with log-probability ``−inf``; the tail
-        is ``−inf`` (the slots carry all the mass).
+        one slot per draw, where each distinct drawn id holds its share and each repeat
+        leaves its slot to an unused id with log-probability ``−inf``; the tail is
+        ``−inf`` (the slots carry all the mass).
 
     >>> logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1]]]))
     >>> s = sampled_signal(logits, samples=1, top=2, generator=torch.Generator().manual_seed(0))
