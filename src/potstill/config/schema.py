@@ -33,12 +33,17 @@ class LossTermConfig(Strict):
 
     The loss's own parameters (jsd's ``beta``, skew_kl's ``alpha``) sit beside the
     common keys; which ones a loss takes, and their ranges, come from the registry.
+    Hidden-state and attention terms take ``layers``, a map ``{student_layer:
+    teacher_layer}`` or ``auto`` (`potstill.losses.layers`), and attention terms
+    ``heads`` (``grouped`` or ``mean``).
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     loss: LossName
     weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)
+    layers: dict[int, int] | Literal["auto"] | None = None
+    heads: Literal["grouped", "mean"] = "grouped"
 
     @model_validator(mode="after")
     def _valid_term(self) -> LossTermConfig:
@@ -50,7 +55,12 @@ class LossTermConfig(Strict):
         return dict(self.model_extra or {})
 
     def to_term(self) -> LossTerm:
-        return LossTerm(self.loss, self.weight, self.temperature, self.params)
+        layers = tuple(sorted(self.layers.items())) if isinstance(self.layers, dict) else None
+        if self.layers is not None and REGISTRY[self.loss].kind == "tokens":
+            raise ValueError(
+                f"loss term {self.loss}: layers applies only to hidden and attention terms"
+            )
+        return LossTerm(self.loss, self.weight, self.temperature, self.params, layers, self.heads)
 
     def __getattr__(self, name: str) -> Any:
         # A loss parameter the recipe left out (or another loss's) reads as None.
@@ -116,13 +126,30 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _inside_terms_run_live(self) -> Recipe:
+        """The cache keeps token distributions only; hidden-state and attention terms
+        need the teacher's insides at every step."""
+        inside = sorted({t.loss for t in self.terms if t.spec.kind != "tokens" and t.weight > 0})
+        if inside and self.teach.enabled:
+            raise ValueError(
+                f"loss terms {', '.join(inside)} compare the teacher's hidden states or "
+                "attention maps, which the teacher cache does not keep: set "
+                "teach.enabled=false (the teacher runs live at every step)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sampled_cache_terms(self) -> Recipe:
         """A sampled cache is an unbiased estimate for forward KL at its own temperature
         only (`potstill.losses.sampled`); other divergences, or re-tempering, would be
         biased, so they are refused."""
         if not (self.teach.enabled and self.teach.samples):
             return self
-        kd = [t for t in self.terms if t.spec.needs_teacher and t.weight > 0]
+        kd = [
+            t
+            for t in self.terms
+            if t.spec.needs_teacher and t.spec.kind == "tokens" and t.weight > 0
+        ]
         other = sorted({t.loss for t in kd if t.loss != "forward_kl"})
         if other:
             raise ValueError(

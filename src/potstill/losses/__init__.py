@@ -2,7 +2,8 @@
 
 `registry` is the one list of loss names (function, kind, parameters); `divergences` the
 token-level losses (CE, forward/reverse KL, JSD, TVD, skew KL) on dense or sparse
-teachers (`sparse`); `terms` weighs them into one scalar; `chunked` computes that fused
+teachers (`sparse`); `inside` the hidden-state and attention losses and their layer maps
+(`layers`); `terms` weighs them into one scalar; `chunked` computes the token terms fused
 with the student's output layer, a chunk of tokens at a time.
 """
 
@@ -16,9 +17,16 @@ from potstill.losses.divergences import (
     skew_kl,
     tvd,
 )
+from potstill.losses.inside import attention_kl, hidden_cosine, hidden_mse, hidden_projections
 from potstill.losses.registry import KD_LOSSES, LOSS_NAMES, REGISTRY, LossSpec, Param, loss_spec
 from potstill.losses.sparse import top_k_signal
-from potstill.losses.terms import LossTerm, combine_losses, signal_request
+from potstill.losses.terms import (
+    LossTerm,
+    combine_losses,
+    inside_losses,
+    resolve_layers,
+    signal_request,
+)
 from potstill.signals import DenseSignal, SparseSignal, TeacherSignal, as_signal
 
 __all__ = [
@@ -33,12 +41,18 @@ __all__ = [
     "SparseSignal",
     "TeacherSignal",
     "as_signal",
+    "attention_kl",
     "chunked_kd_loss",
     "combine_losses",
     "cross_entropy",
     "forward_kl",
+    "hidden_cosine",
+    "hidden_mse",
+    "hidden_projections",
+    "inside_losses",
     "jsd",
     "loss_spec",
+    "resolve_layers",
     "reverse_kl",
     "signal_request",
     "skew_kl",

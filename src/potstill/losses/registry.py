@@ -3,7 +3,8 @@
 The recipe schema validates loss terms against this registry, the training step picks
 each term's function from it, and a new loss (hidden states, attention maps) becomes one
 more entry. ``kind`` says what a term compares: ``"tokens"`` (next-token distributions,
-computed inside the fused output-layer chunks), later ``"hidden"`` and ``"attention"``.
+computed inside the fused output-layer chunks), ``"hidden"`` (hidden states through a
+layer map, `inside`) and ``"attention"`` (attention maps through a layer map).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 import torch
 
 from potstill.losses.divergences import cross_entropy, forward_kl, jsd, reverse_kl, skew_kl, tvd
+from potstill.losses.inside import attention_kl, hidden_cosine, hidden_mse
 
 Kind = Literal["tokens", "hidden", "attention"]
 
@@ -75,6 +77,9 @@ REGISTRY: dict[str, LossSpec] = {
             tempered=True,
             params={"alpha": Param(0.1, 0, 1, low_closed=True)},
         ),
+        LossSpec("hidden_mse", "hidden", hidden_mse, needs_teacher=True, tempered=False),
+        LossSpec("hidden_cosine", "hidden", hidden_cosine, needs_teacher=True, tempered=False),
+        LossSpec("attention_kl", "attention", attention_kl, needs_teacher=True, tempered=False),
     )
 }
 LOSS_NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import torch
 
 from potstill.losses.divergences import IGNORE_INDEX
+from potstill.losses.inside import HeadMapping
+from potstill.losses.layers import auto_layer_map, check_layer_map
 from potstill.losses.registry import REGISTRY, LossSpec, loss_spec
-from potstill.signals import SignalRequest, TeacherSignal
+from potstill.signals import SignalRequest, TeacherOutputs, TeacherSignal
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class LossTerm:
         temperature: the KD temperature ``T`` (softmax of ``logits / T``, loss times
             ``T²``); must stay 1 for losses that take none.
         params: the loss's own parameters (jsd's ``beta``, skew_kl's ``alpha``).
+        layers: hidden and attention terms only: ``(student_layer, teacher_layer)`` pairs
+            (`potstill.losses.layers`), or None for the ``auto`` map, resolved against
+            the two models by `resolve_layers` before training.
+        heads: attention terms only: how head counts are paired (``grouped`` or ``mean``,
+            `potstill.losses.inside`).
 
     >>> LossTerm("jsd", 0.5, 2.0, {"beta": 0.3}).params["beta"]
     0.3
@@ -38,6 +45,8 @@ class LossTerm:
     weight: float = 1.0
     temperature: float = 1.0
     params: Mapping[str, float] = field(default_factory=dict)
+    layers: tuple[tuple[int, int], ...] | None = None
+    heads: HeadMapping = "grouped"
 
     def __post_init__(self) -> None:
         spec = loss_spec(self.loss)
@@ -54,6 +63,19 @@ class LossTerm:
                 raise ValueError(f"loss term {self.loss}: {name} {where}")
             spec.params[name].check(f"loss term {self.loss}: {name}", value)
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        if self.layers is not None:
+            if spec.kind == "tokens":
+                raise ValueError(
+                    f"loss term {self.loss}: a layer map applies only to hidden and attention terms"
+                )
+            pairs = tuple((int(s), int(t)) for s, t in self.layers)
+            if not pairs:
+                raise ValueError(f"loss term {self.loss}: the layer map is empty")
+            object.__setattr__(self, "layers", pairs)
+        if self.heads != "grouped" and spec.kind != "attention":
+            raise ValueError(f"loss term {self.loss}: heads applies only to attention terms")
+        if self.heads not in ("grouped", "mean"):
+            raise ValueError(f"loss term {self.loss}: heads = {self.heads!r}: give grouped or mean")
 
     @property
     def spec(self) -> LossSpec:
@@ -67,7 +89,55 @@ def signal_request(terms: Sequence[LossTerm]) -> SignalRequest:
     True
     """
     active = [t for t in terms if t.weight > 0 and t.spec.needs_teacher]
-    return SignalRequest(distributions=any(t.spec.kind == "tokens" for t in active))
+    unresolved = [t.loss for t in active if t.spec.kind != "tokens" and t.layers is None]
+    if unresolved:
+        raise ValueError(
+            f"loss terms {', '.join(unresolved)}: resolve the auto layer map against the two "
+            "models first (resolve_layers)"
+        )
+    return SignalRequest(
+        distributions=any(t.spec.kind == "tokens" for t in active),
+        hidden_layers=tuple(
+            sorted({t for term in active if term.spec.kind == "hidden" for _, t in term.layers})
+        ),
+        attention_layers=tuple(
+            sorted({t for term in active if term.spec.kind == "attention" for _, t in term.layers})
+        ),
+    )
+
+
+def resolve_layers(
+    terms: Sequence[LossTerm],
+    *,
+    student_layers: int,
+    teacher_layers: int,
+    kept: Sequence[int] | None = None,
+) -> list[LossTerm]:
+    """``terms`` with every hidden/attention term's layer map made explicit (``auto``
+    resolved, `potstill.losses.layers`) and checked against the two depths; an
+    impossible map is a one-line ValueError.
+
+    >>> [hidden] = resolve_layers([LossTerm("hidden_mse")], student_layers=2, teacher_layers=4)
+    >>> hidden.layers
+    ((1, 2),)
+    """
+    resolved = []
+    for term in terms:
+        kind = term.spec.kind
+        if kind != "tokens":
+            pairs = term.layers or auto_layer_map(
+                kind, student_layers=student_layers, teacher_layers=teacher_layers, kept=kept
+            )
+            check_layer_map(
+                term.loss,
+                kind,
+                pairs,
+                student_layers=student_layers,
+                teacher_layers=teacher_layers,
+            )
+            term = replace(term, layers=pairs)
+        resolved.append(term)
+    return resolved
 
 
 def combine_losses(
@@ -159,3 +229,63 @@ def _part_keys(terms: Sequence[LossTerm]) -> list[str]:
             key = f"{key}#{counts[key]}"
         unique.append(key)
     return unique
+
+
+def inside_losses(
+    terms: Sequence[LossTerm],
+    student_hidden: Sequence[torch.Tensor],
+    student_attentions: Sequence[torch.Tensor],
+    teacher: TeacherOutputs,
+    mask: torch.Tensor,
+    *,
+    num_tokens: int | torch.Tensor,
+    projections: Mapping[str, torch.nn.Module] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum of the hidden-state and attention terms, and each term's value.
+
+    A term's value is the mean of its losses over the pairs of its (resolved) layer map.
+
+    Args:
+        terms: hidden and attention terms with explicit layer maps (`resolve_layers`).
+        student_hidden: the student's hidden states, index as HF's ``hidden_states``,
+            each ``(B, T, H_s)``.
+        student_attentions: the student's attention maps by block, ``(B, h, T, T)``.
+        teacher: the teacher's states and maps at the mapped layers, same ``T``.
+        mask: ``(B, T)`` bool, True at the positions that count.
+        projections: ``"s{layer}"`` → the learned map of the student's states at that
+            layer to the teacher's width (`hidden_projections`); none when equal widths.
+    """
+    projections = projections or {}
+    weighted: list[torch.Tensor] = []
+    parts: dict[str, torch.Tensor] = {}
+    for key, term in zip(_part_keys(terms), terms, strict=True):
+        if term.weight == 0:
+            continue
+        kind = term.spec.kind
+        if kind == "tokens" or term.layers is None:
+            raise ValueError(f"loss term {term.loss}: not a hidden/attention term with a layer map")
+        values = []
+        for student_layer, teacher_layer in term.layers:
+            if kind == "hidden":
+                state = student_hidden[student_layer]
+                name = f"s{student_layer}"
+                if name in projections:
+                    state = projections[name](state)
+                target = teacher.hidden_states[teacher_layer]
+                values.append(term.spec.fn(state, target, mask, num_tokens=num_tokens))
+            else:
+                values.append(
+                    term.spec.fn(
+                        student_attentions[student_layer],
+                        teacher.attentions[teacher_layer],
+                        mask,
+                        heads=term.heads,
+                        num_tokens=num_tokens,
+                    )
+                )
+        value = torch.stack(values).mean()
+        parts[key] = value.detach()
+        weighted.append(term.weight * value)
+    if not weighted:
+        raise ValueError("every hidden/attention term has weight 0")
+    return torch.stack(weighted).sum(), parts

@@ -50,10 +50,14 @@ def layer_subset(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module
         raise PotstillError(
             f"student.from_teacher.layers {layers} must be strictly increasing with no repeats"
         )
-    keep = torch.nn.ModuleList(copy.deepcopy(blocks[i]) for i in layers)
     # Deep-copy everything except the blocks we drop, so no teacher tensor is shared.
     memo = {id(block): None for block in blocks}
     student = copy.deepcopy(teacher, memo)
+    # The kept blocks share the student's config (as the teacher's blocks share the
+    # teacher's), so a change to it (e.g. the attention kernel) reaches them.
+    keep = torch.nn.ModuleList(
+        copy.deepcopy(blocks[i], {id(teacher.config): student.config}) for i in layers
+    )
     _set_decoder_layers(student, keep)
     for new_idx, block in enumerate(keep):
         attn = getattr(block, "self_attn", None)

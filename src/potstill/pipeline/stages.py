@@ -26,7 +26,7 @@ from potstill.losses import LossTerm
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.markers import fingerprint, finished, forget, mark_finished
-from potstill.tasks.causal_lm import CausalLM
+from potstill.tasks.causal_lm import CausalLM, prepare_inside, resolve_inside
 from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import train
 from potstill.util.log import log
@@ -130,6 +130,19 @@ def _drop_stale_cache(ctx: RunContext, content: str) -> None:
         forget(ctx.run_dir, "teach")
 
 
+def kept_layers(recipe: Recipe) -> list[int] | None:
+    """The teacher blocks a ``from_teacher`` student copies (for ``auto`` layer maps)."""
+    return recipe.student.from_teacher.layers if recipe.student.source == "from_teacher" else None
+
+
+def check_inside_terms(ctx: RunContext) -> None:
+    """Refuse an impossible layer map or head pairing before anything is taught."""
+    if all(t.spec.kind == "tokens" for t in ctx.recipe.terms):
+        return
+    student, _ = build_student(ctx.recipe.student, ctx.teacher, ctx.tokenizer)
+    resolve_inside(ctx.recipe.terms, student, ctx.teacher, kept=kept_layers(ctx.recipe))
+
+
 def teach_seconds(ctx: RunContext) -> float:
     path = ctx.run_dir / "stages" / "teach.json"
     return float(json.loads(path.read_text()).get("seconds", 0.0)) if path.is_file() else 0.0
@@ -178,6 +191,10 @@ def distill_stage(
     student, student_tokenizer = build_student(
         recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
     )
+    # Hidden-state and attention terms: layer maps resolved, projections trained beside
+    # the student (checkpointed with it, never saved in student/).
+    terms, projections = prepare_inside(terms, student, ctx.teacher, kept=kept_layers(recipe))
+    projections.to(ctx.device)
     model = wrap_adapter(student.to(ctx.device), recipe.student)
     cfg = recipe.train
     if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
@@ -185,13 +202,14 @@ def distill_stage(
     result = train(
         model,
         ctx.data.train,
-        CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens),
+        CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens, projections=projections),
         cfg,
         teacher=source,
         name=name,
         checkpoint_dir=checkpoints,
         metrics_path=run_dir / "metrics.jsonl",
         resume=True,
+        extra=projections or None,
         device=ctx.device,
         autocast_dtype=ctx.autocast_dtype,
     )

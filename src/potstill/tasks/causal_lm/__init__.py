@@ -18,10 +18,25 @@ from potstill.data.batch import Batch
 from potstill.losses import LossTerm, signal_request
 from potstill.signals import SignalRequest, TeacherOutputs
 from potstill.tasks.causal_lm.metrics import LMScores, score_models
-from potstill.tasks.causal_lm.step import FusedHead, find_fused_head, student_loss
+from potstill.tasks.causal_lm.step import (
+    FusedHead,
+    find_fused_head,
+    prepare_inside,
+    resolve_inside,
+    student_loss,
+)
 from potstill.util.tokens import IGNORE_INDEX
 
-__all__ = ["CausalLM", "FusedHead", "LMScores", "find_fused_head", "score_models", "student_loss"]
+__all__ = [
+    "CausalLM",
+    "FusedHead",
+    "LMScores",
+    "find_fused_head",
+    "prepare_inside",
+    "resolve_inside",
+    "score_models",
+    "student_loss",
+]
 
 
 @dataclass
@@ -29,12 +44,17 @@ class CausalLM:
     """The causal-LM task: what a training loop asks of a task.
 
     Args:
-        terms: the loss terms (token kinds: cross-entropy and KD divergences).
+        terms: the loss terms: token terms (cross-entropy, KD divergences) and hidden-state
+            or attention terms with resolved layer maps (`potstill.losses.resolve_layers`).
         chunk_tokens: tokens per chunk of the loss fused with the output layer.
+        projections: the learned maps of the student's hidden states to the teacher's
+            width (`potstill.losses.hidden_projections`), trained beside the student (hand
+            them to the loop as ``extra``) and never part of it.
     """
 
     terms: Sequence[LossTerm]
     chunk_tokens: int = 128
+    projections: nn.ModuleDict | None = None
     name: str = "causal_lm"
     unit: str = "tok"  # what `count` counts, for progress lines
     _fused: dict[int, FusedHead | None] = field(default_factory=dict, repr=False)
@@ -80,9 +100,10 @@ class CausalLM:
             self._fused[id(model)],
             batch.input_ids,
             batch.labels,
-            None if teacher is None else teacher.distributions,
+            teacher,
             terms,
             num_tokens=num_tokens,
             chunk_tokens=self.chunk_tokens,
             attention_mask=None if batch.packed else batch.attention_mask,
+            projections=self.projections,
         )

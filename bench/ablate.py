@@ -1,0 +1,232 @@
+"""One ablation table: distillation methods against the no-KD baseline, over seeds.
+
+    .venv/bin/python bench/ablate.py [--variants default,frozen] [--seeds 0,1,2]
+        [--steps 130] [--cache-dir runs/ablate-cache] [--out bench/results/ablate.json]
+
+Every variant is the embedded default recipe (no time budget: ``--steps`` steps) with the
+overrides listed in ``VARIANTS``. For each seed, each variant's student trains from the
+teacher cache its ``teach`` settings ask for (taught once per seed and settings into
+``--cache-dir``, reused by later variants and later runs; ``teach.enabled=false``
+variants train from the live teacher), and the same student trained with cross-entropy
+only (its baseline, with the variant's ``train`` and ``student`` settings; shared by
+variants that differ only in the loss, and kept in ``--cache-dir`` for later runs)
+trains beside it.
+Every model is scored on the default held-out play against the teacher: perplexity, the
+share of the log-perplexity gap closed, ``(log B − log S) / (log B − log T)``, top-1
+agreement, and the training seconds of this run. The table closes with the mean ± sd
+over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import teach_cache
+
+from potstill.cache.store import TeacherCache
+from potstill.config import Recipe, load_recipe
+from potstill.data import load_data
+from potstill.losses import LossTerm
+from potstill.models.load import load_causal_lm
+from potstill.models.student import build_student, wrap_adapter
+from potstill.tasks.causal_lm import CausalLM, prepare_inside, score_models
+from potstill.teachers import LiveTeacher
+from potstill.train.loop import train
+from potstill.util.io import atomic_write_json
+
+# name -> overrides of the embedded default recipe.
+S192 = ["teach.top_k=0", "teach.samples=192"]
+LIVE = ["teach.enabled=false"]
+KD = "{loss: forward_kl, weight: 0.7}, {loss: cross_entropy, weight: 0.3}"
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "s192": S192,
+    "frozen": ["train.freeze_embeddings=true"],
+    "s192-frozen": [*S192, "train.freeze_embeddings=true"],
+    "live": LIVE,
+    "live-fitnets-mse": [*LIVE, f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]"],
+    "live-fitnets-cos": [*LIVE, f"loss=[{KD}, {{loss: hidden_cosine, weight: 1.0}}]"],
+    "live-attention": [*LIVE, f"loss=[{KD}, {{loss: attention_kl, weight: 1.0}}]"],
+}
+CE_ONLY = [LossTerm("cross_entropy", 1.0)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="default", help="comma-separated VARIANTS")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--steps", type=int, default=130, help="training steps of every model")
+    parser.add_argument("--cache-dir", type=Path, default=Path("runs/ablate-cache"))
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    base = load_recipe(None, [f"train.steps={args.steps}"]).model_copy(
+        update={"budget_minutes": None}
+    )
+    teacher, tokenizer = load_causal_lm(base.teacher)
+    data = load_data(base.data, tokenizer)
+    teacher_ppl = score_models(
+        {"teacher": teacher},
+        data.heldout.input_ids,
+        data.heldout.labels,
+        teacher=None,
+        batch_size=base.eval.batch_size,
+    )["teacher"].perplexity
+    print(f"teacher perplexity {teacher_ppl:.2f}", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    # Baselines are deterministic per train and student settings: kept across runs.
+    known = args.cache_dir / "baselines.json"
+    baselines: dict[str, dict[str, Any]] = json.loads(known.read_text()) if known.is_file() else {}
+    for seed in seeds:
+        for name in names:
+            overrides = [f"train.steps={args.steps}", f"train.seed={seed}", f"teach.seed={seed}"]
+            recipe = load_recipe(None, [*overrides, *VARIANTS[name]]).model_copy(
+                update={"budget_minutes": None}
+            )
+            key = _key(recipe.train.model_dump(mode="json"), recipe.student.model_dump(mode="json"))
+            if key not in baselines:
+                baselines[key] = _train_and_score(recipe, CE_ONLY, None, teacher, tokenizer, data)
+                print(
+                    f"seed {seed} {name}: baseline {baselines[key]['perplexity']:.2f}", flush=True
+                )
+                atomic_write_json(known, baselines)
+            cache = (
+                _cache(recipe, teacher, tokenizer, data, args.cache_dir)
+                if recipe.teach.enabled
+                else LiveTeacher(teacher)
+            )
+            student = _train_and_score(recipe, recipe.terms, cache, teacher, tokenizer, data)
+            baseline = baselines[key]
+            gap = math.log(baseline["perplexity"]) - math.log(teacher_ppl)
+            closed = (math.log(baseline["perplexity"]) - math.log(student["perplexity"])) / gap
+            row = {
+                "variant": name,
+                "seed": seed,
+                **student,
+                "baseline_perplexity": baseline["perplexity"],
+                "baseline_top1": baseline["top1"],
+                "teacher_perplexity": teacher_ppl,
+                "gap_closed": closed,
+            }
+            rows.append(row)
+            print(
+                f"seed {seed} {name}: student {student['perplexity']:.2f}, gap closed {closed:.1%}",
+                flush=True,
+            )
+            if args.out:
+                args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    _table(rows, names, args.steps)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cache(
+    recipe: Recipe, teacher: torch.nn.Module, tokenizer: Any, data: Any, root: Path
+) -> TeacherCache:
+    """The recipe's cache: taught once into ``root`` per teach settings and seed (a cache
+    already there is verified and its taught blocks kept)."""
+    directory = root / _key(
+        recipe.teach.model_dump(mode="json"), recipe.train.seed, recipe.train.steps
+    )
+    return teach_cache(recipe, teacher, tokenizer, data, directory=directory)
+
+
+def _train_and_score(
+    recipe: Recipe,
+    terms: list[LossTerm],
+    source: TeacherCache | LiveTeacher | None,
+    teacher: torch.nn.Module,
+    tokenizer: Any,
+    data: Any,
+) -> dict[str, Any]:
+    student, _ = build_student(recipe.student, teacher, tokenizer, seed=recipe.train.seed)
+    kept = recipe.student.from_teacher.layers if recipe.student.from_teacher else None
+    terms, projections = prepare_inside(terms, student, teacher, kept=kept)
+    model = wrap_adapter(student, recipe.student)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = train(
+            model,
+            data.train,
+            CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens, projections=projections),
+            recipe.train,
+            teacher=source,
+            extra=projections or None,
+            name="ablate",
+            checkpoint_dir=Path(tmp) / "ckpt",
+            metrics_path=Path(tmp) / "metrics.jsonl",
+        )
+        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        wall = time.perf_counter() - started
+    teacher.set_attn_implementation("sdpa")
+    score = score_models(
+        {"teacher": teacher, "model": model},
+        data.heldout.input_ids,
+        data.heldout.labels,
+        teacher="teacher",
+        batch_size=recipe.eval.batch_size,
+    )["model"]
+    return {
+        "perplexity": score.perplexity,
+        "top1": score.top1,
+        "kl": score.kl,
+        "train_seconds": result.seconds,
+        "wall_seconds": wall,
+        "max_grad_norm": max(r["grad_norm"] for r in rows),
+    }
+
+
+def _table(rows: list[dict[str, Any]], names: list[str], steps: int) -> None:
+    print(f"\n{steps} steps; held-out perplexity, gap closed, top-1 agreement, train seconds")
+    print(
+        f"{'variant':<16}{'seed':>5}{'student':>9}{'baseline':>10}{'closed':>8}{'top-1':>7}"
+        f"{'max |g|':>9}{'train s':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['variant']:<16}{r['seed']:>5}{r['perplexity']:>9.2f}"
+            f"{r['baseline_perplexity']:>10.2f}{r['gap_closed']:>8.1%}{r['top1']:>7.3f}"
+            f"{r['max_grad_norm']:>9.1f}{r['train_seconds']:>9.0f}"
+        )
+    print(f"\n{'variant':<16}{'student':>17}{'baseline':>17}{'closed':>15}{'top-1':>15}")
+    for name in names:
+        mine = [r for r in rows if r["variant"] == name]
+        cells = [
+            _mean_sd([r[k] for r in mine], fmt)
+            for k, fmt in (
+                ("perplexity", ".2f"),
+                ("baseline_perplexity", ".2f"),
+                ("gap_closed", ".1%"),
+                ("top1", ".3f"),
+            )
+        ]
+        print(
+            f"{name:<16}"
+            + "".join(f"{c:>17}" if i < 2 else f"{c:>15}" for i, c in enumerate(cells))
+        )
+
+
+def _mean_sd(values: list[float], fmt: str) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{format(statistics.mean(values), fmt)} ± {format(sd, fmt)}"
+
+
+if __name__ == "__main__":
+    main()

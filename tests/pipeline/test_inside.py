@@ -1,0 +1,129 @@
+"""Hidden-state and attention terms through the whole run: layer maps resolved and
+checked before anything is taught, projections trained and checkpointed beside the
+student and never saved with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from potstill.models.load import load_causal_lm
+from potstill.models.student import build_student
+from potstill.models.settings import StudentConfig
+from potstill.losses import LossTerm
+from potstill.tasks.causal_lm import prepare_inside, resolve_inside
+from potstill.util.errors import PotstillError
+from tests.conftest import make_llama, run_cli, tiny_recipe
+
+KD = [{"loss": "forward_kl", "weight": 0.5}, {"loss": "cross_entropy", "weight": 0.5}]
+
+
+def _recipe(tmp_path, teacher_dir, corpus, loss, **student) -> str:
+    recipe = tiny_recipe(tmp_path / "runs", teacher_dir, corpus, steps=4)
+    recipe["loss"] = [*KD, *loss]
+    recipe["teach"] = {"enabled": False}
+    if student:
+        recipe["student"] = student
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def test_projections_train_beside_the_student_and_never_reach_it(
+    tmp_path, tiny_teacher_dir, corpus_file, capsys, monkeypatch
+):
+    loss = [{"loss": "hidden_mse", "weight": 1.0, "layers": {1: 2}}]
+    fresh = {"fresh": {"hidden_size": 16, "num_layers": 2, "num_heads": 2}}
+    recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, loss, **fresh)
+    saved: list[list[str] | None] = []
+    import potstill.train.loop as loop
+
+    real_save = loop.save_checkpoint
+
+    def spy(directory, model, optimizer, scheduler, state, *, extra=None):
+        saved.append(sorted(extra) if extra is not None else None)
+        return real_save(directory, model, optimizer, scheduler, state, extra=extra)
+
+    monkeypatch.setattr(loop, "save_checkpoint", spy)
+    code, _, err = run_cli("run", recipe, capsys=capsys)
+    assert code == 0, err
+    assert saved == [["s1"], None]  # the student's projection is checkpointed with it
+    run = tmp_path / "runs" / "tiny"
+    with safe_open(run / "student" / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("s1" in k or "projection" in k for k in keys)
+    student, _ = load_causal_lm(str(run / "student"))
+    assert student.config.hidden_size == 16  # the student's own width, not the teacher's
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    parts = [r["hidden_mse"] for r in rows if r["model"] == "student"]
+    assert len(parts) == 4 and all(p > 0 for p in parts)
+    assert all("hidden_mse" not in r for r in rows if r["model"] == "baseline")
+
+
+def test_attention_terms_train_through_the_run(tmp_path, tiny_teacher_dir, corpus_file, capsys):
+    loss = [
+        {"loss": "attention_kl", "weight": 1.0, "layers": "auto"},
+        {"loss": "hidden_cosine", "weight": 0.5},
+    ]
+    recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, loss)
+    code, _, err = run_cli("run", recipe, capsys=capsys)
+    assert code == 0, err
+    rows = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    student = [json.loads(r) for r in rows if '"student"' in r]
+    assert all(r["attention_kl"] >= 0 and r["hidden_cosine"] >= 0 for r in student)
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (
+            {"loss": "hidden_mse", "layers": {5: 3}},
+            "layer map 5→3 is impossible: the student has hidden states 0..2 (2 blocks)",
+        ),
+        (
+            {"loss": "hidden_mse", "layers": {1: 9}},
+            "layer map 1→9 is impossible: the teacher has hidden states 0..4 (4 blocks)",
+        ),
+        (
+            {"loss": "attention_kl", "layers": {2: 3}},
+            "the student has attention blocks 0..1",
+        ),
+    ],
+)
+def test_impossible_layer_maps_are_refused_before_teaching(
+    tmp_path, tiny_teacher_dir, corpus_file, capsys, loss, message
+):
+    recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, [loss])
+    code, out, err = run_cli("run", recipe, capsys=capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert message in line
+    assert not (tmp_path / "runs" / "tiny" / "stages" / "budget.json").exists()
+    assert not (tmp_path / "runs" / "tiny" / "student").exists()
+
+
+def test_head_counts_that_cannot_be_grouped_are_one_line():
+    teacher = make_llama(50, layers=2)  # 4 heads
+    student = build_student(
+        StudentConfig(fresh={"hidden_size": 24, "num_layers": 1, "num_heads": 3}), teacher, None
+    )[0]
+    terms = [LossTerm("attention_kl", layers=((0, 1),))]
+    with pytest.raises(PotstillError, match="student's 3 and the teacher's 4 cannot be grouped"):
+        resolve_inside(terms, student, teacher)
+    resolved, _ = prepare_inside([LossTerm("attention_kl", heads="mean")], student, teacher)
+    assert resolved[0].layers == ((0, 1),)
+    assert student.config._attn_implementation == "eager"
+
+
+def test_a_cached_teacher_cannot_give_hidden_states(tmp_path, tiny_teacher_dir, corpus_file):
+    from potstill.config import load_recipe
+
+    recipe = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file)
+    recipe["loss"] = [*KD, {"loss": "hidden_mse"}]
+    with pytest.raises(PotstillError, match="teach.enabled=false"):
+        load_recipe(recipe)
+    torch.manual_seed(0)
