@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 from safetensors import safe_open
 
-from potstill.models.load import load_causal_lm
-from potstill.models.student import build_student
-from potstill.models.settings import StudentConfig
 from potstill.losses import LossTerm
+from potstill.models.load import load_causal_lm
+from potstill.models.settings import StudentConfig
+from potstill.models.student import build_student
 from potstill.tasks.causal_lm import prepare_inside, resolve_inside
 from potstill.util.errors import PotstillError
 from tests.conftest import make_llama, run_cli, tiny_recipe
@@ -98,7 +97,7 @@ def test_impossible_layer_maps_are_refused_before_teaching(
     tmp_path, tiny_teacher_dir, corpus_file, capsys, loss, message
 ):
     recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, [loss])
-    code, out, err = run_cli("run", recipe, capsys=capsys)
+    code, _out, err = run_cli("run", recipe, capsys=capsys)
     assert code == 2
     line = err.strip().splitlines()[-1]
     assert message in line
@@ -124,6 +123,5 @@ def test_a_cached_teacher_cannot_give_hidden_states(tmp_path, tiny_teacher_dir, 
 
     recipe = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file)
     recipe["loss"] = [*KD, {"loss": "hidden_mse"}]
-    with pytest.raises(PotstillError, match="teach.enabled=false"):
+    with pytest.raises(PotstillError, match=r"teach\.enabled=false"):
         load_recipe(recipe)
-    torch.manual_seed(0)
