@@ -145,6 +145,43 @@ def test_frozen_embeddings_stay_put(blocks, teacher, tmp_path):
     assert torch.equal(before, student.get_input_embeddings().weight)
 
 
+def test_the_embedding_trains_at_its_own_learning_rate(blocks, teacher, tmp_path, monkeypatch):
+    """embedding_lr_scale puts the (tied) embedding in its own group at lr × scale; the
+    scheduler scales every group alike; 0 keeps it in place while the rest trains."""
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append([(len(g["params"]), g["lr"]) for g in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    student = _student(teacher)
+    embedding = student.get_input_embeddings().weight
+    before, block = embedding.detach().clone(), _params(student)
+    _run(student, blocks, teacher, tmp_path / "a", steps=2, warmup=0, embedding_lr_scale=0.0)
+    assert torch.equal(before, embedding) and seen[0][-1] == (1, 0.0)
+    assert not torch.equal(
+        block["model.layers.0.mlp.up_proj.weight"],
+        _params(student)["model.layers.0.mlp.up_proj.weight"],
+    )
+    seen.clear()
+    _run(
+        _student(teacher),
+        blocks,
+        teacher,
+        tmp_path / "b",
+        steps=2,
+        warmup=0,
+        embedding_lr_scale=0.1,
+    )
+    (_, lr), _, (one, embedding_lr) = seen[0]
+    assert one == 1 and embedding_lr == pytest.approx(0.1 * lr)
+    seen.clear()
+    _run(_student(teacher), blocks, teacher, tmp_path / "c", steps=1)
+    assert len(seen[0]) == 2  # scale 1: the usual two groups
+
+
 def test_schedule_warms_up_then_decays_to_the_floor():
     lrs = [warmup_cosine(s, warmup=5, total=50, min_ratio=0.1) for s in range(50)]
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])

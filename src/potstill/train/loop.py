@@ -198,14 +198,29 @@ def train(
 
 
 def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    # Decay matrices only; norms and biases keep their scale (the usual GPT recipe).
+    # Decay matrices only; norms and biases keep their scale (the usual GPT recipe). The
+    # input embedding (tied or not) gets its own group at lr × embedding_lr_scale.
+    student = modules["student"]
+    embedding = student.get_input_embeddings() if hasattr(student, "get_input_embeddings") else None
+    special = (
+        {id(embedding.weight)} if embedding is not None and cfg.embedding_lr_scale != 1 else set()
+    )
     params = [p for p in modules.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in special]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    scaled = [p for p in params if id(p) in special]
+    if scaled:
+        groups.append(
+            {
+                "params": scaled,
+                "weight_decay": cfg.weight_decay,
+                "lr": cfg.lr * cfg.embedding_lr_scale,
+            }
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 

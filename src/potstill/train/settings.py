@@ -22,6 +22,11 @@ class TrainConfig(Strict):
     clip: float | None = Field(1.0, gt=0.0)
     seed: int = 0
     freeze_embeddings: bool = False
+    # The input embedding's learning rate as a multiple of lr (with tied embeddings, the
+    # output layer's too). Adam moves a rarely seen token's row by about lr whenever it
+    # appears, whatever its gradient; a smaller multiple keeps the big tied vocabulary
+    # from destabilising a small-batch run (bench/results/defaults.md).
+    embedding_lr_scale: float = Field(1.0, ge=0.0)
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
