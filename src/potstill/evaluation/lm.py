@@ -1,4 +1,5 @@
-"""Evaluate language models side by side: held-out scores, size and generation speed."""
+"""Evaluate language models side by side: held-out scores, calibration, where the students
+part from the teacher, size and generation speed."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from typing import Any
 
 import torch
 
-from potstill.data import LMData
+from potstill.data import Blocks, LMData
 from potstill.evaluation.size import count_params, size_on_disk
 from potstill.evaluation.speed import generation_tokens_per_second
 from potstill.models.load import load_causal_lm, resolve
-from potstill.tasks.causal_lm import score_models
+from potstill.tasks.causal_lm.metrics import Disagreement, LMScores, TokenBands, score_models
 from potstill.util.log import bar
+
+CONTEXT_TOKENS = 12  # tokens of context shown before a worst disagreement
 
 
 def evaluate_models(
@@ -23,17 +26,24 @@ def evaluate_models(
     generate_tokens: int,
     preloaded: dict[str, torch.nn.Module] | None = None,
     device: torch.device | str = "cpu",
+    tokenizer: Any | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score every model on the held-out split; params, size on disk and generation speed.
 
     ``refs`` maps a name ("teacher", "student", …) to a model reference; models in
-    ``preloaded`` are used as they are, the others are loaded onto ``device``.
+    ``preloaded`` are used as they are, the others are loaded onto ``device``. Each entry
+    holds the perplexity, the ECE of the next-token prediction and, per frequency band of
+    the true next token on the training split, the share of positions and the mean NLL
+    (with the top-1 agreement when there is a teacher). With a teacher and a ``tokenizer``
+    (to decode them), each other model's worst disagreements with it are kept as text.
+    The entries are plain JSON-ready values.
     """
     models: dict[str, torch.nn.Module] = dict(preloaded or {})
     for key, ref in refs.items():
         if key not in models:
             models[key] = load_causal_lm(ref)[0].to(device)
     heldout = data.heldout
+    bands = TokenBands.by_frequency(data.train.input_ids) if len(data.train) else None
     with bar("    eval", total=len(heldout)) as progress:
         done = [0]
 
@@ -48,6 +58,7 @@ def evaluate_models(
             teacher=teacher_key,
             batch_size=batch_size,
             progress=advance_to,
+            bands=bands,
         )
     prompt = heldout.input_ids[:1, :16]
     results: dict[str, dict[str, Any]] = {}
@@ -59,11 +70,50 @@ def evaluate_models(
             "size_bytes": size_on_disk(resolve(refs[key])),
             "perplexity": s.perplexity,
             "loss": s.loss,
+            "ece": s.ece,
             "tokens_per_second": generation_tokens_per_second(
                 model, prompt, new_tokens=generate_tokens
             ),
         }
         if s.top1 is not None:
             entry["agreement"] = {"top1": s.top1, "kl": s.kl}
+        if s.bands is not None:
+            entry["frequency_bands"] = frequency_bands(s)
+        if s.worst is not None and tokenizer is not None:
+            entry["worst_disagreements"] = [
+                disagreement_text(d, heldout, tokenizer) for d in s.worst
+            ]
         results[key] = entry
     return results
+
+
+def frequency_bands(scores: LMScores) -> list[dict[str, Any]]:
+    """The report's ``frequency_bands``: per band, its share of the scored positions,
+    the positions, the mean NLL and the top-1 agreement with the teacher."""
+    if scores.bands is None:
+        raise ValueError("these scores were computed without frequency bands")
+    total = max(scores.tokens, 1)
+    return [
+        {
+            "band": b.band,
+            "share": b.tokens / total,
+            "tokens": b.tokens,
+            "loss": b.loss,
+            "top1": b.top1,
+        }
+        for b in scores.bands
+    ]
+
+
+def disagreement_text(where: Disagreement, heldout: Blocks, tokenizer: Any) -> dict[str, Any]:
+    """One worst disagreement as text: the last ``CONTEXT_TOKENS`` tokens of context up to
+    the prediction, the teacher's and the model's top tokens, the true next token, the KL."""
+    first = max(0, where.position + 1 - CONTEXT_TOKENS)
+    context = heldout.input_ids[where.block, first : where.position + 1].tolist()
+    return {
+        "context": tokenizer.decode(context),
+        "target": tokenizer.decode([where.target]),
+        "teacher_top": tokenizer.decode([where.teacher_top]),
+        "model_top": tokenizer.decode([where.model_top]),
+        "kl": where.kl,
+    }

@@ -22,6 +22,7 @@ from potstill.data.order import scheduled_blocks
 from potstill.evaluation.lm import evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.report.schema import json_ready
+from potstill.evaluation.worth import generation_break_even
 from potstill.losses import LossTerm
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
@@ -226,13 +227,18 @@ def distill_stage(
 def evaluate_stage(
     ctx: RunContext, trained: dict[str, tuple[float, str]]
 ) -> dict[str, dict[str, Any]]:
-    """Score the teacher and every trained model; cached in the stage marker."""
+    """Score the teacher and every trained model; cached in the stage marker.
+
+    Besides perplexity and agreement, each entry holds the next-token ECE, the scores by
+    training-split frequency band and (students) the worst disagreements with the teacher.
+    """
     recipe = ctx.recipe
     print_ = fingerprint(
         recipe.eval.model_dump(exclude={"baseline"}),
         recipe.data.model_dump(mode="json"),
         recipe.teacher,
         {name: p for name, (_, p) in trained.items()},
+        "ece, frequency bands, worst disagreements",  # an evaluation made without them is redone
     )
     done = finished(ctx.run_dir, "evaluate", print_)
     if done is not None:
@@ -247,6 +253,7 @@ def evaluate_stage(
         generate_tokens=recipe.eval.generate_tokens,
         preloaded={"teacher": ctx.teacher},
         device=ctx.device,
+        tokenizer=ctx.tokenizer,
     )
     for key, (seconds, _) in trained.items():
         models[key]["train_seconds"] = seconds
@@ -261,7 +268,11 @@ def report_stage(
     source: TeacherSource | None,
     wall_seconds: float,
 ) -> Report:
+    """Build the report from the evaluation and write it: the break-even weighs the
+    teacher's pass into the cache plus the student's training against the student's
+    saving per generated token."""
     recipe, data = ctx.recipe, ctx.data
+    taught = teach_seconds(ctx)
     report = build_report(
         run={
             **ctx.run_info(wall_seconds),
@@ -281,10 +292,11 @@ def report_stage(
             ),
             **recipe.train.model_dump(include={"steps", "batch_size", "grad_accum", "lr"}),
             "block_size": recipe.data.block_size,
-            "teacher_signal": _signal_summary(source, teach_seconds(ctx)),
+            "teacher_signal": _signal_summary(source, taught),
         },
         models=models,
         budget=_budget(ctx.run_dir),
+        break_even=generation_break_even(models, teach_seconds=taught),
     )
     write_report(ctx.run_dir, report, read_curves(ctx.run_dir / "metrics.jsonl"))
     return report

@@ -3,7 +3,7 @@ the views rendered from it (report.md, report.html, plots/*.png, the terminal ta
 
 Modules, each importing only those before it: `schema` (the types), `summary` (the
 student-against-teacher ratios), `build`, `format` (the text every view shares), `plots`,
-`markdown`, `html`, `write`.
+`retention` (the student's retention tables), `markdown`, `html`, `write`.
 """
 
 from potstill.evaluation.report.build import build_report
@@ -13,6 +13,8 @@ from potstill.evaluation.report.schema import (
     Agreement,
     BreakEven,
     DataInfo,
+    Disagreement,
+    FrequencyBand,
     ModelEntry,
     Report,
     RunInfo,
@@ -26,6 +28,8 @@ __all__ = [
     "Agreement",
     "BreakEven",
     "DataInfo",
+    "Disagreement",
+    "FrequencyBand",
     "ModelEntry",
     "Report",
     "RunInfo",

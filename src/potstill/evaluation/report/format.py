@@ -29,11 +29,24 @@ REASONING_NOTE = (
 )
 
 
+ECE_NOTE = (
+    " ECE is the expected calibration error of the next-token prediction: the top "
+    "probability against how often the top token is the true one, in 15 equal-width bins."
+)
+
+
 def metrics_note(report: Report) -> str:
     """The sentence under the metrics table."""
     if is_reasoning(report):
         return REASONING_NOTE
-    return CLASSIFICATION_NOTE if is_classification(report) else METRICS_NOTE
+    if is_classification(report):
+        return CLASSIFICATION_NOTE
+    return METRICS_NOTE + (ECE_NOTE if has_ece(report) else "")
+
+
+def has_ece(report: Report) -> bool:
+    """True when some model has an expected calibration error."""
+    return any(entry.ece is not None for entry in report.models.values())
 
 
 def title(report: Report) -> str:
@@ -116,10 +129,30 @@ def headline(report: Report) -> list[tuple[str, str, str]]:
                 "(batch 1, greedy, this machine).",
             )
         )
+    repay = break_even_line(report)
+    if repay is not None:
+        lines.append(("break-even", *repay))
+    calibration = calibration_line(named)
+    if calibration is not None:
+        lines.append(("calibration (ECE) " + calibration[0], *calibration[1:]))
     budget = budget_line(report)
     if budget is not None:
         lines.append(("time budget", *budget))
     return lines
+
+
+def calibration_line(named: list[tuple[str, ModelEntry]]) -> tuple[str, str, str] | None:
+    """(names, value, sentence) on the next-token ECE of the models that have one."""
+    known = [(name, entry.ece) for name, entry in named if entry.ece is not None]
+    if not known:
+        return None
+    parts = ", ".join(f"{name} {fmt_number(ece, digits=3)}" for name, ece in known)
+    return (
+        " / ".join(name for name, _ in known),
+        " / ".join(fmt_number(ece, digits=3) for _, ece in known),
+        "Expected calibration error of the next-token prediction (0 = the top probability "
+        f"is exactly how often the top token is right; lower is better): {parts}.",
+    )
 
 
 def is_classification(report: Report) -> bool:
@@ -336,15 +369,16 @@ def break_even_line(report: Report) -> tuple[str, str] | None:
     even = report.break_even
     if even is None or even.distill_seconds is None:
         return None
+    unit = even.unit or "texts"
     cost = (
         f"Distilling took {even.distill_seconds:.0f} s ({even.basis}); the teacher takes "
-        f"{fmt_rate(even.teacher_seconds_per_1k)} s per 1,000 texts and {even.student} "
+        f"{fmt_rate(even.teacher_seconds_per_1k)} s per 1,000 {unit} and {even.student} "
         f"{fmt_rate(even.student_seconds_per_1k)} s"
     )
     if even.calls_to_repay is None:
-        return "never", cost + ", so the student never repays it."
-    calls = f"{even.calls_to_repay:,.0f}"
-    return f"{calls} texts", cost + f", so the student has paid for itself after {calls} texts."
+        return "never", cost + ", so the student is not faster and never repays it."
+    calls = f"{even.calls_to_repay:,.0f} {unit}"
+    return calls, cost + f", so the student has paid for itself after {calls}."
 
 
 def _speed(entry: ModelEntry, batch: str) -> str:
@@ -426,6 +460,10 @@ def metrics_table(report: Report) -> tuple[list[str], list[list[str]]]:
                 fmt_rate(entry.tokens_per_second),
             ]
         )
+    if has_ece(report):
+        header.insert(6, "ECE")
+        for row, entry in zip(rows, report.models.values(), strict=True):
+            row.insert(6, fmt_number(entry.ece, digits=3))
     return header, rows
 
 
@@ -487,6 +525,9 @@ def summary_table(report: Report) -> str:
     ]
     if report.summary.gap_closed is not None:
         lines.append(f"gap closed: {fmt_percent(report.summary.gap_closed, digits=0)}")
+    repay = break_even_line(report)
+    if repay is not None:
+        lines.append(f"break-even: {repay[0]}")
     budget = budget_line(report)
     if budget is not None:
         lines.append(f"time budget: {budget[0]}")

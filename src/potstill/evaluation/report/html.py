@@ -19,6 +19,7 @@ from potstill.evaluation.report.format import (
     title,
 )
 from potstill.evaluation.report.plots import Plot
+from potstill.evaluation.report.retention import TextTable, retention_tables
 from potstill.evaluation.report.schema import Report
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -42,6 +43,7 @@ th { background: #f3f3f3; text-align: right; }
 td { text-align: right; font-variant-numeric: tabular-nums; }
 th:first-child, td:first-child { text-align: left; }
 table.kv td { text-align: left; }
+table th.text, table td.text { text-align: left; }
 table.kv td:first-child { color: #555; font-weight: 600; }
 .note { color: #555; font-size: 0.9rem; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; }
@@ -64,8 +66,9 @@ window.addEventListener("load", function () {
 
 
 def render_html(report: Report, plots: list[Plot]) -> str:
-    """report.html as text: the headline as cards, the metrics table, the plots inlined
-    as <img> in order, then the data, recipe and run tables."""
+    """report.html as text: the headline as cards, the metrics table, the student's
+    retention tables, the plots inlined as <img> in order, then the data, recipe and run
+    tables."""
     page_title = title(report)
     header, rows = metrics_table(report)
     parts = [
@@ -85,6 +88,7 @@ def render_html(report: Report, plots: list[Plot]) -> str:
         "<h2>Models</h2>",
         _table(header, rows, css_id="metrics"),
         f'<p class="note">{escape(metrics_note(report))}</p>',
+        *map(_text_table, retention_tables(report)),
     ]
     if plots:
         parts += ["<h2>Plots</h2>", '<div class="plots">', *map(_figure, plots), "</div>"]
@@ -116,6 +120,27 @@ def _table(header: list[str], rows: list[list[str]], css_id: str) -> str:
     )
     return (
         f'<table id="{escape(css_id)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _text_table(table: TextTable) -> str:
+    """A retention table under its heading, word columns aligned left, then its note."""
+
+    def cells(tag: str, row: list[str]) -> str:
+        return "".join(
+            f'<{tag} class="text">{escape(cell)}</{tag}>'
+            if i < table.text_columns
+            else f"<{tag}>{escape(cell)}</{tag}>"
+            for i, cell in enumerate(row)
+        )
+
+    head = cells("th", table.header)
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in table.rows)
+    css_id = table.title.lower().replace(" ", "-")
+    return (
+        f"<h2>{escape(table.title)}</h2>"
+        f'<table id="{escape(css_id)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        f'<p class="note">{escape(table.note)}</p>'
     )
 
 

@@ -13,21 +13,23 @@ from potstill.evaluation.report.format import (
     subtitle,
     title,
 )
+from potstill.evaluation.report.retention import retention_tables
 from potstill.evaluation.report.schema import Report
 
 
 def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:
-    """report.md: headline, the metrics table, data, recipe and run, and the plots.
+    """report.md: headline, the metrics table, the student's retention profile (by token
+    frequency, worst disagreements), data, recipe and run, and the plots.
 
     `plot_files` are paths relative to report.md (``plots/NAME.png``).
     """
     lines = [f"# {title(report)}", "", f"_{subtitle(report)}_", ""]
     lines += [f"- **{label}: {value}.** {sentence}" for label, value, sentence in headline(report)]
     header, rows = metrics_table(report)
-    lines += ["", "## Models", "", _row(header)]
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    lines += [_row(row) for row in rows]
-    lines += ["", metrics_note(report)]
+    lines += ["", "## Models", "", *_table(header, rows), "", metrics_note(report)]
+    for table in retention_tables(report):
+        body = _table(table.header, table.rows, table.text_columns)
+        lines += ["", f"## {table.title}", "", *body, "", table.note]
     for section, pairs in details(report):
         if pairs:
             lines += ["", f"## {section}", ""]
@@ -36,6 +38,12 @@ def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(file).stem.replace('_', ' ')}]({file})" for file in plot_files]
     return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """A markdown table: the first `text_columns` columns aligned left, the rest right."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(header))]
+    return [_row(header), "|" + "|".join(align) + "|", *map(_row, rows)]
 
 
 def _cell(text: str) -> str:

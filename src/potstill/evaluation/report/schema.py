@@ -66,6 +66,27 @@ class Agreement(Section):
     kl: Number = None  # KL(teacher ‖ model), nats per token
 
 
+class FrequencyBand(Section):
+    """A model's scores on the held-out positions whose true next token falls in one band
+    of frequency rank on the training split."""
+
+    band: Text = None  # frequency ranks, e.g. "101–1,000"; the last band holds unseen tokens
+    share: Number = None  # share of the scored held-out positions, 0..1
+    tokens: Count = None  # scored held-out positions in the band
+    loss: Number = None  # mean NLL of the true next token, nats
+    top1: Number = None  # share where the model's argmax is the teacher's, 0..1
+
+
+class Disagreement(Section):
+    """A held-out position where a model's next-token prediction is far from the teacher's."""
+
+    context: Text = None  # the last tokens up to the prediction, decoded
+    target: Text = None  # the true next token
+    teacher_top: Text = None  # the teacher's most likely next token
+    model_top: Text = None  # this model's most likely next token
+    kl: Number = None  # KL(teacher ‖ model) at this position, nats
+
+
 class ModelEntry(Section):
     """One evaluated model: size, quality, speed, and for students agreement with the teacher."""
 
@@ -79,7 +100,7 @@ class ModelEntry(Section):
     agreement: Agreement | None = None
     accuracy: Number = None  # tasks with labels
     f1: Number = None  # macro-F1
-    ece: Number = None  # expected calibration error
+    ece: Number = None  # expected calibration error (15 bins); next token for language models
     trainable_params: Count = None  # adapters (and head) only, for LoRA / PiSSA students
     examples_per_second: dict[str, Number] | None = None  # classification, by batch size
     per_class_f1: list[Number] | None = None  # classification, in the order of the labels
@@ -91,6 +112,10 @@ class ModelEntry(Section):
     truncated: Number = None  # share of replies cut off by the token limit
     # KL(teacher ‖ model) per token, nats, on the model's own test replies (same vocabulary)
     reply_kl: Number = None
+    # Language models, against the teacher: by training-split frequency of the true next
+    # token, and the held-out positions of largest KL(teacher ‖ model), largest first.
+    frequency_bands: list[FrequencyBand] | None = None
+    worst_disagreements: list[Disagreement] | None = None
 
 
 class RunInfo(Section):
@@ -131,10 +156,12 @@ class BreakEven(Section):
     ``calls_to_repay = distill_seconds / (teacher − student seconds per call)``: the calls
     (texts classified, tokens generated) after which the student has saved more time than
     the distillation took; None when the student is not faster. ``student`` names the
-    model it is computed for; ``basis`` says how each number was measured.
+    model it is computed for; ``unit`` what one call is ("generated tokens"; None reads as
+    texts classified); ``basis`` says how each number was measured.
     """
 
     student: Text = None
+    unit: Text = None
     basis: Text = None
     distill_seconds: Number = None
     teacher_seconds_per_1k: Number = None
