@@ -19,10 +19,17 @@ from potstill.teachers import LiveTeacher
 
 
 def teach_cache(
-    recipe: Recipe, teacher: torch.nn.Module, tokenizer: Any, data: LMData, *, directory: Path
+    recipe: Recipe,
+    teacher: torch.nn.Module,
+    tokenizer: Any,
+    data: LMData,
+    *,
+    directory: Path,
+    hidden_layers: tuple[int, ...] = (),
 ) -> TeacherCache:
-    """The teacher's top-k cache of the blocks ``recipe.train`` visits, taught into
-    ``directory`` (as the run's teach stage does it, `potstill.pipeline.stages`)."""
+    """The teacher's top-k cache of the blocks ``recipe.train`` visits (and the hidden
+    states of ``hidden_layers``), taught into ``directory`` (as the run's teach stage
+    does it, `potstill.pipeline.stages`)."""
     cfg = recipe.train
     order = scheduled_blocks(
         len(data.train),
@@ -44,4 +51,5 @@ def teach_cache(
         settings=recipe.teach,
         temperature=recipe.teach_temperature,
         plan=plan_blocks(order, len(data.train), recipe.teach.blocks),
+        hidden_layers=hidden_layers,
     )

@@ -35,10 +35,10 @@ from _common import teach_cache
 from potstill.cache.store import TeacherCache
 from potstill.config import Recipe, load_recipe
 from potstill.data import load_data
-from potstill.losses import LossTerm
+from potstill.losses import LossTerm, signal_request
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
-from potstill.tasks.causal_lm import CausalLM, prepare_inside, score_models
+from potstill.tasks.causal_lm import CausalLM, prepare_inside, resolve_inside, score_models
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.util.io import atomic_write_json
@@ -52,6 +52,19 @@ VARIANTS: dict[str, list[str]] = {
     "s192": S192,
     "frozen": ["train.freeze_embeddings=true"],
     "s192-frozen": [*S192, "train.freeze_embeddings=true"],
+    "emb01": ["train.embedding_lr_scale=0.1"],
+    "s192-emb01": [*S192, "train.embedding_lr_scale=0.1"],
+    "s192-emb03": [*S192, "train.embedding_lr_scale=0.3"],
+    "s192-emb01-fitnets": [
+        *S192,
+        "train.embedding_lr_scale=0.1",
+        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]",
+    ],
+    "s192-emb01-cut": [
+        *S192,
+        "train.embedding_lr_scale=0.1",
+        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0, layers: {{3: 27}}}}]",
+    ],
     "live": LIVE,
     "live-fitnets-mse": [*LIVE, f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]"],
     "live-fitnets-cos": [*LIVE, f"loss=[{KD}, {{loss: hidden_cosine, weight: 1.0}}]"],
@@ -140,12 +153,15 @@ def _key(*parts: Any) -> str:
 def _cache(
     recipe: Recipe, teacher: torch.nn.Module, tokenizer: Any, data: Any, root: Path
 ) -> TeacherCache:
-    """The recipe's cache: taught once into ``root`` per teach settings and seed (a cache
-    already there is verified and its taught blocks kept)."""
-    directory = root / _key(
-        recipe.teach.model_dump(mode="json"), recipe.train.seed, recipe.train.steps
-    )
-    return teach_cache(recipe, teacher, tokenizer, data, directory=directory)
+    """The recipe's cache: taught once into ``root`` per teach settings, seed and the
+    hidden states its terms compare (a cache already there is verified and its taught
+    blocks kept)."""
+    student, _ = build_student(recipe.student, teacher, tokenizer)
+    kept = recipe.student.from_teacher.layers if recipe.student.from_teacher else None
+    hidden = signal_request(resolve_inside(recipe.terms, student, teacher, kept=kept)).hidden_layers
+    key = [recipe.teach.model_dump(mode="json"), recipe.train.seed, recipe.train.steps]
+    directory = root / _key(*key, *([list(hidden)] if hidden else []))
+    return teach_cache(recipe, teacher, tokenizer, data, directory=directory, hidden_layers=hidden)
 
 
 def _train_and_score(

@@ -17,6 +17,7 @@ from potstill.data.order import scheduled_blocks as order_blocks
 from potstill.losses import top_k_signal
 from potstill.models.load import load_causal_lm
 from potstill.models.student import layer_subset
+from potstill.signals import SignalRequest
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
@@ -38,7 +39,7 @@ def source_of(recipe, tokenizer, data):
     )
 
 
-def teach(recipe, teacher, tokenizer, data, *, directory):
+def teach(recipe, teacher, tokenizer, data, *, directory, hidden_layers=()):
     plan = plan_blocks(
         scheduled_blocks(len(data.train), recipe.train), len(data.train), recipe.teach.blocks
     )
@@ -50,6 +51,7 @@ def teach(recipe, teacher, tokenizer, data, *, directory):
         settings=recipe.teach,
         temperature=recipe.teach_temperature,
         plan=plan,
+        hidden_layers=hidden_layers,
     )
 
 
@@ -67,7 +69,9 @@ def setup(tiny_teacher_dir, corpus_file):
     return recipe, teacher, tokenizer, data
 
 
-def kill_teach_after(shards, recipe, teacher, tokenizer, data, directory, monkeypatch):
+def kill_teach_after(
+    shards, recipe, teacher, tokenizer, data, directory, monkeypatch, hidden_layers=()
+):
     """Run `teach` into ``directory`` and kill it once it has written ``shards`` shards."""
     real_write = CacheWriter.write_shard
     written = []
@@ -81,7 +85,9 @@ def kill_teach_after(shards, recipe, teacher, tokenizer, data, directory, monkey
     with monkeypatch.context() as patch:
         patch.setattr(CacheWriter, "write_shard", killed)
         with pytest.raises(KeyboardInterrupt):
-            teach(recipe, teacher, tokenizer, data, directory=directory)
+            teach(
+                recipe, teacher, tokenizer, data, directory=directory, hidden_layers=hidden_layers
+            )
 
 
 def shard_bytes(directory):
@@ -321,3 +327,36 @@ def test_a_sampled_cache_refuses_terms_it_would_bias():
         Recipe(teach={"samples": 0, "top_k": 0})
     # A live teacher (no cache) takes any term.
     Recipe(teach={"samples": 8, "enabled": False}, loss=[{"loss": "jsd"}])
+
+
+def test_hidden_states_are_kept_in_float16_and_resume_like_the_rest(setup, tmp_path, monkeypatch):
+    recipe, teacher, tokenizer, data = setup
+    layers = (1, 3)
+    cache = teach(recipe, teacher, tokenizer, data, directory=tmp_path / "a", hidden_layers=layers)
+    manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
+    hidden = manifest["fields"]["hidden"]
+    assert hidden["layers"] == [1, 3] and hidden["width"] == teacher.config.hidden_size
+    assert hidden["bytes_per_token"] == 2 * 2 * teacher.config.hidden_size
+    index = torch.tensor(manifest["plan"][:3])
+    batch = data.train.batch(index)
+    with torch.no_grad():
+        want = teacher(input_ids=batch.input_ids, output_hidden_states=True).hidden_states
+    got = cache.outputs(batch, SignalRequest(distributions=False, hidden_layers=(3,)))
+    assert got.distributions is None and set(got.hidden_states) == {3}
+    torch.testing.assert_close(
+        got.hidden_states[3], want[3][:, :-1], rtol=1e-3, atol=1e-3
+    )  # float16: 11 bits of mantissa
+    with pytest.raises(PotstillError, match=r"keeps the hidden states of layers \[1, 3\]"):
+        cache.outputs(batch, SignalRequest(hidden_layers=(2,)))
+    with pytest.raises(PotstillError, match="no attention maps"):
+        cache.outputs(batch, SignalRequest(attention_layers=(0,)))
+    # Killed after one shard, then rerun: the same bytes as the straight run.
+    kill_teach_after(
+        1, recipe, teacher, tokenizer, data, tmp_path / "b", monkeypatch, hidden_layers=layers
+    )
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path / "b", hidden_layers=layers)
+    for name in sorted(p.name for p in (tmp_path / "a").glob("hidden-*.bin")):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # A cache that keeps other layers is not extended with these: teach it anew.
+    with pytest.raises(PotstillError, match="hidden layers kept"):
+        teach(recipe, teacher, tokenizer, data, directory=tmp_path / "a", hidden_layers=(2,))

@@ -118,10 +118,30 @@ def test_head_counts_that_cannot_be_grouped_are_one_line():
     assert student.config._attn_implementation == "eager"
 
 
-def test_a_cached_teacher_cannot_give_hidden_states(tmp_path, tiny_teacher_dir, corpus_file):
+def test_a_cached_teacher_keeps_hidden_states_but_not_attention_maps(
+    tmp_path, tiny_teacher_dir, corpus_file, capsys
+):
     from potstill.config import load_recipe
 
     recipe = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file)
-    recipe["loss"] = [*KD, {"loss": "hidden_mse"}]
-    with pytest.raises(PotstillError, match=r"teach\.enabled=false"):
+    recipe["loss"] = [*KD, {"loss": "attention_kl"}]
+    with pytest.raises(PotstillError, match=r"attention maps, which the teacher cache"):
         load_recipe(recipe)
+    recipe["loss"] = [*KD, {"loss": "hidden_mse", "layers": {1: 3}}]
+    path = tmp_path / "cached.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, _, err = run_cli("run", str(path), capsys=capsys)
+    assert code == 0, err
+    run = tmp_path / "runs" / "tiny"
+    manifest = json.loads((run / "cache" / "manifest.json").read_text())
+    assert manifest["fields"]["hidden"]["layers"] == [3]
+    assert all(s["fields"]["hidden"]["file"].startswith("hidden-") for s in manifest["shards"])
+    assert "hidden states of layers [3]" in err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["hidden_mse"] > 0 for r in rows if r["model"] == "student")
+    # Another map needs other layers: the cache is taught again, not misread.
+    other = "loss=[{loss: forward_kl, weight: 0.5}, {loss: hidden_mse, layers: {1: 2}}]"
+    code, _, err = run_cli("run", str(path), "--resume", other, capsys=capsys)
+    assert code == 0, err
+    manifest = json.loads((run / "cache" / "manifest.json").read_text())
+    assert manifest["fields"]["hidden"]["layers"] == [2]

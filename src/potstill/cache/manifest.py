@@ -38,6 +38,7 @@ SETTINGS_FIELDS = {
     "bits": "teach.bits",
     "samples": "teach.samples",
     "seed": "teach.seed",
+    "hidden_layers": "hidden layers kept (the hidden-state loss terms' layer maps)",
 }
 
 
@@ -106,11 +107,25 @@ class TopK(BaseModel):
     tail_mass_mean: float | None = None
 
 
+class Hidden(BaseModel):
+    """The ``hidden`` field: the teacher's hidden states at ``layers`` (HF
+    ``hidden_states`` indexing) for every position but a block's last, as ``float16``
+    ``(blocks, positions, len(layers), width)``, for hidden-state loss terms."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: list[int]
+    width: int
+    dtype: Literal["float16"] = "float16"
+    bytes: int = 0
+    bytes_per_token: float | None = None
+
+
 class Fields(BaseModel):
     """One section per field the cache stores."""
 
     model_config = ConfigDict(extra="forbid")
     top_k: TopK
+    hidden: Hidden | None = None
 
 
 class TopKFile(BaseModel):
@@ -123,11 +138,21 @@ class TopKFile(BaseModel):
     fidelity: Fidelity
 
 
+class StoredFile(BaseModel):
+    """A shard's file of a field with nothing else to record (``hidden``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
+    bytes: int
+
+
 class ShardFields(BaseModel):
     """A shard's file for each field in `Fields`."""
 
     model_config = ConfigDict(extra="forbid")
     top_k: TopKFile
+    hidden: StoredFile | None = None
 
 
 class Shard(BaseModel):
@@ -136,9 +161,10 @@ class Shard(BaseModel):
     rank: int = 0  # the process that taught it
     fields: ShardFields
 
-    def files(self) -> list[TopKFile]:
+    def files(self) -> list[TopKFile | StoredFile]:
         """Every file of the shard, one per stored field."""
-        return [self.fields.top_k]
+        hidden = self.fields.hidden
+        return [self.fields.top_k, *([hidden] if hidden is not None else [])]
 
 
 class Manifest(BaseModel):
@@ -172,14 +198,19 @@ class Manifest(BaseModel):
         plan: list[int],
         samples: int = 0,
         seed: int = 0,
+        hidden_layers: tuple[int, ...] = (),
+        width: int = 0,
     ) -> Manifest:
         """An empty cache: what made it (``source``: teacher, teacher_sha256,
-        tokenizer_sha256, data_fingerprint, block_size), its ``top_k`` settings and the
-        blocks it is to hold."""
+        tokenizer_sha256, data_fingerprint, block_size), its ``top_k`` settings, the
+        teacher hidden states it keeps (``hidden_layers``, of ``width``) and the blocks
+        it is to hold."""
+        hidden = Hidden(layers=sorted(hidden_layers), width=width) if hidden_layers else None
         return cls(
             source=Source(**source, vocab_size=vocab_size),
             fields=Fields(
-                top_k=TopK(k=top_k, temperature=temperature, bits=bits, samples=samples, seed=seed)
+                top_k=TopK(k=top_k, temperature=temperature, bits=bits, samples=samples, seed=seed),
+                hidden=hidden,
             ),
             plan=plan,
         ).with_totals()
@@ -236,6 +267,11 @@ class Manifest(BaseModel):
     def seed(self) -> int:
         return self.fields.top_k.seed
 
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        hidden = self.fields.hidden
+        return tuple(hidden.layers) if hidden is not None else ()
+
     def describe(self) -> str:
         """One line for logs: what the cache keeps per token, its size and fidelity."""
         if self.samples:
@@ -245,6 +281,9 @@ class Manifest(BaseModel):
             kept = f"top {self.top_k}"
             kl = self.reconstruction_kl_mean
             fidelity = "reconstruction KL " + ("-" if kl is None else f"{kl:.4f}")
+        hidden = self.fields.hidden
+        if hidden is not None:
+            kept += f" and the hidden states of layers {hidden.layers}"
         size = "-" if self.bytes_per_token is None else f"{self.bytes_per_token:.1f}"
         return (
             f"{self.tokens:,} tokens, {kept} at T={self.temperature:g}, {size} bytes/token, "
@@ -286,9 +325,18 @@ class Manifest(BaseModel):
                 "tail_mass_mean": fidelity.tail_mass_mean if fidelity.tokens else None,
             }
         )
+        hidden = self.fields.hidden
+        if hidden is not None:
+            hidden_size = sum(s.fields.hidden.bytes for s in self.shards if s.fields.hidden)
+            hidden = hidden.model_copy(
+                update={
+                    "bytes": hidden_size,
+                    "bytes_per_token": hidden_size / tokens if tokens else None,
+                }
+            )
         return self.model_copy(
             update={
-                "fields": self.fields.model_copy(update={"top_k": top_k}),
+                "fields": self.fields.model_copy(update={"top_k": top_k, "hidden": hidden}),
                 "tokens": tokens,
                 "bytes": size,
                 "bytes_per_token": size / tokens if tokens else None,

@@ -23,6 +23,7 @@ read as format 2; the next `CacheWriter.open` rewrites it on disk as format 2.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from potstill.cache.manifest import (
     Manifest,
     Shard,
     ShardFields,
+    StoredFile,
     TopKFile,
     check_codec,
     check_source,
@@ -111,23 +113,59 @@ class CacheWriter:
         writer._save()
         return writer
 
-    def write_shard(self, blocks: list[int], payload: bytes, fidelity: Fidelity) -> None:
-        """Write ``payload``, the `codec` top-k payload of ``blocks``, as the next shard."""
+    def write_shard(
+        self, blocks: list[int], payload: bytes, fidelity: Fidelity, hidden: bytes | None = None
+    ) -> None:
+        """Write ``payload``, the `codec` top-k payload of ``blocks``, as the next shard,
+        with ``hidden``, its float16 hidden states, when the cache keeps them."""
+        if (hidden is None) != (self.manifest.fields.hidden is None):
+            raise ValueError("a shard has hidden states exactly when the cache keeps them")
         used = {stored.file for s in self.manifest.shards for stored in s.files()}
         index = len(self.manifest.shards)
-        while (name := f"shard-{index:05d}.bin") in used:
+        while (name := f"shard-{index:05d}.bin") in used or f"hidden-{index:05d}.bin" in used:
             index += 1
         path = self.directory / name
         atomic_write_bytes(path, payload)
         top_k = TopKFile(file=name, sha256=sha256_file(path), bytes=len(payload), fidelity=fidelity)
-        shard = Shard(blocks=list(blocks), fields=ShardFields(top_k=top_k))
+        states = None
+        if hidden is not None:
+            states_path = self.directory / f"hidden-{index:05d}.bin"
+            atomic_write_bytes(states_path, hidden)
+            states = StoredFile(
+                file=states_path.name, sha256=sha256_file(states_path), bytes=len(hidden)
+            )
+        shard = Shard(blocks=list(blocks), fields=ShardFields(top_k=top_k, hidden=states))
         self.manifest = self.manifest.model_copy(
             update={"shards": [*self.manifest.shards, shard]}
         ).with_totals()
         self._save()
 
     def _save(self) -> None:
-        atomic_write_text(self.directory / MANIFEST, self.manifest.model_dump_json(indent=1))
+        data = self.manifest.model_dump(mode="json")
+        # A cache without hidden states is written as before they existed.
+        for fields in [data["fields"], *(shard["fields"] for shard in data["shards"])]:
+            if fields.get("hidden") is None:
+                fields.pop("hidden", None)
+        atomic_write_text(self.directory / MANIFEST, json.dumps(data, indent=1))
+
+
+def _read_hidden(directory: Path, shard: Shard, manifest: Manifest) -> torch.Tensor:
+    """A shard's hidden states, ``(blocks, positions, layers, width)`` float16."""
+    hidden = manifest.fields.hidden
+    stored = shard.fields.hidden
+    if hidden is None or stored is None:
+        raise PotstillError(
+            f"teacher cache {directory}: a shard of blocks {shard.blocks[:3]}… has no hidden "
+            "states; rerun `potstill teach RECIPE`"
+        )
+    values = np.frombuffer((directory / stored.file).read_bytes(), dtype="<f2")
+    shape = (len(shard.blocks), manifest.positions, len(hidden.layers), hidden.width)
+    if values.size != int(np.prod(shape)):
+        raise PotstillError(
+            f"teacher cache shard {directory / stored.file} holds {values.size} values, its "
+            f"manifest entry says {int(np.prod(shape))}: rerun `potstill teach RECIPE`"
+        )
+    return torch.from_numpy(values.copy()).reshape(shape)
 
 
 def shard_problem(directory: Path, shard: Shard) -> str | None:
@@ -152,11 +190,20 @@ class TeacherCache:
     against under 100 on disk.
     """
 
-    def __init__(self, manifest: Manifest, ids, logprobs, tail, rows: torch.Tensor) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        ids,
+        logprobs,
+        tail,
+        rows: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+    ) -> None:
         self.manifest = manifest
         self.ids = ids  # (blocks, P, K) int32
         self.logprobs = logprobs  # (blocks, P, K) float32
         self.tail = tail  # (blocks, P) float32
+        self.hidden = hidden  # (blocks, P, layers, H) float16, or None
         self._rows = rows  # block index -> row, -1 where not cached
 
     @classmethod
@@ -175,7 +222,7 @@ class TeacherCache:
                 f"teacher cache {directory} is incomplete ({len(manifest.covered)} of "
                 f"{len(manifest.plan)} blocks): finish it with `potstill teach RECIPE`"
             )
-        ids, logprobs, tail, blocks = [], [], [], []
+        ids, logprobs, tail, blocks, hidden = [], [], [], [], []
         shape = (-1, manifest.positions)
         for shard in manifest.shards:
             path = directory / shard.fields.top_k.file
@@ -199,11 +246,14 @@ class TeacherCache:
             ids.append(torch.from_numpy(shard_ids.astype(np.int32)).reshape(*shape, k))
             logprobs.append(torch.from_numpy(shard_logprobs.astype(np.float32)).reshape(*shape, k))
             tail.append(torch.from_numpy(shard_tail.astype(np.float32)).reshape(shape))
+            if manifest.fields.hidden is not None:
+                hidden.append(_read_hidden(directory, shard, manifest))
             blocks.extend(shard.blocks)
         order = torch.tensor(blocks, dtype=torch.long)
         rows = torch.full((int(order.max()) + 1 if blocks else 0,), -1, dtype=torch.long)
         rows[order] = torch.arange(len(blocks))
-        return cls(manifest, torch.cat(ids), torch.cat(logprobs), torch.cat(tail), rows)
+        states = torch.cat(hidden) if hidden else None
+        return cls(manifest, torch.cat(ids), torch.cat(logprobs), torch.cat(tail), rows, states)
 
     def check_covers(self, blocks: list[int]) -> None:
         missing = [b for b in blocks if b >= len(self._rows) or self._rows[b] < 0]
@@ -217,14 +267,27 @@ class TeacherCache:
     def outputs(self, batch: Batch, request: SignalRequest) -> TeacherOutputs:
         """The cached teacher outputs for ``batch`` (a `TeacherSource`, keyed by
         ``batch.index``); a request for a field the cache does not hold is refused."""
-        if request.hidden_layers or request.attention_layers:
+        if request.attention_layers:
             raise PotstillError(
-                "the teacher cache holds token distributions only, but a loss term asks for "
-                "hidden states or attention maps: set teach.enabled=false to run the teacher live"
+                "the teacher cache holds no attention maps, but a loss term asks for them: "
+                "set teach.enabled=false to run the teacher live"
             )
-        if not request.distributions:
-            return TeacherOutputs()
-        return TeacherOutputs(self.signal(batch.index))
+        kept = self.manifest.hidden_layers
+        missing = [layer for layer in request.hidden_layers if layer not in kept]
+        if missing:
+            raise PotstillError(
+                f"the teacher cache keeps the hidden states of layers {list(kept)}, but a loss "
+                f"term asks for layers {missing}: teach the cache again for this recipe"
+            )
+        signal = self.signal(batch.index) if request.distributions else None
+        states = {}
+        if request.hidden_layers:
+            rows = self._rows[batch.index.cpu()]
+            block = self.hidden[rows]  # (B, P, layers, H) float16
+            states = {
+                layer: block[:, :, kept.index(layer)].float() for layer in request.hidden_layers
+            }
+        return TeacherOutputs(signal, states)
 
     def signal(self, block_index: torch.Tensor) -> SparseSignal:
         """The cached signal of training blocks ``block_index``: ``(B, block_size − 1, …)``."""

@@ -63,10 +63,17 @@ def teach(
     temperature: float,
     plan: list[int],
     log: Callable[[str], None] = lambda _: None,
+    hidden_layers: tuple[int, ...] = (),
 ) -> TeacherCache:
     """Fill the cache in ``directory`` with the teacher's top-k signal for the ``plan``
-    blocks (continuing one a killed run left), then load and return it."""
+    blocks (continuing one a killed run left), then load and return it.
+
+    ``hidden_layers`` (HF ``hidden_states`` indices) are kept too, as float16, for
+    hidden-state loss terms.
+    """
     vocab = teacher.model.get_output_embeddings().weight.shape[0]  # what cached ids index
+    config = teacher.model.config
+    width = (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
     fresh = Manifest.new(
         source,
         vocab_size=vocab,
@@ -76,6 +83,8 @@ def teach(
         plan=plan,
         samples=settings.samples,
         seed=settings.seed,
+        hidden_layers=tuple(hidden_layers),
+        width=width,
     )
     writer = CacheWriter.open(directory, fresh, log=log)
     remaining = writer.manifest.remaining()
@@ -95,19 +104,23 @@ def _teach_blocks(
     shard_blocks, batch_size = settings.shard_blocks, settings.batch_size
     teacher.model.eval()
     done = len(manifest.plan) - len(remaining)
-    request = SignalRequest(distributions=True)
+    layers = manifest.hidden_layers
+    request = SignalRequest(distributions=True, hidden_layers=layers)
     with bar("   teach", total=len(manifest.plan), completed=done) as progress:
         for start in range(0, len(remaining), shard_blocks):
             shard = remaining[start : start + shard_blocks]
-            signals, fidelity = [], Fidelity()
+            signals, fidelity, states = [], Fidelity(), []
             # A shard's draws are fixed by the seed and its first block: a shard taught
             # again after a kill draws what it drew before.
             generator = torch.Generator().manual_seed(manifest.seed * 1_000_003 + shard[0])
             for offset in range(0, len(shard), batch_size):
                 index = torch.tensor(shard[offset : offset + batch_size])
                 with torch.inference_mode():
-                    logits = teacher.outputs(blocks.batch(index), request).distributions.logits
-                    logits = logits.cpu()  # (B, L − 1, V)
+                    outputs = teacher.outputs(blocks.batch(index), request)
+                    logits = outputs.distributions.logits.cpu()  # (B, L − 1, V)
+                    if layers:  # (B, L − 1, layers, H): every position but the last
+                        stacked = torch.stack([outputs.hidden_states[i] for i in layers], dim=2)
+                        states.append(stacked[:, :-1].to(torch.float16).cpu().numpy())
                     signal = cache_signal(logits, manifest, generator)
                     if offset == 0:  # a sample of every shard: its first block
                         fidelity = _fidelity(logits[:1], _first(signal), manifest)
@@ -117,7 +130,8 @@ def _teach_blocks(
             payload = codec.encode(
                 ids, logprobs, tail, vocab_size=manifest.vocab_size, bits=manifest.bits
             )
-            writer.write_shard(shard, payload, fidelity)
+            hidden = np.concatenate(states).astype("<f2").tobytes() if layers else None
+            writer.write_shard(shard, payload, fidelity, hidden)
 
 
 def cache_signal(

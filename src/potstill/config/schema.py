@@ -126,15 +126,14 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
-    def _inside_terms_run_live(self) -> Recipe:
-        """The cache keeps token distributions only; hidden-state and attention terms
-        need the teacher's insides at every step."""
-        inside = sorted({t.loss for t in self.terms if t.spec.kind != "tokens" and t.weight > 0})
-        if inside and self.teach.enabled:
+    def _attention_terms_run_live(self) -> Recipe:
+        """The cache keeps token distributions and hidden states, not attention maps."""
+        maps = sorted({t.loss for t in self.terms if t.spec.kind == "attention" and t.weight > 0})
+        if maps and self.teach.enabled:
             raise ValueError(
-                f"loss terms {', '.join(inside)} compare the teacher's hidden states or "
-                "attention maps, which the teacher cache does not keep: set "
-                "teach.enabled=false (the teacher runs live at every step)"
+                f"loss terms {', '.join(maps)} compare the teacher's attention maps, which the "
+                "teacher cache does not keep: set teach.enabled=false (the teacher runs live "
+                "at every step)"
             )
         return self
 

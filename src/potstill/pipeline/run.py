@@ -18,9 +18,9 @@ from potstill.pipeline.reason import run_reasoning
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import (
     CE_ONLY,
-    check_inside_terms,
     distill_stage,
     evaluate_stage,
+    inside_request,
     report_stage,
     teacher_signal,
 )
@@ -87,7 +87,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     if "report" in stages and "evaluate" not in stages:
         raise PotstillError("stages: report needs evaluate; add it, or drop report")
     ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
-    check_inside_terms(ctx)
+    inside_request(ctx)  # an impossible layer map is refused before anything is taught
     ctx.recipe = fit_budget(ctx, started)
     teaching = time.perf_counter()
     source, source_print = teacher_signal(ctx, teach_now="teach" in stages)

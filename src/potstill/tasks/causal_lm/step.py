@@ -132,9 +132,9 @@ def student_loss(
         inside_terms,
         [h[:, :-1] for h in out.hidden_states or ()],
         [a[:, :, :-1, :-1] for a in out.attentions or ()],
-        TeacherOutputs(
+        TeacherOutputs(  # a live teacher's are (B, L, ·), a cache's already (B, L − 1, ·)
             None,
-            {k: v[:, :-1] for k, v in outputs.hidden_states.items()},
+            {k: v[:, : targets.shape[1]] for k, v in outputs.hidden_states.items()},
             {k: v[:, :, :-1, :-1] for k, v in outputs.attentions.items()},
         ),
         valid,
