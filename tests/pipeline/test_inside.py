@@ -145,3 +145,21 @@ def test_a_cached_teacher_keeps_hidden_states_but_not_attention_maps(
     assert code == 0, err
     manifest = json.loads((run / "cache" / "manifest.json").read_text())
     assert manifest["fields"]["hidden"]["layers"] == [2]
+
+
+def test_a_curriculum_run_visits_easy_blocks_first(tmp_path, tiny_teacher_dir, corpus_file, capsys):
+    from potstill.config import load_recipe
+
+    recipe = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file, steps=4)
+    with pytest.raises(PotstillError, match="read from the teacher cache"):
+        load_recipe({**recipe, "teach": {"enabled": False}, "train": {"curriculum": "easy_first"}})
+    path = tmp_path / "curriculum.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, _, err = run_cli("run", str(path), "train.curriculum=easy_first", capsys=capsys)
+    assert code == 0, err
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    ]
+    student = [r["forward_kl"] for r in rows if r["model"] == "student"]
+    assert len(student) == 4

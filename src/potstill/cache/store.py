@@ -24,6 +24,8 @@ read as format 2; the next `CacheWriter.open` rewrites it on disk as format 2.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +290,22 @@ class TeacherCache:
                 layer: block[:, :, kept.index(layer)].float() for layer in request.hidden_layers
             }
         return TeacherOutputs(signal, states)
+
+    def block_entropy(self, blocks: Sequence[int]) -> torch.Tensor:
+        """The teacher's mean next-token entropy (nats) over each of ``blocks``, from the
+        cached distribution: the stored ids, plus the tail mass spread evenly over the
+        other ids (a sampled cache has no tail: its estimate's entropy). ``(len(blocks),)``
+        float32; a curriculum's difficulty (`potstill.train.curriculum`)."""
+        index = torch.as_tensor(list(blocks), dtype=torch.long)
+        self.check_covers(index.tolist())
+        signal = self.signal(index)
+        logp = signal.logprobs.double()  # (B, P, K), −inf in unused slots
+        p = logp.exp()
+        stored = -(p * torch.where(p > 0, logp, 0.0)).sum(-1)  # (B, P)
+        tail = signal.tail_logprob.double()  # (B, P)
+        others = max(self.manifest.vocab_size - logp.shape[-1], 1)
+        spread = torch.where(tail > -math.inf, -tail.exp() * (tail - math.log(others)), 0.0)
+        return (stored + spread).mean(-1).float()
 
     def signal(self, block_index: torch.Tensor) -> SparseSignal:
         """The cached signal of training blocks ``block_index``: ``(B, block_size − 1, …)``."""

@@ -126,6 +126,18 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _curriculum_reads_the_cache(self) -> Recipe:
+        if self.train.curriculum != "none" and not (
+            self.teach.enabled and self.needs_teacher_logits
+        ):
+            raise ValueError(
+                f"train.curriculum={self.train.curriculum} orders blocks by the teacher's "
+                "entropy, read from the teacher cache: keep teach.enabled=true and a "
+                "distillation loss term"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _attention_terms_run_live(self) -> Recipe:
         """The cache keeps token distributions and hidden states, not attention maps."""
         maps = sorted({t.loss for t in self.terms if t.spec.kind == "attention" and t.weight > 0})

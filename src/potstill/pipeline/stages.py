@@ -175,6 +175,8 @@ def distill_stage(
     recipe, run_dir = ctx.recipe, ctx.run_dir
     out = run_dir / name
     train_keys = recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"})
+    if source is None:
+        train_keys["curriculum"] = "none"
     print_ = fingerprint(
         name,
         recipe.student.model_dump(mode="json"),
@@ -205,6 +207,8 @@ def distill_stage(
     projections.to(ctx.device)
     model = wrap_adapter(student.to(ctx.device), recipe.student)
     cfg = recipe.train
+    if source is None:  # no teacher (the baseline): no entropy to order by, random order
+        cfg = cfg.model_copy(update={"curriculum": "none"})
     if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
         cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
     result = train(

@@ -24,6 +24,7 @@ from potstill.data.order import block_indices
 from potstill.signals import SignalRequest, TeacherOutputs
 from potstill.teachers import TeacherSource
 from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from potstill.train.curriculum import curriculum_order
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
 from potstill.util.io import atomic_write_text
@@ -120,6 +121,14 @@ def train(
     if resume and (checkpoint_dir / "state.json").is_file():
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra=extra)
     _truncate_metrics(metrics_path, name, after_step=state.step)
+    schedule = curriculum_order(
+        len(data),
+        micro_batches=cfg.steps * cfg.grad_accum,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        curriculum=cfg.curriculum,
+        difficulty=getattr(teacher, "block_entropy", None),
+    )
 
     request = task.request
     if not request.empty and teacher is None:
@@ -138,7 +147,11 @@ def train(
         while state.step < cfg.steps:
             started = time.perf_counter()
             micro = [
-                data.batch(_micro_index(len(data), cfg, state.step * cfg.grad_accum + i))
+                data.batch(
+                    _micro_index(len(data), cfg, state.step * cfg.grad_accum + i)
+                    if schedule is None
+                    else torch.tensor(schedule[state.step * cfg.grad_accum + i])
+                )
                 for i in range(cfg.grad_accum)
             ]
             # Normalise by the step's global valid-token count: every micro-batch's loss is a
@@ -221,7 +234,7 @@ def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
                 "lr": cfg.lr * cfg.embedding_lr_scale,
             }
         )
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=cfg.adam_eps)
 
 
 def _micro_index(n: int, cfg: TrainConfig, micro_index: int) -> torch.Tensor:

@@ -27,6 +27,12 @@ class TrainConfig(Strict):
     # appears, whatever its gradient; a smaller multiple keeps the big tied vocabulary
     # from destabilising a small-batch run (bench/results/defaults.md).
     embedding_lr_scale: float = Field(1.0, ge=0.0)
+    # AdamW's epsilon: an update is m / (sqrt(v) + eps), so a parameter whose gradients
+    # are far below eps barely moves instead of moving by about lr on noise.
+    adam_eps: float = Field(1.0e-8, gt=0.0)
+    # Visit the scheduled blocks easy → hard (or hard → easy) by the teacher's entropy,
+    # read from the cache (`potstill.train.curriculum`); none = the random order.
+    curriculum: Literal["none", "easy_first", "hard_first"] = "none"
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
