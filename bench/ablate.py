@@ -68,6 +68,17 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "s192-eps6": [*S192, "train.adam_eps=1e-6"],
     "s192-eps5": [*S192, "train.adam_eps=1e-5"],
+    "s192-eps6-cut": [
+        *S192,
+        "train.adam_eps=1e-6",
+        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0, layers: {{3: 27}}}}]",
+    ],
+    "s192-eps6-fitnets": [
+        *S192,
+        "train.adam_eps=1e-6",
+        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]",
+    ],
+    "s192-eps6-lr1e3": [*S192, "train.adam_eps=1e-6", "train.lr=1e-3"],
     "s192-easy": [*S192, "train.curriculum=easy_first"],
     "s192-hard": [*S192, "train.curriculum=hard_first"],
     "live": LIVE,

@@ -163,3 +163,30 @@ def test_a_curriculum_run_visits_easy_blocks_first(tmp_path, tiny_teacher_dir, c
     ]
     student = [r["forward_kl"] for r in rows if r["model"] == "student"]
     assert len(student) == 4
+
+
+def test_multi_stage_links_the_assistants_report(tmp_path, tiny_teacher_dir, corpus_file, capsys):
+    """teacher → assistant → student: the second stage's teacher is the first's student,
+    and its report links the first's."""
+    first = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file, steps=2)
+    first.update(name="assistant", student={"from_teacher": {"layers": [0, 1, 3]}})
+    second = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file, steps=2)
+    assistant = tmp_path / "runs" / "assistant" / "student"
+    second.update(
+        name="student", teacher=str(assistant), student={"from_teacher": {"layers": [0, 2]}}
+    )
+    for recipe in (first, second):
+        path = tmp_path / f"{recipe['name']}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        code, _, err = run_cli("run", str(path), capsys=capsys)
+        assert code == 0, err
+    report = json.loads((tmp_path / "runs" / "student" / "report.json").read_text())
+    assert report["recipe"]["teacher_run"] == {
+        "name": "assistant",
+        "report": "../assistant/report.html",
+    }
+    assert report["models"]["teacher"]["params"] > report["models"]["student"]["params"]
+    assert (
+        "teacher_run"
+        not in json.loads((tmp_path / "runs" / "assistant" / "report.json").read_text())["recipe"]
+    )

@@ -8,6 +8,7 @@ resumed run skips what is done and redoes what changed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -304,6 +305,7 @@ def report_stage(
             **recipe.train.model_dump(include={"steps", "batch_size", "grad_accum", "lr"}),
             "block_size": recipe.data.block_size,
             "teacher_signal": _signal_summary(source, taught),
+            **_teacher_run(recipe.teacher, ctx.run_dir),
         },
         models=models,
         budget=_budget(ctx.run_dir),
@@ -311,6 +313,20 @@ def report_stage(
     )
     write_report(ctx.run_dir, report, read_curves(ctx.run_dir / "metrics.jsonl"))
     return report
+
+
+def _teacher_run(teacher: str, run_dir: Path) -> dict[str, Any]:
+    """Multi-stage distillation: when the teacher is another run's ``student/`` (teacher →
+    assistant → student), the report links that run's report."""
+    folder = Path(teacher).expanduser()
+    report = folder.parent / "report.html"
+    if folder.name != "student" or not report.is_file():
+        return {}
+    try:
+        link = os.path.relpath(report.resolve(), run_dir.resolve())
+    except ValueError:  # another drive (Windows)
+        link = str(report.resolve())
+    return {"teacher_run": {"name": folder.parent.name, "report": link}}
 
 
 def _budget(run_dir: Path) -> dict[str, Any] | None:
