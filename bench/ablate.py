@@ -4,17 +4,17 @@
         [--steps 130] [--cache-dir runs/ablate-cache] [--out bench/results/ablate.json]
 
 Every variant is the embedded default recipe (no time budget: ``--steps`` steps) with the
-overrides listed in ``VARIANTS``. For each seed, each variant's student trains from the
-teacher cache its ``teach`` settings ask for (taught once per seed and settings into
-``--cache-dir``, reused by later variants and later runs; ``teach.enabled=false``
+overrides listed in ``VARIANTS`` (the previous default's among them). For each seed, each
+variant's student trains from the teacher cache its ``teach`` settings ask for (taught
+once per seed and settings into ``--cache-dir`` and reused; ``teach.enabled=false``
 variants train from the live teacher), and the same student trained with cross-entropy
-only (its baseline, with the variant's ``train`` and ``student`` settings; shared by
-variants that differ only in the loss, and kept in ``--cache-dir`` for later runs)
-trains beside it.
-Every model is scored on the default held-out play against the teacher: perplexity, the
-share of the log-perplexity gap closed, ``(log B − log S) / (log B − log T)``, top-1
-agreement, and the training seconds of this run. The table closes with the mean ± sd
-over the seeds.
+only (its baseline: the variant's ``train`` and ``student`` settings, random order;
+shared by variants that differ only in the loss, and kept in ``--cache-dir``) trains
+beside it. Every model is scored on the held-out split against the teacher: perplexity,
+the share of the log-perplexity gap closed, ``(log B − log S) / (log B − log T)``, top-1
+agreement, and the training seconds. Rows already in ``--out`` are kept (a variant and
+seed run again replaces its row), and the table covers them all, closing with the mean ±
+sd over the seeds.
 """
 
 from __future__ import annotations
@@ -45,46 +45,32 @@ from potstill.train.loop import train
 from potstill.util.io import atomic_write_json, atomic_write_text
 
 # name -> overrides of the embedded default recipe.
-S192 = ["teach.top_k=0", "teach.samples=192"]
-LIVE = ["teach.enabled=false"]
+# name -> overrides of the embedded default recipe (a cache of 192 draws, lr 1e-3, AdamW
+# eps 1e-6; `potstill.config.load.DEFAULT_RECIPE`).
 KD = "{loss: forward_kl, weight: 0.7}, {loss: cross_entropy, weight: 0.3}"
+# The default before issue 10: a top-64 cache, lr 7e-4, eps 1e-8.
+PREVIOUS = ["train.lr=7e-4", "train.adam_eps=1e-8"]
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    "s192": S192,
-    "frozen": ["train.freeze_embeddings=true"],
-    "s192-frozen": [*S192, "train.freeze_embeddings=true"],
-    "emb01": ["train.embedding_lr_scale=0.1"],
-    "s192-emb01": [*S192, "train.embedding_lr_scale=0.1"],
-    "s192-emb03": [*S192, "train.embedding_lr_scale=0.3"],
-    "s192-emb01-fitnets": [
-        *S192,
-        "train.embedding_lr_scale=0.1",
-        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]",
+    "previous": [*PREVIOUS, "teach.top_k=64", "teach.samples=0"],
+    "previous-s192": PREVIOUS,
+    "frozen": [*PREVIOUS, "train.freeze_embeddings=true"],
+    "emb-lr-0.1": [*PREVIOUS, "train.embedding_lr_scale=0.1"],
+    "emb-lr-0.3": [*PREVIOUS, "train.embedding_lr_scale=0.3"],
+    "eps-1e-6": ["train.lr=7e-4"],
+    "fitnets-cut": ["train.lr=7e-4", f"loss=[{KD}, {{loss: hidden_mse, layers: {{3: 27}}}}]"],
+    "fitnets-7e-4": ["train.lr=7e-4", f"loss=[{KD}, {{loss: hidden_mse}}]"],
+    "fitnets": [f"loss=[{KD}, {{loss: hidden_mse}}]"],
+    "easy-first": ["train.curriculum=easy_first"],
+    "hard-first": ["train.curriculum=hard_first"],
+    "live": [*PREVIOUS, "teach.enabled=false"],
+    "live-fitnets": [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: hidden_mse}}]"],
+    "live-fitnets-cos": [
+        *PREVIOUS,
+        "teach.enabled=false",
+        f"loss=[{KD}, {{loss: hidden_cosine}}]",
     ],
-    "s192-emb01-cut": [
-        *S192,
-        "train.embedding_lr_scale=0.1",
-        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0, layers: {{3: 27}}}}]",
-    ],
-    "s192-eps6": [*S192, "train.adam_eps=1e-6"],
-    "s192-eps5": [*S192, "train.adam_eps=1e-5"],
-    "s192-eps6-cut": [
-        *S192,
-        "train.adam_eps=1e-6",
-        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0, layers: {{3: 27}}}}]",
-    ],
-    "s192-eps6-fitnets": [
-        *S192,
-        "train.adam_eps=1e-6",
-        f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]",
-    ],
-    "s192-eps6-lr1e3": [*S192, "train.adam_eps=1e-6", "train.lr=1e-3"],
-    "s192-easy": [*S192, "train.curriculum=easy_first"],
-    "s192-hard": [*S192, "train.curriculum=hard_first"],
-    "live": LIVE,
-    "live-fitnets-mse": [*LIVE, f"loss=[{KD}, {{loss: hidden_mse, weight: 1.0}}]"],
-    "live-fitnets-cos": [*LIVE, f"loss=[{KD}, {{loss: hidden_cosine, weight: 1.0}}]"],
-    "live-attention": [*LIVE, f"loss=[{KD}, {{loss: attention_kl, weight: 1.0}}]"],
+    "live-attention": [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: attention_kl}}]"],
 }
 CE_ONLY = [LossTerm("cross_entropy", 1.0)]
 
@@ -125,6 +111,13 @@ def main() -> None:
     print(f"teacher perplexity {teacher_ppl:.2f}", flush=True)
 
     rows: list[dict[str, Any]] = []
+    if args.out and args.out.is_file():
+        rerun = {(n, seed, args.corpus) for n in names for seed in seeds}
+        rows = [
+            r
+            for r in json.loads(args.out.read_text())
+            if (r["variant"], r["seed"], r["corpus"]) not in rerun
+        ]
     # Baselines are deterministic per train and student settings: kept across runs.
     known = args.cache_dir / f"baselines-{args.corpus}.json"
     baselines: dict[str, dict[str, Any]] = json.loads(known.read_text()) if known.is_file() else {}
@@ -161,6 +154,7 @@ def main() -> None:
             closed = (math.log(baseline["perplexity"]) - math.log(student["perplexity"])) / gap
             row = {
                 "variant": name,
+                "corpus": args.corpus,
                 "seed": seed,
                 **student,
                 "baseline_perplexity": baseline["perplexity"],
@@ -169,13 +163,16 @@ def main() -> None:
                 "gap_closed": closed,
             }
             rows.append(row)
+            rows.sort(key=lambda r: (r["corpus"], list(VARIANTS).index(r["variant"]), r["seed"]))
             print(
                 f"seed {seed} {name}: student {student['perplexity']:.2f}, gap closed {closed:.1%}",
                 flush=True,
             )
             if args.out:
                 args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    _table(rows, names, args.steps)
+    mine = [r for r in rows if r["corpus"] == args.corpus]
+    print(f"\ncorpus: {args.corpus}")
+    _table(mine, list(dict.fromkeys(r["variant"] for r in mine)), args.steps)
 
 
 def _corpus(name: str, root: Path) -> list[str]:

@@ -83,12 +83,16 @@ def test_loss_names_come_from_the_registry():
 
     for name, spec in REGISTRY.items():
         # Hidden and attention terms need the teacher's insides: it runs live.
-        live = [] if spec.kind == "tokens" else ["teach.enabled=false"]
+        # A sampled cache (the default's) serves forward KL only: others read a top-k cache.
+        live = ["teach.samples=0", "teach.top_k=64"]
+        if spec.kind != "tokens":
+            live = ["teach.enabled=false"]
         assert load_recipe(None, [f"loss=[{{loss: {name}}}]", *live]).loss[0].loss == name
 
 
 def test_recipe_terms_are_the_losses_terms():
-    recipe = load_recipe(None, ["loss=[{loss: jsd, temperature: 2, beta: 0.3}]"])
+    top_k = ["teach.samples=0", "teach.top_k=64"]  # jsd reads a top-k cache
+    recipe = load_recipe(None, ["loss=[{loss: jsd, temperature: 2, beta: 0.3}]", *top_k])
     (term,) = recipe.terms
     assert (term.loss, term.temperature, dict(term.params)) == ("jsd", 2.0, {"beta": 0.3})
     assert recipe.loss[0].alpha is None  # a parameter another loss takes reads None

@@ -158,7 +158,7 @@ def test_attention_from_an_sdpa_teacher_says_to_load_it_eager(model, ids):
         LiveTeacher(model).outputs(packed(ids), request)
 
 
-def test_the_cache_serves_distributions_and_refuses_hidden_states(model, tmp_path):
+def test_the_cache_serves_distributions_and_refuses_what_it_does_not_keep(model, tmp_path):
     g = torch.Generator().manual_seed(2)
     data = torch.randint(1, VOCAB, (4, 8), generator=g)
     blocks = Blocks(data, data.clone())
@@ -187,9 +187,7 @@ def test_the_cache_serves_distributions_and_refuses_hidden_states(model, tmp_pat
     assert torch.equal(sparse.ids.long().sort(-1).values, top5.indices.sort(-1).values)
     assert cache.outputs(batch, NOTHING) == TeacherOutputs()
 
-    for request in (
-        SignalRequest(hidden_layers=(1,)),
-        SignalRequest(distributions=False, attention_layers=(0,)),
-    ):
-        with pytest.raises(PotstillError, match=r"token distributions only.*teach\.enabled=false"):
-            cache.outputs(batch, request)
+    with pytest.raises(PotstillError, match=r"keeps the hidden states of layers \[\]"):
+        cache.outputs(batch, SignalRequest(hidden_layers=(1,)))
+    with pytest.raises(PotstillError, match=r"no attention maps.*teach\.enabled=false"):
+        cache.outputs(batch, SignalRequest(distributions=False, attention_layers=(0,)))

@@ -165,7 +165,8 @@ class Recipe(Strict):
         if other:
             raise ValueError(
                 f"teach.samples: a sampled cache is an unbiased estimate for forward_kl only, "
-                f"not {', '.join(other)}; use forward_kl, or teach.samples=0 (top-k)"
+                f"not {', '.join(other)}; use forward_kl, or a top-k cache "
+                "(teach.samples=0 teach.top_k=64)"
             )
         temperatures = {t.temperature for t in kd} | {self.teach_temperature}
         if len(temperatures) > 1:
