@@ -213,6 +213,8 @@ def _cache(
     kept = recipe.student.from_teacher.layers if recipe.student.from_teacher else None
     hidden = signal_request(resolve_inside(recipe.terms, student, teacher, kept=kept)).hidden_layers
     key = [recipe.teach.model_dump(mode="json"), recipe.train.seed, recipe.train.steps]
+    if recipe.data.path is not None:  # another corpus: its own caches
+        key.append(recipe.data.path)
     directory = root / _key(*key, *([list(hidden)] if hidden else []))
     return teach_cache(recipe, teacher, tokenizer, data, directory=directory, hidden_layers=hidden)
 
