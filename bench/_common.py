@@ -15,6 +15,7 @@ from potstill.cache.teach import cache_source, plan_blocks, teach
 from potstill.config import Recipe
 from potstill.data import LMData
 from potstill.data.order import scheduled_blocks
+from potstill.tasks.causal_lm import LMScores, score_models
 from potstill.teachers import LiveTeacher
 
 
@@ -53,3 +54,16 @@ def teach_cache(
         plan=plan_blocks(order, len(data.train), recipe.teach.blocks),
         hidden_layers=hidden_layers,
     )
+
+
+def heldout_score(
+    teacher: torch.nn.Module, model: torch.nn.Module, data: LMData, batch_size: int
+) -> LMScores:
+    """``model``'s scores on the held-out split, against ``teacher`` (agreement, KL)."""
+    return score_models(
+        {"teacher": teacher, "model": model},
+        data.heldout.input_ids,
+        data.heldout.labels,
+        teacher="teacher",
+        batch_size=batch_size,
+    )["model"]

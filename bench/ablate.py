@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import teach_cache
+from _common import heldout_score, teach_cache
 
 from potstill.cache.store import TeacherCache
 from potstill.config import Recipe, load_recipe
@@ -44,7 +44,6 @@ from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.util.io import atomic_write_json, atomic_write_text
 
-# name -> overrides of the embedded default recipe.
 # name -> overrides of the embedded default recipe (a cache of 192 draws, lr 1e-3, AdamW
 # eps 1e-6, 0.7 forward KL + 0.3 CE + FitNets; `potstill.config.load.DEFAULT_RECIPE`).
 KD = "{loss: forward_kl, weight: 0.7}, {loss: cross_entropy, weight: 0.3}"
@@ -247,13 +246,7 @@ def _train_and_score(
         rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
         wall = time.perf_counter() - started
     teacher.set_attn_implementation("sdpa")
-    score = score_models(
-        {"teacher": teacher, "model": model},
-        data.heldout.input_ids,
-        data.heldout.labels,
-        teacher="teacher",
-        batch_size=recipe.eval.batch_size,
-    )["model"]
+    score = heldout_score(teacher, model, data, recipe.eval.batch_size)
     return {
         "perplexity": score.perplexity,
         "top1": score.top1,

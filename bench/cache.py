@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import teach_cache
+from _common import heldout_score, teach_cache
 
 from potstill.cache import codec
 from potstill.config import load_recipe
@@ -43,7 +43,7 @@ from potstill.losses import top_k_signal
 from potstill.losses.sampled import sampled_signal
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
-from potstill.tasks.causal_lm import CausalLM, score_models
+from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 
@@ -190,13 +190,7 @@ def cache_vs_live(
                     checkpoint_dir=Path(tmp) / "ckpt",
                     metrics_path=Path(tmp) / "metrics.jsonl",
                 )
-            score = score_models(
-                {"teacher": teacher, "student": model},
-                data.heldout.input_ids,
-                data.heldout.labels,
-                teacher="teacher",
-                batch_size=recipe.eval.batch_size,
-            )["student"]
+            score = heldout_score(teacher, model, data, recipe.eval.batch_size)
             rows.append(
                 {
                     "seed": seed,

@@ -27,6 +27,7 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+from _common import heldout_score
 from datasets import Dataset
 from trl.experimental.gkd import GKDConfig, GKDTrainer
 
@@ -35,7 +36,6 @@ from potstill.data import load_data
 from potstill.data.order import block_indices
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student
-from potstill.tasks.causal_lm import score_models
 
 
 def main() -> None:
@@ -112,13 +112,7 @@ def main() -> None:
         run.train()
         seconds = time.perf_counter() - started
         student = run.model
-    score = score_models(
-        {"teacher": teacher, "student": student},
-        data.heldout.input_ids,
-        data.heldout.labels,
-        teacher="teacher",
-        batch_size=recipe.eval.batch_size,
-    )["student"]
+    score = heldout_score(teacher, student, data, recipe.eval.batch_size)
     row = {
         "peer": "trl GKDTrainer (lmbda=0, beta=0, live teacher)",
         "seed": args.seed,

@@ -16,7 +16,7 @@ from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
 from potstill.data import Blocks
 from potstill.losses import top_k_signal
 from potstill.losses.sampled import sampled_signal
-from potstill.models.load import tokenizer_sha256, weights_sha256
+from potstill.models.load import text_config, tokenizer_sha256, weights_sha256
 from potstill.signals import SignalRequest, SparseSignal
 from potstill.teachers import LiveTeacher
 from potstill.util.log import bar
@@ -72,8 +72,7 @@ def teach(
     hidden-state loss terms.
     """
     vocab = teacher.model.get_output_embeddings().weight.shape[0]  # what cached ids index
-    config = teacher.model.config
-    width = (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
+    width = text_config(teacher.model).hidden_size
     fresh = Manifest.new(
         source,
         vocab_size=vocab,

@@ -38,6 +38,12 @@ def endpoint_model(ref: str) -> str | None:
     return model
 
 
+def text_config(model: torch.nn.Module) -> Any:
+    """The config of ``model``'s language part (a multimodal model's text config)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def resolve(ref: str, log: Callable[[str], None] = lambda _: None) -> str:
     """Return something ``from_pretrained`` accepts: a local folder, or a hub id."""
     if endpoint_model(ref) is not None:

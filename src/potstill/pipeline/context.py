@@ -13,7 +13,11 @@ import torch
 
 from potstill.config import Recipe
 from potstill.data import LMData, load_data
+from potstill.losses import signal_request
 from potstill.models.load import load_causal_lm, weights_sha256
+from potstill.models.student import build_student
+from potstill.signals import SignalRequest
+from potstill.tasks.causal_lm import resolve_inside
 from potstill.util.device import autocast_dtype, resolve_device
 from potstill.util.log import log
 
@@ -69,5 +73,23 @@ class RunContext:
         return data
 
     @functools.cached_property
+    def inside(self) -> SignalRequest:
+        """The teacher's hidden states and attention maps the recipe's terms compare, their
+        layer maps resolved for this student (once per run); an impossible map or head
+        pairing is refused in one line, so `run` asks before anything is taught."""
+        terms = self.recipe.terms  # the loss terms never change within a run
+        if all(t.spec.kind == "tokens" for t in terms):
+            return SignalRequest(distributions=False)
+        student, _ = build_student(self.recipe.student, self.teacher, self.tokenizer)
+        resolved = resolve_inside(terms, student, self.teacher, kept=kept_layers(self.recipe))
+        request = signal_request(resolved)
+        return SignalRequest(False, request.hidden_layers, request.attention_layers)
+
+    @functools.cached_property
     def teacher_sha256(self) -> str:
         return weights_sha256(self.recipe.teacher)
+
+
+def kept_layers(recipe: Recipe) -> list[int] | None:
+    """The teacher blocks a ``from_teacher`` student copies (for ``auto`` layer maps)."""
+    return recipe.student.from_teacher.layers if recipe.student.source == "from_teacher" else None

@@ -20,7 +20,6 @@ from potstill.pipeline.stages import (
     CE_ONLY,
     distill_stage,
     evaluate_stage,
-    inside_request,
     report_stage,
     teacher_signal,
 )
@@ -87,7 +86,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     if "report" in stages and "evaluate" not in stages:
         raise PotstillError("stages: report needs evaluate; add it, or drop report")
     ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
-    inside_request(ctx)  # an impossible layer map is refused before anything is taught
+    _ = ctx.inside  # resolving the layer maps refuses an impossible one before teaching
     ctx.recipe = fit_budget(ctx, started)
     teaching = time.perf_counter()
     source, source_print = teacher_signal(ctx, teach_now="teach" in stages)

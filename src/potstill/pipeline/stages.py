@@ -24,12 +24,11 @@ from potstill.evaluation.lm import evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.report.schema import json_ready
 from potstill.evaluation.worth import generation_break_even
-from potstill.losses import LossTerm, signal_request
+from potstill.losses import LossTerm
 from potstill.models.student import build_student, save_student, wrap_adapter
-from potstill.pipeline.context import RunContext
+from potstill.pipeline.context import RunContext, kept_layers
 from potstill.pipeline.markers import fingerprint, finished, forget, mark_finished
-from potstill.signals import SignalRequest
-from potstill.tasks.causal_lm import CausalLM, prepare_inside, resolve_inside
+from potstill.tasks.causal_lm import CausalLM, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import train
 from potstill.util.log import log
@@ -89,7 +88,7 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
     source = _source(ctx)
     plan = cache_plan(ctx)
     settings = recipe.teach.model_dump(exclude={"cache", "batch_size", "shard_blocks", "blocks"})
-    hidden_layers = inside_request(ctx).hidden_layers
+    hidden_layers = ctx.inside.hidden_layers
     # What each block's cached signal depends on; the plan only says which blocks.
     content = fingerprint(source, settings, recipe.teach_temperature, *hidden_layers)
     print_ = fingerprint(content, plan)
@@ -133,23 +132,6 @@ def _drop_stale_cache(ctx: RunContext, content: str) -> None:
         log(f"teach: the teacher signal's inputs changed; teaching {directory} again")
         shutil.rmtree(directory)
         forget(ctx.run_dir, "teach")
-
-
-def kept_layers(recipe: Recipe) -> list[int] | None:
-    """The teacher blocks a ``from_teacher`` student copies (for ``auto`` layer maps)."""
-    return recipe.student.from_teacher.layers if recipe.student.source == "from_teacher" else None
-
-
-def inside_request(ctx: RunContext) -> SignalRequest:
-    """The teacher's hidden states and attention maps the recipe's terms compare, their
-    layer maps resolved for this student; an impossible map or head pairing is refused
-    in one line (so `run` calls this before anything is taught)."""
-    if all(t.spec.kind == "tokens" for t in ctx.recipe.terms):
-        return SignalRequest(distributions=False)
-    student, _ = build_student(ctx.recipe.student, ctx.teacher, ctx.tokenizer)
-    terms = resolve_inside(ctx.recipe.terms, student, ctx.teacher, kept=kept_layers(ctx.recipe))
-    request = signal_request(terms)
-    return SignalRequest(False, request.hidden_layers, request.attention_layers)
 
 
 def teach_seconds(ctx: RunContext) -> float:

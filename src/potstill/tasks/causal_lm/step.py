@@ -27,6 +27,7 @@ from potstill.losses import (
     resolve_layers,
 )
 from potstill.losses.inside import check_head_mapping
+from potstill.models.load import text_config
 from potstill.signals import TeacherOutputs
 from potstill.util.errors import PotstillError
 from potstill.util.modes import eval_mode
@@ -88,11 +89,12 @@ def student_loss(
     outputs = teacher if isinstance(teacher, TeacherOutputs) else TeacherOutputs(teacher)
     token_terms = [t for t in terms if t.spec.kind == "tokens" and t.weight > 0]
     inside_terms = [t for t in terms if t.spec.kind != "tokens" and t.weight > 0]
+    kinds = {t.spec.kind for t in inside_terms}
     want = {
-        "output_hidden_states": any(t.spec.kind == "hidden" for t in inside_terms),
-        "output_attentions": any(t.spec.kind == "attention" for t in inside_terms),
+        flag: True
+        for flag, kind in (("output_hidden_states", "hidden"), ("output_attentions", "attention"))
+        if kind in kinds
     }
-    want = {k: True for k, v in want.items() if v}
     targets = labels[:, 1:]  # (B, L-1)
     mask = None if attention_mask is None else attention_mask[:, 1:]
     if fused is None:
@@ -179,7 +181,7 @@ def resolve_inside(
     Token terms pass through unchanged; nothing is modified."""
     if all(t.spec.kind == "tokens" for t in terms):
         return list(terms)
-    s_cfg, t_cfg = _text_config(student), _text_config(teacher)
+    s_cfg, t_cfg = text_config(student), text_config(teacher)
     try:
         resolved = resolve_layers(
             terms,
@@ -213,10 +215,5 @@ def prepare_inside(
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             base.set_attn_implementation("eager")
     pairs = [p for t in inside if t.spec.kind == "hidden" for p in t.layers]
-    s_cfg, t_cfg = _text_config(student), _text_config(teacher)
+    s_cfg, t_cfg = text_config(student), text_config(teacher)
     return resolved, hidden_projections(pairs, s_cfg.hidden_size, t_cfg.hidden_size)
-
-
-def _text_config(model: nn.Module) -> Any:
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
