@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ablate.py [--variants default,frozen] [--seeds 0,1,2]
         [--steps 130] [--cache-dir runs/ablate-cache] [--out bench/results/ablate.json]
+    .venv/bin/python bench/ablate.py --table [--markdown] --out bench/results/ablate.json
 
 Every variant is the embedded default recipe (no time budget: ``--steps`` steps) with the
 overrides listed in ``VARIANTS`` (the previous default's among them). For each seed, each
@@ -14,7 +15,7 @@ beside it. Every model is scored on the held-out split against the teacher: perp
 the share of the log-perplexity gap closed, ``(log B − log S) / (log B − log T)``, top-1
 agreement, and the training seconds. Rows already in ``--out`` are kept (a variant and
 seed run again replaces its row), and the table covers them all, closing with the mean ±
-sd over the seeds.
+sd over the seeds (``--table --markdown``: the README's table, described by ``VARIANTS``).
 """
 
 from __future__ import annotations
@@ -44,33 +45,86 @@ from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.util.io import atomic_write_json, atomic_write_text
 
-# name -> overrides of the embedded default recipe (a cache of 192 draws, lr 1e-3, AdamW
-# eps 1e-6, 0.7 forward KL + 0.3 CE + FitNets; `potstill.config.load.DEFAULT_RECIPE`).
+# name -> (what it is, overrides of the embedded default recipe). The default: a cache of
+# 192 draws, lr 2e-3, AdamW eps 1e-6, 0.5 forward KL + 0.5 CE + FitNets on the auto map
+# (`potstill.config.load.DEFAULT_RECIPE`). Other rows pin what they compare, so they keep
+# their meaning when the default moves.
 KD = "{loss: forward_kl, weight: 0.7}, {loss: cross_entropy, weight: 0.3}"
 NO_FITNETS = f"loss=[{KD}]"
+FITNETS = f"loss=[{KD}, {{loss: hidden_mse}}]"
 # The default before issue 10: a top-64 cache, lr 7e-4, eps 1e-8, no FitNets.
 PREVIOUS = ["train.lr=7e-4", "train.adam_eps=1e-8", NO_FITNETS]
-VARIANTS: dict[str, list[str]] = {
-    "default": [],
-    "previous": [*PREVIOUS, "teach.top_k=64", "teach.samples=0"],
-    "previous-s192": PREVIOUS,
-    "frozen": [*PREVIOUS, "train.freeze_embeddings=true"],
-    "emb-lr-0.1": [*PREVIOUS, "train.embedding_lr_scale=0.1"],
-    "emb-lr-0.3": [*PREVIOUS, "train.embedding_lr_scale=0.3"],
-    "eps-1e-6": ["train.lr=7e-4", NO_FITNETS],
-    "fitnets-cut": ["train.lr=7e-4", f"loss=[{KD}, {{loss: hidden_mse, layers: {{3: 27}}}}]"],
-    "fitnets-7e-4": ["train.lr=7e-4"],
-    "no-fitnets": [NO_FITNETS],
-    "easy-first": ["train.curriculum=easy_first"],
-    "hard-first": ["train.curriculum=hard_first"],
-    "live": [*PREVIOUS, "teach.enabled=false"],
-    "live-fitnets": [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: hidden_mse}}]"],
-    "live-fitnets-cos": [
-        *PREVIOUS,
-        "teach.enabled=false",
-        f"loss=[{KD}, {{loss: hidden_cosine}}]",
-    ],
-    "live-attention": [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: attention_kl}}]"],
+# The default of issue 10's first stop: lr 1e-3, 0.7 KD + 0.3 CE + FitNets.
+STOP1 = ["train.lr=1e-3", FITNETS]
+# The auto map plus the final (normed) state: student 6 against teacher 30.
+FINAL_MAP = "{1: 1, 2: 2, 3: 27, 4: 28, 5: 29, 6: 30}"
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "default": (
+        "**the default**: 192-draw cache, lr 2e-3, eps 1e-6, 0.5 KD + 0.5 CE + FitNets",
+        [],
+    ),
+    "lr-3e-3-ce-0.5": ("the default at lr 3e-3", ["train.lr=3e-3"]),
+    "stop1": ("lr 1e-3, 0.7 KD + 0.3 CE + FitNets (auto map)", STOP1),
+    "lr-2e-3": ("lr 2e-3, 0.7 KD + 0.3 CE + FitNets", ["train.lr=2e-3", FITNETS]),
+    "lr-3e-3": ("lr 3e-3, 0.7 KD + 0.3 CE + FitNets", ["train.lr=3e-3", FITNETS]),
+    "lr-4e-3": ("lr 4e-3, 0.7 KD + 0.3 CE + FitNets", ["train.lr=4e-3", FITNETS]),
+    "no-fitnets": ("lr 1e-3, 0.7 KD + 0.3 CE", ["train.lr=1e-3", NO_FITNETS]),
+    "kd-only": (
+        "lr 1e-3, KD alone + FitNets",
+        ["train.lr=1e-3", "loss=[{loss: forward_kl}, {loss: hidden_mse}]"],
+    ),
+    "fitnets-w3": (
+        "lr 1e-3, 0.7 KD + 0.3 CE + FitNets × 3",
+        ["train.lr=1e-3", f"loss=[{KD}, {{loss: hidden_mse, weight: 3.0}}]"],
+    ),
+    "fitnets-final": (
+        "lr 1e-3, 0.7 KD + 0.3 CE + FitNets, auto map + final state (6 → 30)",
+        ["train.lr=1e-3", f"loss=[{KD}, {{loss: hidden_mse, layers: {FINAL_MAP}}}]"],
+    ),
+    "easy-first": (
+        "lr 1e-3, 0.7 KD + 0.3 CE + FitNets, curriculum easy → hard (teacher entropy)",
+        [*STOP1, "train.curriculum=easy_first"],
+    ),
+    "hard-first": (
+        "lr 1e-3, 0.7 KD + 0.3 CE + FitNets, curriculum hard → easy",
+        [*STOP1, "train.curriculum=hard_first"],
+    ),
+    "fitnets-7e-4": ("lr 7e-4, eps 1e-6, 0.7 KD + 0.3 CE + FitNets", ["train.lr=7e-4", FITNETS]),
+    "fitnets-cut": (
+        "lr 7e-4, eps 1e-6, 0.7 KD + 0.3 CE + FitNets on the cut only ({3: 27})",
+        ["train.lr=7e-4", f"loss=[{KD}, {{loss: hidden_mse, layers: {{3: 27}}}}]"],
+    ),
+    "eps-1e-6": ("lr 7e-4, eps 1e-6, 0.7 KD + 0.3 CE", ["train.lr=7e-4", NO_FITNETS]),
+    "previous": (
+        "the default before issue 10: top-64 cache, lr 7e-4, eps 1e-8, 0.7 KD + 0.3 CE",
+        [*PREVIOUS, "teach.top_k=64", "teach.samples=0"],
+    ),
+    "previous-s192": ("lr 7e-4, eps 1e-8, 192-draw cache, 0.7 KD + 0.3 CE", PREVIOUS),
+    "frozen": ("lr 7e-4, eps 1e-8, embeddings frozen", [*PREVIOUS, "train.freeze_embeddings=true"]),
+    "emb-lr-0.1": (
+        "lr 7e-4, eps 1e-8, embedding lr × 0.1",
+        [*PREVIOUS, "train.embedding_lr_scale=0.1"],
+    ),
+    "emb-lr-0.3": (
+        "lr 7e-4, eps 1e-8, embedding lr × 0.3",
+        [*PREVIOUS, "train.embedding_lr_scale=0.3"],
+    ),
+    "live": (
+        "lr 7e-4, eps 1e-8, live dense teacher, 0.7 KD + 0.3 CE",
+        [*PREVIOUS, "teach.enabled=false"],
+    ),
+    "live-fitnets": (
+        "lr 7e-4, eps 1e-8, live teacher, 0.7 KD + 0.3 CE + FitNets",
+        [*PREVIOUS, "teach.enabled=false", FITNETS],
+    ),
+    "live-fitnets-cos": (
+        "lr 7e-4, eps 1e-8, live teacher, 0.7 KD + 0.3 CE + FitNets (cosine)",
+        [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: hidden_cosine}}]"],
+    ),
+    "live-attention": (
+        "lr 7e-4, eps 1e-8, live teacher, 0.7 KD + 0.3 CE + attention KL",
+        [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: attention_kl}}]"],
+    ),
 }
 CE_ONLY = [LossTerm("cross_entropy", 1.0)]
 
@@ -91,12 +145,20 @@ def main() -> None:
     parser.add_argument(
         "--table", action="store_true", help="only print the table of the rows in --out"
     )
+    parser.add_argument(
+        "--markdown", action="store_true", help="with --table: the README's Markdown table"
+    )
     args = parser.parse_args()
     if args.table:
         rows = [r for r in json.loads(args.out.read_text()) if r["corpus"] == args.corpus]
+        rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
+        names = list(dict.fromkeys(r["variant"] for r in rows))
+        if args.markdown:
+            _markdown(rows, names)
+            return
         steps = {r.get("steps", args.steps) for r in rows}
         print(f"corpus: {args.corpus}")
-        _table(rows, list(dict.fromkeys(r["variant"] for r in rows)), max(steps))
+        _table(rows, names, max(steps))
         return
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -138,7 +200,7 @@ def main() -> None:
                 f"teach.seed={seed}",
                 *corpus,
             ]
-            recipe = load_recipe(None, [*overrides, *VARIANTS[name]]).model_copy(
+            recipe = load_recipe(None, [*overrides, *VARIANTS[name][1]]).model_copy(
                 update={"budget_minutes": None}
             )
             # The baseline has no teacher to order blocks by: random order.
@@ -284,6 +346,30 @@ def _table(rows: list[dict[str, Any]], names: list[str], steps: int) -> None:
         print(
             f"{name:<16}"
             + "".join(f"{c:>17}" if i < 2 else f"{c:>15}" for i, c in enumerate(cells))
+        )
+
+
+def _markdown(rows: list[dict[str, Any]], names: list[str]) -> None:
+    """One line per variant: mean ± sd over its seeds (the value alone for one seed)."""
+    print(
+        "| variant | seeds | student ppl | baseline ppl | gap closed | top-1 agreement | train s |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        mine = [r for r in rows if r["variant"] == name]
+
+        def cell(key: str, fmt: str, scale: float = 1.0, unit: str = "", rows=mine) -> str:
+            values = [r[key] * scale for r in rows]
+            if len(values) == 1:
+                return f"{format(values[0], fmt)}{unit}"
+            sd = statistics.stdev(values)
+            return f"{format(statistics.mean(values), fmt)}{unit} ± {format(sd, fmt)}"
+
+        seeds = ",".join(str(r["seed"]) for r in mine)
+        print(
+            f"| {VARIANTS[name][0]} | {seeds} | {cell('perplexity', '.2f')} "
+            f"| {cell('baseline_perplexity', '.2f')} | {cell('gap_closed', '.1f', 100, '%')} "
+            f"| {cell('top1', '.1f', 100, '%')} | {cell('train_seconds', '.0f')} |"
         )
 
 
