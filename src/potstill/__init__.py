@@ -14,9 +14,16 @@ imported on first use, so ``import potstill`` (and the command line's ``--help``
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# torchao (imported by transformers whenever it is installed) warns at import time about
+# GPU-only extensions it cannot load on a CPU machine, and torch about its enum
+# registrations: noise on every command, about nothing potstill uses.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 _EXPORTS = {
     "run": "potstill.api",
@@ -25,6 +32,7 @@ _EXPORTS = {
     "label": "potstill.api",
     "generate": "potstill.api",
     "evaluate": "potstill.api",
+    "quantize": "potstill.api",
     "load_recipe": "potstill.api",
     "Recipe": "potstill.config",
     "Report": "potstill.evaluation.report",

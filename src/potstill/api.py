@@ -21,7 +21,8 @@ from potstill.config import load_recipe as _load_recipe
 from potstill.data import load_data
 from potstill.evaluation.lm import evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
-from potstill.models.load import load_causal_lm
+from potstill.models.load import load_causal_lm, quantized_folder
+from potstill.models.quantize import QuantizationSpec, quantize_model, save_quantized
 from potstill.models.student import check_same_vocab
 from potstill.pipeline import RunResult, distill_only, teach_only
 from potstill.pipeline import run as _run
@@ -34,6 +35,32 @@ from potstill.util.errors import PotstillError
 from potstill.util.log import verbose as _verbose
 
 RecipeLike = str | Path | Mapping[str, Any] | Recipe | None
+
+
+def quantize(
+    model: str,
+    out: str | Path,
+    *,
+    weights: str = "int4",
+    activations: str = "none",
+    group_size: int | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Quantize a float model after training (torchao; `potstill.models.quantize`) into
+    the folder ``out``, which must not exist yet; returns it. It loads like any model."""
+    spec = QuantizationSpec(weights, activations, group_size)  # type: ignore[arg-type]
+    out = Path(out)
+    if out.exists():
+        raise PotstillError(f"{out} already exists; choose another --out (nothing was written)")
+    quantized = quantized_folder(model)
+    if quantized is not None:
+        raise PotstillError(
+            f"{model} is already quantized ({quantized}); quantize its float model instead"
+        )
+    with _verbose(verbose):
+        loaded, tokenizer = load_causal_lm(model)
+        save_quantized(quantize_model(loaded, spec), tokenizer, out, spec)
+    return out
 
 
 def load_recipe(recipe: RecipeLike = None, /, **overrides: Any) -> Recipe:

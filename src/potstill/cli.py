@@ -255,6 +255,35 @@ def serve(
 
 
 @app.command()
+def quantize(
+    model: Annotated[str, typer.Argument(help="Float model reference (a folder, bundled:NAME).")],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the quantized model.")],
+    weights: Annotated[str, typer.Option(help="int8 or int4 weights.")] = "int4",
+    activations: Annotated[
+        str, typer.Option(help="none (weight-only) or int8 (dynamic, per token).")
+    ] = "none",
+    group_size: Annotated[
+        int | None,
+        typer.Option(help="Input features per scale (default: int4 32, int8 per channel)."),
+    ] = None,
+) -> None:
+    """Quantize a trained model (post-training, torchao) into a new folder.
+
+    The folder loads like any model: `eval`, `serve` and a recipe's teacher read it.
+    """
+    from potstill.api import quantize as quantize_model
+    from potstill.evaluation.size import size_on_disk
+    from potstill.models.load import resolve
+
+    folder = quantize_model(
+        model, out, weights=weights, activations=activations, group_size=group_size
+    )
+    before, after = size_on_disk(resolve(model)), size_on_disk(folder)
+    share = f"{after / 1e6:.1f} MB, {after / before:.1%} of the float model's {before / 1e6:.1f} MB"
+    print(f"quantized: {folder} ({share})")
+
+
+@app.command()
 def models() -> None:
     """List the bundled models and whether each is already converted here."""
     from potstill.models.bundled import REGISTRY, converted_path, is_converted

@@ -76,8 +76,18 @@ def load_causal_lm(
     attn_implementation: str | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[torch.nn.Module, Any]:
-    """Load ``(model, tokenizer)`` in float32 (bf16 is far slower than fp32 on CPU)."""
+    """Load ``(model, tokenizer)`` in float32 (bf16 is far slower than fp32 on CPU).
+
+    A folder written by `potstill quantize` (or a quantization-aware run) loads quantized,
+    through `potstill.models.quantize.load_quantized`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from potstill.models.quantize import load_quantized
+
+    if quantized_folder(ref) is not None:
+        model, tokenizer = load_quantized(Path(ref).expanduser())
+        return model, tokenizer
 
     def load(location: str) -> tuple[torch.nn.Module, Any]:
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -92,6 +102,21 @@ def load_causal_lm(
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def quantized_folder(ref: str) -> str | None:
+    """How the model folder ``ref`` is quantized (``"int4 weights in groups of 32, float
+    activations"``), or None for a float model or any other reference."""
+    from potstill.models.quantize import SPEC_FILE, QuantizationSpec, is_quantized
+
+    path = Path(ref).expanduser()
+    if ref.startswith((BUNDLED_PREFIX, ENDPOINT_PREFIX)) or not is_quantized(path):
+        return None
+    try:
+        spec = json.loads((path / SPEC_FILE).read_text())["spec"]
+        return QuantizationSpec.from_dict(spec).describe()
+    except (OSError, ValueError, KeyError, TypeError, PotstillError):
+        return "quantized (unreadable spec)"
 
 
 def load_sequence_classifier(

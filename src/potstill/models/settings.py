@@ -35,6 +35,16 @@ class LoraConfig(Strict):
     lr: float | None = Field(None, gt=0.0)
 
 
+class QatConfig(Strict):
+    """Quantization-aware training: the student trains through fake-quantized weights (and
+    activations), and is saved converted to those integers (`potstill.models.quantize`)."""
+
+    weights: Literal["int8", "int4"] = "int4"
+    activations: Literal["none", "int8"] = "none"
+    # Input features sharing one scale (None: int4 groups of 32, int8 one per channel).
+    group_size: int | None = Field(None, ge=1)
+
+
 # On the bundled SmolLM2 (30 layers) keeping the first three and last three layers heals
 # far faster than evenly spaced ones (bench/results/defaults.md).
 DEFAULT_STUDENT_LAYERS = [0, 1, 2, 27, 28, 29]
@@ -50,6 +60,8 @@ class StudentConfig(Strict):
     # task: classify: the tokens of each text a classifier student reads (the rest is cut).
     max_length: int = Field(256, ge=8)
     lora: LoraConfig = LoraConfig()
+    # Quantization-aware distillation (full fine-tunes only); None: a float32 student.
+    qat: QatConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentConfig:
@@ -60,6 +72,12 @@ class StudentConfig(Strict):
             )
         if not given:
             self.__dict__["from_teacher"] = FromTeacher(layers=list(DEFAULT_STUDENT_LAYERS))
+        if self.qat is not None and self.adapter != "full":
+            raise ValueError(
+                f"student.qat trains a full student, not {self.adapter} adapters: set "
+                "student.adapter=full, or quantize the merged student afterwards "
+                "(potstill quantize)"
+            )
         return self
 
     @property

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from potstill.models.load import load_causal_lm
+from potstill.models.load import load_causal_lm, quantized_folder
+from potstill.models.quantize import QuantizationSpec
 from potstill.models.settings import StudentConfig
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_dir
@@ -23,6 +24,13 @@ def build_student(
     """Return ``(student, tokenizer)``, the student in float32, not yet adapter-wrapped."""
     if cfg.source == "model":
         assert cfg.model is not None
+        quantized = quantized_folder(cfg.model)
+        if quantized is not None:
+            raise PotstillError(
+                f"student.model {cfg.model} is a quantized model ({quantized}): integer "
+                "weights do not train; distil its float model and quantize after (potstill "
+                "quantize), or train quantization-aware (student.qat)"
+            )
         student, tokenizer = load_causal_lm(cfg.model)
         check_same_vocab(teacher_tokenizer, tokenizer, teacher, student)
         return student, tokenizer
@@ -31,6 +39,11 @@ def build_student(
         return fresh_student(teacher, cfg.fresh, seed=seed), teacher_tokenizer
     assert cfg.from_teacher is not None
     return layer_subset(teacher, cfg.from_teacher.layers), teacher_tokenizer
+
+
+def student_qat(cfg: StudentConfig) -> QuantizationSpec | None:
+    """The quantization a ``student.qat`` student trains towards; None for a float one."""
+    return None if cfg.qat is None else QuantizationSpec.from_dict(cfg.qat.model_dump())
 
 
 def layer_subset(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module:

@@ -21,6 +21,7 @@ import torch
 from potstill.config import Recipe
 from potstill.data.order import scheduled_blocks
 from potstill.losses import LossTerm
+from potstill.models.quantize import prepare_qat
 from potstill.models.student import build_student, wrap_adapter
 from potstill.pipeline.context import RunContext
 from potstill.signals import SignalRequest
@@ -191,6 +192,8 @@ def _student_step_seconds(ctx: RunContext) -> float:
     """Two forward/backward/update steps of a throwaway student with cross-entropy."""
     recipe = ctx.recipe
     student, _ = build_student(recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed)
+    if ctx.qat is not None:  # fake quantization makes every step dearer
+        prepare_qat(student, ctx.qat)
     model = wrap_adapter(student.to(ctx.device), recipe.student)
     task = CausalLM([LossTerm("cross_entropy")], chunk_tokens=recipe.train.chunk_tokens)
     n = min(recipe.train.batch_size, len(ctx.data.train))

@@ -15,7 +15,8 @@ from potstill.config import Recipe
 from potstill.data import LMData, load_data
 from potstill.losses import signal_request
 from potstill.models.load import load_causal_lm, weights_sha256
-from potstill.models.student import build_student
+from potstill.models.quantize import QuantizationSpec, prepare_qat
+from potstill.models.student import build_student, student_qat
 from potstill.signals import SignalRequest
 from potstill.tasks.causal_lm import resolve_inside
 from potstill.util.device import autocast_dtype, resolve_device
@@ -84,6 +85,17 @@ class RunContext:
         resolved = resolve_inside(terms, student, self.teacher, kept=kept_layers(self.recipe))
         request = signal_request(resolved)
         return SignalRequest(False, request.hidden_layers, request.attention_layers)
+
+    @functools.cached_property
+    def qat(self) -> QuantizationSpec | None:
+        """The quantization the students train towards (``student.qat``), checked on a
+        throwaway student, so a group size that does not divide a layer's width is refused
+        before anything is taught."""
+        spec = student_qat(self.recipe.student)
+        if spec is not None:
+            student, _ = build_student(self.recipe.student, self.teacher, self.tokenizer)
+            prepare_qat(student, spec)
+        return spec
 
     @functools.cached_property
     def teacher_sha256(self) -> str:

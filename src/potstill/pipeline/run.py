@@ -87,6 +87,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         raise PotstillError("stages: report needs evaluate; add it, or drop report")
     ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
     _ = ctx.inside  # resolving the layer maps refuses an impossible one before teaching
+    _ = ctx.qat  # and a quantization the student cannot take
     ctx.recipe = fit_budget(ctx, started)
     teaching = time.perf_counter()
     source, source_print = teacher_signal(ctx, teach_now="teach" in stages)

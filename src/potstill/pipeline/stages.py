@@ -25,6 +25,7 @@ from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.report.schema import json_ready
 from potstill.evaluation.worth import generation_break_even
 from potstill.losses import LossTerm
+from potstill.models.quantize import convert_qat, prepare_qat, save_quantized
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
 from potstill.pipeline.markers import fingerprint, finished, forget, mark_finished
@@ -188,6 +189,8 @@ def distill_stage(
     # the student (checkpointed with it, never saved in student/).
     terms, projections = prepare_inside(terms, student, ctx.teacher, kept=kept_layers(recipe))
     projections.to(ctx.device)
+    if ctx.qat is not None:  # quantization-aware: trains through fake-quantized weights
+        prepare_qat(student, ctx.qat)
     model = wrap_adapter(student.to(ctx.device), recipe.student)
     cfg = recipe.train
     if source is None:  # no teacher (the baseline): no entropy to order by, random order
@@ -208,7 +211,10 @@ def distill_stage(
         device=ctx.device,
         autocast_dtype=ctx.autocast_dtype,
     )
-    save_student(model, student_tokenizer, out)
+    if ctx.qat is not None:  # saved as the integers it trained towards
+        save_quantized(convert_qat(model, ctx.qat), student_tokenizer, out, ctx.qat)
+    else:
+        save_student(model, student_tokenizer, out)
     mark_finished(run_dir, name, print_, train_seconds=result.seconds, steps=result.steps)
     shutil.rmtree(checkpoints, ignore_errors=True)
     owner.unlink(missing_ok=True)
