@@ -207,7 +207,10 @@ def main() -> None:
             plain = recipe.model_copy(
                 update={"train": recipe.train.model_copy(update={"curriculum": "none"})}
             )
-            key = _key(plain.train.model_dump(mode="json"), plain.student.model_dump(mode="json"))
+            student = plain.student.model_dump(mode="json")
+            if student.get("qat") is None:  # keys from before student.qat stay valid
+                student.pop("qat", None)
+            key = _key(plain.train.model_dump(mode="json"), student)
             if key not in baselines:
                 baselines[key] = _train_and_score(plain, CE_ONLY, None, teacher, tokenizer, data)
                 print(

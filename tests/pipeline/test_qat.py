@@ -139,3 +139,37 @@ def test_a_quantized_student_is_refused(tmp_path, tiny_teacher_dir, corpus_file,
     assert code == 2
     assert "is a quantized model (int4 weights" in _error(err)
     assert not (tmp_path / "runs" / "tiny" / "student").exists()
+
+
+def test_eval_quantize_adds_a_report_row_per_quantization(
+    tmp_path, tiny_teacher_dir, corpus_file, capsys
+):
+    recipe = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file, steps=2)
+    recipe["eval"]["quantize"] = ["int8", {"weights": "int4", "group_size": 16}]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, _, err = run_cli("run", str(path), capsys=capsys)
+    assert code == 0, err
+    run = tmp_path / "runs" / "tiny"
+    report = json.loads((run / "report.json").read_text())
+    models = report["models"]
+    assert {"student", "student-int8", "student-int4-g16"} <= set(models)
+    student = models["student"]
+    for name in ("student-int8", "student-int4-g16"):
+        assert is_quantized(run / name)
+        assert models[name]["size_bytes"] < student["size_bytes"]
+        assert models[name]["train_seconds"] == student["train_seconds"]
+        assert models[name]["perplexity"] != student["perplexity"]
+    assert models["student-int4-g16"]["size_bytes"] < models["student-int8"]["size_bytes"]
+    assert "student-int8" in (run / "report.md").read_text()
+    # A resumed run finds them done: nothing is quantized again.
+    stamp = (run / "student-int8" / "model.safetensors").stat().st_mtime_ns
+    code, _, err = run_cli("run", str(path), "--resume", capsys=capsys)
+    assert code == 0, err
+    assert (run / "student-int8" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_eval_quantize_with_qat_is_refused(tmp_path, tiny_teacher_dir, corpus_file, capsys):
+    recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, qat={"weights": "int4"})
+    code, _, err = run_cli("run", recipe, "eval.quantize=[int8]", capsys=capsys)
+    assert code == 2 and "student.qat already trains it quantized" in _error(err)

@@ -24,7 +24,7 @@ from potstill.util.schema import Strict
 
 # The registry's names as a Literal, so a wrong name lists the valid ones.
 LossName = Literal[LOSS_NAMES]  # type: ignore[valid-type]
-STAGES = ("generate", "teach", "distill", "baseline", "evaluate", "report")
+STAGES = ("generate", "teach", "distill", "baseline", "quantize", "evaluate", "report")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -118,6 +118,15 @@ class Recipe(Strict):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             raise ValueError(f"device = {value!r}: give auto, cpu, cuda, cuda:N or mps")
         return value
+
+    @model_validator(mode="after")
+    def _quantize_a_float_student(self) -> Recipe:
+        if self.eval.quantize and self.student.qat is not None:
+            raise ValueError(
+                "eval.quantize quantizes a float student after training, but student.qat "
+                "already trains it quantized: drop one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _some_weight(self) -> Recipe:

@@ -20,6 +20,7 @@ from potstill.pipeline.stages import (
     CE_ONLY,
     distill_stage,
     evaluate_stage,
+    quantize_stage,
     report_stage,
     teacher_signal,
 )
@@ -60,6 +61,8 @@ def plan(recipe: Recipe) -> list[str]:
     stages.append("distill")
     if recipe.eval.baseline:
         stages.append("baseline")
+    if recipe.eval.quantize:
+        stages.append("quantize")
     stages += ["evaluate", "report"]
     return [s for s in stages if recipe.wants(s)]
 
@@ -102,6 +105,10 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         trained["baseline"] = distill_stage(
             ctx, name="baseline", terms=CE_ONLY, source=None, source_print="none"
         )
+    if "quantize" in stages:
+        if "student" not in trained:
+            raise PotstillError("stages: quantize needs distill (the student it quantizes)")
+        trained |= quantize_stage(ctx, trained["student"])
     report = None
     if "evaluate" in stages:
         models = evaluate_stage(ctx, trained)

@@ -1,4 +1,4 @@
-"""The stages of a run: teach, distill, baseline, evaluate, report.
+"""The stages of a run: teach, distill, baseline, quantize, evaluate, report.
 
 Each leaves a finished artefact (the cache, ``student/``, ``baseline/``, the evaluation,
 the report files) and a marker with the fingerprint of its inputs (`markers`), so a
@@ -7,6 +7,7 @@ resumed run skips what is done and redoes what changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,13 +26,21 @@ from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.report.schema import json_ready
 from potstill.evaluation.worth import generation_break_even
 from potstill.losses import LossTerm
-from potstill.models.quantize import convert_qat, prepare_qat, save_quantized
+from potstill.models.load import load_causal_lm
+from potstill.models.quantize import (
+    QuantizationSpec,
+    convert_qat,
+    prepare_qat,
+    quantize_model,
+    save_quantized,
+)
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
 from potstill.pipeline.markers import fingerprint, finished, forget, mark_finished
 from potstill.tasks.causal_lm import CausalLM, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import train
+from potstill.util.errors import PotstillError
 from potstill.util.log import log
 
 CE_ONLY = [LossTerm("cross_entropy")]
@@ -219,6 +228,34 @@ def distill_stage(
     shutil.rmtree(checkpoints, ignore_errors=True)
     owner.unlink(missing_ok=True)
     return result.seconds, print_
+
+
+# --- quantize -----------------------------------------------------------------------------------
+
+
+def quantize_stage(ctx: RunContext, student: tuple[float, str]) -> dict[str, tuple[float, str]]:
+    """The trained student quantized after training, once per ``eval.quantize`` entry, into
+    ``runs/NAME/student-TAG/`` (``student-int4``, ``student-int8-a8``, ...); returns them as
+    trained models (the student's training seconds, a fingerprint of student and spec)."""
+    made: dict[str, tuple[float, str]] = {}
+    for cfg in ctx.recipe.eval.quantize:
+        spec = QuantizationSpec.from_dict(cfg.model_dump())
+        name = f"student-{spec.weights}" + ("-a8" if spec.activations == "int8" else "")
+        if spec.group_size not in (None, QuantizationSpec(spec.weights).group_size):
+            name += f"-g{spec.group_size}"
+        if name in made:
+            raise PotstillError(f"eval.quantize names {name} twice; list each quantization once")
+        print_ = fingerprint(student[1], dataclasses.asdict(spec))
+        folder = ctx.run_dir / name
+        if finished(ctx.run_dir, name, print_) is None or not folder.is_dir():
+            forget(ctx.run_dir, name)
+            shutil.rmtree(folder, ignore_errors=True)  # another spec's leftovers
+            model, tokenizer = load_causal_lm(str(ctx.run_dir / "student"))
+            save_quantized(quantize_model(model, spec), tokenizer, folder, spec)
+            mark_finished(ctx.run_dir, name, print_)
+            log(f"{name}: {spec.describe()} ({folder})")
+        made[name] = (student[0], print_)
+    return made
 
 
 # --- evaluate / report ------------------------------------------------------------------------
