@@ -33,6 +33,7 @@ _EXPORTS = {
     "generate": "potstill.api",
     "evaluate": "potstill.api",
     "quantize": "potstill.api",
+    "export": "potstill.api",
     "load_recipe": "potstill.api",
     "Recipe": "potstill.config",
     "Report": "potstill.evaluation.report",

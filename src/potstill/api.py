@@ -21,6 +21,14 @@ from potstill.config import load_recipe as _load_recipe
 from potstill.data import load_data
 from potstill.evaluation.lm import evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
+from potstill.models.export import (
+    ExportCheck,
+    check_gguf,
+    check_onnx,
+    export_gguf,
+    export_hf,
+    export_onnx,
+)
 from potstill.models.load import load_causal_lm, quantized_folder
 from potstill.models.quantize import QuantizationSpec, quantize_model, save_quantized
 from potstill.models.student import check_same_vocab
@@ -61,6 +69,34 @@ def quantize(
         loaded, tokenizer = load_causal_lm(model)
         save_quantized(quantize_model(loaded, spec), tokenizer, out, spec)
     return out
+
+
+def export(
+    model: str,
+    to: str,
+    out: str | Path,
+    *,
+    qtype: str = "f16",
+    keep_adapter: bool = False,
+    overwrite: bool = False,
+    check: bool = True,
+) -> tuple[Path, ExportCheck | None]:
+    """Export ``model`` ``to`` ``"hf"``, ``"gguf"`` (``qtype`` f16, q8_0, q4_0) or
+    ``"onnx"`` at ``out``; with ``check``, read it back and compare its logits with the
+    model's (`potstill.models.export`). Returns the path and the check (None for hf)."""
+    if to not in ("hf", "gguf", "onnx"):
+        raise PotstillError(f"export --to {to!r}: choose hf, gguf or onnx")
+    if to != "gguf" and qtype != "f16":
+        raise PotstillError(f"--qtype {qtype} is for --to gguf; {to} exports float32")
+    if keep_adapter and to != "hf":
+        raise PotstillError(f"--keep-adapter is for --to hf; {to} holds merged weights")
+    if to == "hf":
+        return export_hf(model, out, keep_adapter=keep_adapter, overwrite=overwrite), None
+    if to == "gguf":
+        path = export_gguf(model, out, qtype=qtype, overwrite=overwrite)
+        return path, check_gguf(model, path) if check else None
+    path = export_onnx(model, out, overwrite=overwrite)
+    return path, check_onnx(model, path) if check else None
 
 
 def load_recipe(recipe: RecipeLike = None, /, **overrides: Any) -> Recipe:

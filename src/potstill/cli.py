@@ -284,6 +284,36 @@ def quantize(
 
 
 @app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Model folder (runs/NAME/student) or bundled:NAME.")],
+    to: Annotated[str, typer.Option("--to", help="hf, gguf or onnx.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (hf, onnx) or .gguf file.")],
+    qtype: Annotated[str, typer.Option(help="GGUF tensor type: f16, q8_0 or q4_0.")] = "f16",
+    keep_adapter: Annotated[
+        bool, typer.Option("--keep-adapter", help="hf: keep the LoRA/PiSSA adapter beside.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="Read the export back and compare logits.")
+    ] = True,
+) -> None:
+    """Export a model to the formats people run: a merged HF folder, GGUF, ONNX."""
+    from potstill.api import export as export_model
+
+    path, result = export_model(
+        model, to, out, qtype=qtype, keep_adapter=keep_adapter, overwrite=overwrite, check=check
+    )
+    print(f"exported: {path}")
+    if result is not None:
+        print(
+            f"check: max |logit difference| {result.max_abs_diff:.3g}, top-1 agreement "
+            f"{result.top1_agreement:.1%}, mean KL {result.mean_kl:.3g} (against {model})"
+        )
+
+
+@app.command()
 def models() -> None:
     """List the bundled models and whether each is already converted here."""
     from potstill.models.bundled import REGISTRY, converted_path, is_converted

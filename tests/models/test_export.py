@@ -69,6 +69,7 @@ def test_gguf_tolerances_are_ordered_by_precision(student_dir, tmp_path):
     ]
     assert diffs[0].max_abs_diff < 1e-3  # float16 weights: tight
     assert diffs[0].max_abs_diff < diffs[1].max_abs_diff < diffs[2].max_abs_diff
+    assert diffs[0].mean_kl < diffs[1].mean_kl < diffs[2].mean_kl
 
 
 @pytest.mark.parametrize("qtype", ["f16", "q8_0", "q4_0"])
@@ -157,6 +158,24 @@ def test_gguf_refuses_another_architecture_in_one_line(tokenizer, tmp_path):
     assert "\n" not in message
     assert "llama" in message and "gpt2 (GPT2LMHeadModel)" in message
     assert not (tmp_path / "gpt2.gguf").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_gguf_refuses_a_tokenizer_that_is_not_byte_level_bpe(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>"], show_progress=False)
+    backend.train_from_iterator(["to be or not to be that is the question"], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    make_llama(len(tokenizer), layers=1).save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
+    with pytest.raises(PotstillError, match="byte-level BPE") as error:
+        export_gguf(tmp_path / "student", tmp_path / "student.gguf")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "student.gguf").exists()
     assert _leftovers(tmp_path) == []
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from potstill.models.load import resolve
+from potstill.models.load import quantized_folder, resolve
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_dir
 
@@ -50,12 +50,14 @@ class ExportCheck:
 
     ``max_abs_diff`` is the largest |logit difference| over every position and token,
     ``top1_agreement`` the share of positions where both pick the same next token,
+    ``mean_kl`` the mean over positions of KL(HF || export) of the next-token distributions,
     ``logit_scale`` the largest |HF logit| (to read the difference against), and
     ``tokens_match`` whether the export's own tokenizer gives the HF ids (None: not checked).
     """
 
     max_abs_diff: float
     top1_agreement: float
+    mean_kl: float
     logit_scale: float
     tokens_match: bool | None
 
@@ -74,18 +76,23 @@ class Tolerance:
     min_top1: float
 
 
-# Measured on the tiny test Llama (hidden 32, logits under 1) and set with headroom: f16 rounds
-# weights to 11 significant bits, q8_0 to 8 bits per block of 32, q4_0 to 4 bits (its
+# What the tiny test Llama (hidden 32, logits under 1) is held to, measured with headroom: f16
+# rounds weights to 11 significant bits, q8_0 to 8 bits per block of 32, q4_0 to 4 bits (its
 # embedding/output matrix kept in q8_0, as llama.cpp keeps that matrix in a finer type).
+# Measured on the bundled SmolLM2-135M (logits up to 38), transformers read-back / llama.cpp:
+# f16 0.038 / 0.087 max diff, top-1 1.0 / 1.0; q8_0 1.3 / 1.9, top-1 0.92 / 0.89; q4_0 16 / 16,
+# top-1 0.69 / 0.72. Only f16 holds its bound there: a 135M model loses much to 4 bits (and the
+# bundled weights are already dequantized from Q4_1); quantizing the same weights in torch
+# gives the same numbers, so that loss is the format's, not the writer's.
 GGUF_TOLERANCES = {
-    "f16": Tolerance(max_abs_diff=1e-3, min_top1=0.99),
+    "f16": Tolerance(max_abs_diff=2e-3, min_top1=0.99),
     "q8_0": Tolerance(max_abs_diff=2e-2, min_top1=0.95),
     "q4_0": Tolerance(max_abs_diff=2e-1, min_top1=0.90),
 }
 # llama.cpp also computes in lower precision (f16 KV cache, activations quantized to q8 for
-# the quantized matmuls): measured a little further off, within the same bounds but for f16.
-LLAMA_CPP_TOLERANCES = {**GGUF_TOLERANCES, "f16": Tolerance(max_abs_diff=2e-3, min_top1=0.99)}
-# float32 on both sides: only the kernels' summation order differs.
+# the quantized matmuls): a little further off, within the same bounds but for f16.
+LLAMA_CPP_TOLERANCES = {**GGUF_TOLERANCES, "f16": Tolerance(max_abs_diff=5e-3, min_top1=0.99)}
+# float32 on both sides: only the kernels' summation order differs (SmolLM2: 1.4e-4 at 38).
 ONNX_TOLERANCE = Tolerance(max_abs_diff=1e-4, min_top1=1.0)
 
 
@@ -156,7 +163,9 @@ def export_gguf(
     import gguf
 
     if qtype not in GGUF_QTYPES:
-        raise PotstillError(f"GGUF type {qtype!r} is not one of {', '.join(GGUF_QTYPES)}")
+        raise PotstillError(
+            f"GGUF type {qtype!r} is not supported; choose one of {', '.join(GGUF_QTYPES)}"
+        )
     out_file = Path(out_file)
     _refuse_existing(out_file, overwrite)
     model, tokenizer = _load(folder, dtype=torch.float32)
@@ -532,9 +541,12 @@ def _compare(
             f"{tuple(ours_all.shape)}: the export does not match the model"
         )
     agree = (ours_all.argmax(-1) == theirs_all.argmax(-1)).float().mean()
+    ours_logp, theirs_logp = ours_all.log_softmax(-1), theirs_all.log_softmax(-1)
+    kl = (ours_logp.exp() * (ours_logp - theirs_logp)).sum(-1).mean()
     return ExportCheck(
         max_abs_diff=(ours_all - theirs_all).abs().max().item(),
         top1_agreement=agree.item(),
+        mean_kl=kl.item(),
         logit_scale=ours_all.abs().max().item(),
         tokens_match=tokens_match,
     )
@@ -559,11 +571,19 @@ def _load(folder: str | Path, *, dtype: Any, **kwargs: Any) -> tuple[torch.nn.Mo
             f"export needs a local model folder; {folder} is not one: give the student's "
             "folder (runs/NAME/student), a model folder, or bundled:NAME"
         )
+    quantized = quantized_folder(location)
+    if quantized is not None:
+        raise PotstillError(
+            f"{folder} is a torchao-quantized model ({quantized}), which the export formats "
+            "cannot hold: export its float model (--to gguf --qtype q8_0 or q4_0 quantizes "
+            "for llama.cpp)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
-        raise PotstillError(f"model {folder} could not be loaded for export ({e})") from e
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PotstillError(f"model {folder} could not be loaded for export ({reason})") from e
     return model.eval(), tokenizer
 
 
