@@ -2,7 +2,7 @@
 quantization-aware (QAD) int4, with the teacher for reference.
 
     .venv/bin/python bench/quantize.py --student runs/default-seed0/student \\
-        --qad runs/qad-int4/student [--out bench/results/quantize.json]
+        --qad qad-int4=runs/qad-int4/student [--out bench/results/quantize.json]
 
 The post-training variants are made from ``--student`` by `potstill.quantize` (into
 ``--work``, once). Each model is measured in its own subprocess, so its peak resident
@@ -40,7 +40,12 @@ PTQ = {"ptq-int8": ("int8", None), "ptq-int4": ("int4", 32)}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, help="the float32 student folder")
-    parser.add_argument("--qad", type=Path, help="the QAD student folder (a student.qat run)")
+    parser.add_argument(
+        "--qad",
+        action="append",
+        default=[],
+        help="NAME=FOLDER of a QAD student (a student.qat run's student/); repeatable",
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/bench-quantize"))
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one model
@@ -55,8 +60,9 @@ def main() -> None:
         if not folder.exists():
             quantize(str(args.student), folder, weights=weights, group_size=group)
         models[name] = str(folder)
-    if args.qad is not None:
-        models["qad-int4"] = str(args.qad)
+    for item in args.qad:
+        name, _, folder = item.partition("=")
+        models[name] = folder
     _teacher_choices(args.work)
     rows = []
     for name, ref in models.items():
