@@ -153,18 +153,9 @@ def test_int4_errs_more_than_int8(model, ids):
 
 
 def test_an_untied_head_is_saved_and_reloaded(ids, tiny_tokenizer, tmp_path):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
+    model = _llama(len(tiny_tokenizer), hidden=32, layers=1, tied=False)
     spec = QuantizationSpec("int4", "int8", group_size=16)
-    quantized = quantize_model(LlamaForCausalLM(config).eval(), spec)
+    quantized = quantize_model(model, spec)
     assert quantized.lm_head.weight is not quantized.model.embed_tokens.weight
     assert quantized.lm_head.weight.activation_quantization is None  # the head: weight-only
     save_quantized(quantized, tiny_tokenizer, tmp_path / "q", spec)
@@ -176,17 +167,7 @@ def test_an_untied_head_is_saved_and_reloaded(ids, tiny_tokenizer, tmp_path):
 @pytest.mark.parametrize("group_size", [32, 16])
 def test_int4_file_is_at_most_a_fifth_of_float32(tiny_tokenizer, tmp_path, group_size):
     # Big enough that the header (~7 kB of torchao metadata) does not dominate.
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=2048,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = _llama(2048, hidden=128, layers=2, tied=True)
     model.save_pretrained(tmp_path / "fp32")
     spec = QuantizationSpec("int4", group_size=group_size)
     save_quantized(quantize_model(model, spec), tiny_tokenizer, tmp_path / "int4", spec)
@@ -332,3 +313,18 @@ def test_load_refuses_a_float_folder_and_a_corrupt_file(
     weights = tmp_path / "q" / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:1000])
     one_line_error(lambda: load_quantized(tmp_path / "q"), "could not be read")
+
+
+def _llama(vocab: int, *, hidden: int, layers: int, tied: bool) -> LlamaForCausalLM:
+    """A Llama with 4 heads (2 key/value) and an MLP twice as wide, in eval mode."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(config).eval()

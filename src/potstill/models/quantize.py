@@ -138,18 +138,9 @@ def prepare_qat(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Modu
     (STE), so training learns weights that survive rounding. A tied head and embedding
     keep sharing one float weight. Finish with `convert_qat` and the same ``spec``.
     """
-    from torchao.quantization import quantize_
-    from torchao.quantization.qat import QATConfig
-
     layers = _Layers.of(model)
     _check_quantizable(model, layers, spec, verb="prepare for QAT")
-    body_config, weight_only_config = _configs(spec)
-    quantize_(model, QATConfig(body_config, step="prepare"), filter_fn=_named(layers.body))
-    quantize_(
-        model,
-        QATConfig(weight_only_config, step="prepare"),
-        filter_fn=_named(layers.weight_only(tied_head=True)),
-    )
+    _qat_step(model, layers, spec, "prepare")
     return model
 
 
@@ -170,13 +161,7 @@ def convert_qat(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Modu
             f"convert_qat spec ({spec.describe()}) differs from the one the model was "
             f"prepared with ({prepared.describe()}); convert with the prepare_qat spec"
         )
-    body_config, weight_only_config = _configs(spec)
-    quantize_(model, QATConfig(body_config, step="convert"), filter_fn=_named(layers.body))
-    quantize_(
-        model,
-        QATConfig(weight_only_config, step="convert"),
-        filter_fn=_named(layers.weight_only(tied_head=False)),
-    )
+    _qat_step(model, layers, spec, "convert")
     if layers.tied:  # back to a plain Linear, then onto the embedding's quantized tensor
         quantize_(model, QATConfig(step="convert"), filter_fn=_named([layers.head or ""]))
     _retie(model, layers)
@@ -225,6 +210,22 @@ class _Layers:
 
     def all(self) -> list[str]:
         return [*self.body, *self.weight_only(tied_head=False)]
+
+
+def _qat_step(model: torch.nn.Module, layers: _Layers, spec: QuantizationSpec, step: str) -> None:
+    """torchao's QAT ``prepare`` or ``convert`` over the body (the linears, with int8
+    activations when asked) and the weight-only layers (embedding, head). A tied head is
+    prepared with its embedding, and converted on its own (then re-tied by the caller)."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    body_config, weight_only_config = _configs(spec)
+    quantize_(model, QATConfig(body_config, step=step), filter_fn=_named(layers.body))
+    quantize_(
+        model,
+        QATConfig(weight_only_config, step=step),
+        filter_fn=_named(layers.weight_only(tied_head=step == "prepare")),
+    )
 
 
 def _configs(spec: QuantizationSpec) -> tuple[Any, Any]:
