@@ -34,7 +34,7 @@ from potstill.evaluation.speed import generation_tokens_per_second
 from potstill.models.load import load_causal_lm, resolve
 
 TEACHER = "bundled:smollm2-135m-instruct"
-PTQ = {"ptq-int8": ("int8", None), "ptq-int4": ("int4", 32)}
+PTQ = {"ptq-int8": ("int8", None), "ptq-int4": ("int4", 32), "ptq-int4-g16": ("int4", 16)}
 
 
 def main() -> None:
