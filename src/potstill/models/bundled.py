@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from potstill.util.errors import PotstillError
+from potstill.util.errors import PotstillError, first_line
 from potstill.util.fetch import pip_download
 from potstill.util.io import atomic_dir, atomic_write_json, sha256_file
 from potstill.util.paths import home
@@ -221,7 +221,7 @@ def _bin_to_safetensors(pickled: Path, out: Path) -> None:
         state = torch.load(pickled, map_location="cpu", weights_only=True)
     except Exception as e:  # an UnpicklingError names the forbidden global
         raise PotstillError(
-            f"{pickled.name} holds more than tensors ({_first_line(e)}); potstill will not "
+            f"{pickled.name} holds more than tensors ({first_line(e)}); potstill will not "
             "unpickle code"
         ) from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -229,11 +229,6 @@ def _bin_to_safetensors(pickled: Path, out: Path) -> None:
     # safetensors refuses tensors that share storage (tied weights): give each its own.
     tensors = {key: value.detach().clone().contiguous() for key, value in state.items()}
     save_file(tensors, out, metadata={"format": "pt"})
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 def _convert_gguf(gguf_file: Path, folder: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from potstill.models import bundled
-from potstill.util.errors import PotstillError
+from potstill.util.errors import PotstillError, first_line
 from potstill.util.io import sha256_file
 
 BUNDLED_PREFIX = "bundled:"
@@ -83,11 +83,10 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from potstill.models.quantize import load_quantized
+    from potstill.models.quantize import is_quantized, load_quantized
 
-    if quantized_folder(ref) is not None:
-        model, tokenizer = load_quantized(Path(ref).expanduser())
-        return model, tokenizer
+    if is_quantized(Path(ref).expanduser()):
+        return load_quantized(Path(ref).expanduser())
 
     def load(location: str) -> tuple[torch.nn.Module, Any]:
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -181,17 +180,12 @@ def _load_pretrained(
         return load(location)
     except (OSError, ValueError) as e:
         if Path(location).is_dir():  # a local or bundled folder exists but does not load
-            raise PotstillError(f"model {ref} could not be loaded ({_first_line(e)})") from e
+            raise PotstillError(f"model {ref} could not be loaded ({first_line(e)})") from e
         raise PotstillError(
             f"model {ref} not found: not a local folder or bundled:NAME, and not in the local "
             "hub cache; pass a local folder, or set HF_HUB_OFFLINE=0 to let potstill download "
             "hub ids"
         ) from e
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from potstill.util.errors import PotstillError
+from potstill.util.errors import PotstillError, first_line
 from potstill.util.io import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def load_quantized(folder: str | Path) -> tuple[torch.nn.Module, Any]:
         state, leftover = _unflatten(tensors, metadata)
     except Exception as e:  # a corrupt file, or torchao's format changed under it
         raise PotstillError(
-            f"{folder / WEIGHTS_FILE} could not be read ({_first_line(e)}); it was written "
+            f"{folder / WEIGHTS_FILE} could not be read ({first_line(e)}); it was written "
             f"with torchao {saved_with}, this is torchao {torchao_version}"
         ) from e
     if leftover:
@@ -125,7 +125,7 @@ def load_quantized(folder: str | Path) -> tuple[torch.nn.Module, Any]:
         model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # a shape that is not the config's
         raise PotstillError(
-            f"{folder / WEIGHTS_FILE} does not match its config.json ({_first_line(e)}); "
+            f"{folder / WEIGHTS_FILE} does not match its config.json ({first_line(e)}); "
             "save the model again with save_quantized"
         ) from e
     modules = dict(model.named_modules())
@@ -245,8 +245,3 @@ def _check_layout(
                 f"activations {found[2]}, not as the spec says ({spec.describe()}); save with "
                 "the spec the model was quantized with"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from potstill.models.load import quantized_folder, resolve
-from potstill.util.errors import PotstillError
+from potstill.util.errors import PotstillError, first_line
 
 
 def _load(folder: str | Path, *, dtype: Any, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
@@ -40,8 +40,9 @@ def _load(folder: str | Path, *, dtype: Any, **kwargs: Any) -> tuple[torch.nn.Mo
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise PotstillError(f"model {folder} could not be loaded for export ({reason})") from e
+        raise PotstillError(
+            f"model {folder} could not be loaded for export ({first_line(e)})"
+        ) from e
     return model.eval(), tokenizer
 
 
