@@ -54,6 +54,13 @@ def make_llama(vocab_size: int, layers: int = 4, seed: int = 0) -> LlamaForCausa
     return LlamaForCausalLM(config)
 
 
+def llama_folder(folder: Path, tokenizer, layers: int = 4) -> Path:
+    """Save a tiny `make_llama` of ``tokenizer``'s vocabulary and the tokenizer in ``folder``."""
+    make_llama(len(tokenizer), layers=layers).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
@@ -62,10 +69,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """An HF folder holding a 4-layer Llama teacher and its tokenizer."""
-    folder = tmp_path_factory.mktemp("teacher")
-    make_llama(len(tiny_tokenizer)).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return llama_folder(tmp_path_factory.mktemp("teacher"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")

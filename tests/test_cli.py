@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_llama, make_tokenizer, run_cli
+from tests.conftest import llama_folder, make_tokenizer, run_cli
 
 VERBS = ["run", "teach", "distill", "label", "eval", "models", "pull"]
 
@@ -216,10 +216,7 @@ def _empty(tmp_path: Path) -> str:
 
 
 def _other_vocab(tmp_path: Path) -> str:
-    folder = tmp_path / "other"
-    tok = make_tokenizer(vocab_size=280)
-    make_llama(len(tok), layers=1).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    folder = llama_folder(tmp_path / "other", make_tokenizer(vocab_size=280), layers=1)
     return f"student={{model: {folder}}}"
 
 

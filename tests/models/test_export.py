@@ -24,7 +24,7 @@ from potstill.models.export import (
 )
 from potstill.models.student import layer_subset, save_student
 from potstill.util.errors import PotstillError
-from tests.conftest import make_llama, make_tokenizer
+from tests.conftest import llama_folder, make_llama, make_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,10 +41,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny Llama student (hidden 32, intermediate 64: whole q8_0/q4_0 blocks of 32)."""
-    folder = tmp_path_factory.mktemp("student")
-    make_llama(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return llama_folder(tmp_path_factory.mktemp("student"), tokenizer)
 
 
 def _leftovers(parent: Path) -> list[str]:
