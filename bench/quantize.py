@@ -94,9 +94,10 @@ def main() -> None:
         )
 
 
-def _data() -> Any:
+def _data(tokenizer: Any) -> tuple[Any, int]:
+    """The embedded default's data (every model here shares the teacher's vocabulary, so
+    its own tokenizer gives the same blocks) and the evaluation batch size."""
     recipe = load_recipe(None)
-    _, tokenizer = load_causal_lm(TEACHER)
     return load_data(recipe.data, tokenizer), recipe.eval.batch_size
 
 
@@ -105,9 +106,10 @@ def _teacher_choices(work: Path) -> None:
     path = work / "teacher-top1.pt"
     if path.is_file():
         return
-    data, batch_size = _data()
-    teacher, _ = load_causal_lm(TEACHER)
+    teacher, tokenizer = load_causal_lm(TEACHER)
+    data, batch_size = _data(tokenizer)
     torch.save(_top1(teacher, data.heldout.input_ids, batch_size), path)
+    (work / "teacher-data.txt").write_text(data.fingerprint)
 
 
 @torch.no_grad()
@@ -119,10 +121,12 @@ def _top1(model: torch.nn.Module, input_ids: torch.Tensor, batch_size: int) -> t
 
 @torch.no_grad()
 def _measure(ref: str, work: Path) -> dict[str, Any]:
-    data, batch_size = _data()
     began = time.perf_counter()
-    model, _ = load_causal_lm(ref)
+    model, tokenizer = load_causal_lm(ref)
     load_seconds = time.perf_counter() - began
+    data, batch_size = _data(tokenizer)
+    if data.fingerprint != (work / "teacher-data.txt").read_text():
+        raise SystemExit(f"{ref} tokenizes the data differently from the teacher")
     ids, labels = data.heldout.input_ids, data.heldout.labels
     total, count, agree = 0.0, 0, 0
     teacher_top1 = torch.load(work / "teacher-top1.pt", weights_only=True)
