@@ -71,7 +71,17 @@ def load_recipe(
         if not path.is_file():
             raise PotstillError(f"recipe {path} not found: give the path of a YAML recipe file")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise PotstillError(
+                f"recipe {path} is not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8"
+            ) from None
+        except OSError as e:
+            raise PotstillError(
+                f"recipe {path} cannot be read ({e.strerror or e}); check its permissions"
+            ) from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""

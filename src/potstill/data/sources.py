@@ -103,6 +103,14 @@ def _read_text(path: Path) -> str:
         raise PotstillError(
             f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8"
         ) from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, error: OSError) -> PotstillError:
+    return PotstillError(
+        f"data.path {path} cannot be read ({error.strerror or error}); check its permissions"
+    )
 
 
 # --- rows ----------------------------------------------------------------------------------
@@ -154,6 +162,8 @@ def _csv_rows(path: Path) -> Iterable[tuple[str, Any]]:
         ) from None
     except csv.Error as e:
         raise PotstillError(f"{path}: not valid CSV ({e}); fix the file or use .jsonl") from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
 
 
 def _documents(rows: Iterable[tuple[str, Any]], cfg: DataConfig) -> tuple[Kind, list[Document]]:

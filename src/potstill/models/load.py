@@ -93,10 +93,12 @@ def load_causal_lm(
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch.float32, use_safetensors=True, **kwargs
+        )
         return model, tokenizer
 
-    model, tokenizer = _load_pretrained(ref, load, log)
+    model, tokenizer = _load_pretrained(ref, load, log, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -154,6 +156,7 @@ def load_sequence_classifier(
             label2id={name: i for i, name in enumerate(names)},
             ignore_mismatched_sizes=True,
             trust_remote_code=False,
+            use_safetensors=True,
         )
         return model, tokenizer
 
@@ -170,12 +173,15 @@ def _load_pretrained(
     ref: str,
     load: Callable[[str], tuple[torch.nn.Module, Any]],
     log: Callable[[str], None],
+    *,
+    trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
     """Resolve ``ref`` and run ``load`` on it; what fails is one `PotstillError` line."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     location = resolve(ref, log=log)
+    check_loadable(location, ref, trust_remote_code=trust_remote_code)
     try:
         return load(location)
     except (OSError, ValueError) as e:
@@ -186,6 +192,44 @@ def _load_pretrained(
             "hub cache; pass a local folder, or set HF_HUB_OFFLINE=0 to let potstill download "
             "hub ids"
         ) from e
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_loadable(location: str | Path, ref: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse a local model folder whose loading could run code from it: weights only as a
+    pickle (``pytorch_model.bin``: unpickling runs code; safetensors cannot), or a config
+    whose model needs the folder's own Python code (``auto_map`` on a model type
+    transformers does not know) unless ``trust_remote_code``."""
+    from transformers import CONFIG_MAPPING
+
+    folder = Path(location)
+    if not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir())
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickles and not any(n.endswith(".safetensors") for n in names):
+        raise PotstillError(
+            f"model {ref} holds its weights as a pickle ({pickles[0]}), and loading a pickle "
+            "can run code: potstill loads safetensors only; convert it once where you trust "
+            "it (from_pretrained, then save_pretrained(folder, safe_serialization=True))"
+        )
+    if trust_remote_code:
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # no readable config: transformers says what is wrong
+    if not isinstance(config, dict) or not config.get("auto_map"):
+        return
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise PotstillError(
+            f"model {ref} needs its own Python code (config.json auto_map, model_type "
+            f"{model_type!r}), which potstill runs only when told to (potstill serve "
+            "--trust-remote-code); use a model transformers supports natively"
+        )
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")

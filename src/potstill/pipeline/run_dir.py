@@ -51,6 +51,14 @@ def prepare_run_dir(recipe: Recipe, *, resume: bool) -> Path:
                 f"{run_dir} was made by a different recipe (see its config.yaml); "
                 "set name=NEW to start another run, or pass --resume to redo what changed"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, recipe.to_yaml())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PotstillError(
+            f"cannot create the run folder {run_dir} ({e.strerror or e}): make "
+            f"{recipe.runs_dir} writable, or set runs_dir to a folder you can write"
+        ) from e
+    text = recipe.to_yaml()
+    if not saved.is_file() or saved.read_text(encoding="utf-8") != text:  # same: untouched
+        atomic_write_text(saved, text)
     return run_dir

@@ -8,6 +8,7 @@ import torch
 
 from potstill.data.batch import Batch
 from potstill.signals import DenseSignal, SignalRequest, TeacherOutputs
+from potstill.util.errors import PotstillError
 
 
 class LiveTeacher:
@@ -74,7 +75,9 @@ class LiveTeacher:
             out = self.model(input_ids=input_ids, **kwargs)
         distributions = None
         if request.distributions:
-            distributions = DenseSignal(out.logits[:, skip:-1])  # (B, L − 1, V)
+            logits = out.logits[:, skip:-1]  # (B, L − 1, V)
+            _check_finite(logits, batch)
+            distributions = DenseSignal(logits)
         hidden = {layer: out.hidden_states[layer][:, skip:] for layer in request.hidden_layers}
         attentions = {}
         if request.attention_layers:
@@ -88,3 +91,18 @@ class LiveTeacher:
                 for layer in request.attention_layers
             }
         return TeacherOutputs(distributions, hidden, attentions)
+
+
+def _check_finite(logits: torch.Tensor, batch: Batch) -> None:
+    """Refuse teacher logits ``(B, T, V)`` holding NaN or +inf (corrupt weights, or an
+    overflow in low precision): a student learns nothing from them, a cache cannot store
+    them. One max per batch: it is NaN when any entry is."""
+    if logits.numel() == 0 or bool(torch.isfinite(logits.amax())):
+        return
+    bad = ~torch.isfinite(logits.flatten(1).amax(1))  # (B,)
+    blocks = batch.index.cpu()[bad.nonzero().flatten()[:3].cpu()].tolist()
+    raise PotstillError(
+        f"the teacher's logits hold NaN or infinite values (blocks {blocks}): its weights "
+        "are corrupt, or it overflows in train.precision; check the teacher model, or run it "
+        "in float32 (train.precision=fp32)"
+    )

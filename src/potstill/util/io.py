@@ -3,6 +3,7 @@ and sha256 checksums."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,19 +14,46 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from potstill.util.errors import PotstillError
+
+# Write failures a user fixes (a full disk, a folder they cannot write): one-line errors.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def unwritable(path: str | Path, error: OSError) -> PotstillError:
+    """A one-line `PotstillError` for ``error``, raised writing ``path``: what and the fix.
+
+    >>> str(unwritable("runs/a/x.json", OSError(errno.ENOSPC, "No space left on device")))
+    'cannot write runs/a/x.json (No space left on device): free some disk space and rerun'
+    """
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space and rerun"
+    else:
+        fix = f"make {Path(path).parent} writable, or write somewhere else"
+    return PotstillError(f"cannot write {path} ({error.strerror or error}): {fix}")
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; a full disk or a folder the user cannot write
+    is a one-line `PotstillError`, and no temporary file is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if e.errno in _USER_ERRNOS:
+            raise unwritable(path, e) from e
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+            raise unwritable(path, e) from e
         raise
 
 

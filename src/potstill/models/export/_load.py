@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from potstill.models.load import quantized_folder, resolve
+from potstill.models.load import check_loadable, quantized_folder, resolve
 from potstill.util.errors import PotstillError, first_line
 
 
@@ -22,6 +22,7 @@ def _load(folder: str | Path, *, dtype: Any, **kwargs: Any) -> tuple[torch.nn.Mo
     hf_logging.disable_progress_bar()
     path = Path(str(folder)).expanduser()
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        check_loadable(path, str(folder))
         return _load_adapter(path, dtype=dtype, **kwargs)
     location = resolve(str(folder))
     if not Path(location).is_dir():
@@ -29,6 +30,7 @@ def _load(folder: str | Path, *, dtype: Any, **kwargs: Any) -> tuple[torch.nn.Mo
             f"export needs a local model folder; {folder} is not one: give the student's "
             "folder (runs/NAME/student), a model folder, or bundled:NAME"
         )
+    check_loadable(location, str(folder))
     quantized = quantized_folder(location)
     if quantized is not None:
         raise PotstillError(
