@@ -339,7 +339,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from potstill.util.log import set_verbose
 
-    set_verbose(True)
+    # Under torchrun / accelerate launch only rank 0 talks (the launcher sets RANK).
+    set_verbose(os.environ.get("RANK", "0") in ("", "0"))
     try:
         app()
     except PotstillError as e:

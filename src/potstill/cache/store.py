@@ -17,6 +17,14 @@ written atomically and only then entered in the manifest (itself replaced atomic
 a killed ``teach`` leaves a valid cache of the shards it finished, and a rerun continues
 with the blocks still missing.
 
+Several processes (``potstill teach`` under ``torchrun``) teach at once: rank 0 opens the
+cache, each rank writes its own shards (``shard-rR-BBBBBBB.bin``, named by rank and first
+block) and lists them in its own journal (``journal-rR.json``, replaced atomically after
+each shard) instead of the manifest, and rank 0 merges the journals into the manifest at
+the end (`CacheWriter.merge_journals`). A journal left by a killed rank is merged, shard by
+verified shard, when the cache is next opened; only the blocks no rank finished are taught
+again.
+
 A format-1 manifest (flat: ``teacher``, ``top_k``, … at the top, one file per shard) is
 read as format 2; the next `CacheWriter.open` rewrites it on disk as format 2.
 """
@@ -66,12 +74,53 @@ __all__ = [
 ]
 
 
-class CacheWriter:
-    """Adds shards to a cache folder, one atomic shard and manifest update at a time."""
+JOURNALS = "journal-r*.json"
 
-    def __init__(self, directory: Path, manifest: Manifest) -> None:
+
+class CacheWriter:
+    """Adds shards to a cache folder, one atomic shard and manifest update at a time (or,
+    as one rank of several, journal update: `for_rank`)."""
+
+    def __init__(self, directory: Path, manifest: Manifest, rank: int | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
+        self.rank = rank  # None: the only writer, straight into the manifest
+        self._journal: list[Shard] = []
+
+    def for_rank(self, rank: int) -> CacheWriter:
+        """A writer for one of several processes: its shards go to its own journal."""
+        return CacheWriter(self.directory, self.manifest, rank)
+
+    def merge_journals(self, *, log=lambda _: None) -> None:
+        """Enter every rank's journalled shards in the manifest (each verified first; a
+        bad one is dropped and its blocks stay to teach), then remove the journals."""
+        journals = sorted(self.directory.glob(JOURNALS))
+        if not journals:
+            return
+        listed = {stored.file for shard in self.manifest.shards for stored in shard.files()}
+        covered = self.manifest.covered
+        added = []
+        for path in journals:
+            try:
+                entries = [Shard.model_validate(e) for e in json.loads(path.read_text())]
+            except (OSError, ValueError) as e:
+                log(f"cache journal {path} is unreadable ({type(e).__name__}): ignored")
+                entries = []
+            for shard in entries:
+                if shard.fields.top_k.file in listed or covered.intersection(shard.blocks):
+                    continue  # merged before a kill stopped the cleanup
+                problem = shard_problem(self.directory, shard)
+                if problem is not None:
+                    log(f"cache shard {problem}: teaching its blocks again")
+                    continue
+                added.append(shard)
+                covered = covered | set(shard.blocks)
+        self.manifest = self.manifest.model_copy(
+            update={"shards": [*self.manifest.shards, *added]}
+        ).with_totals()
+        self._save()  # the manifest holds them before any journal goes
+        for path in journals:
+            path.unlink(missing_ok=True)
 
     @classmethod
     def open(cls, directory: Path, fresh: Manifest, *, log=lambda _: None) -> CacheWriter:
@@ -92,6 +141,10 @@ class CacheWriter:
         fields = SOURCE_FIELDS | SETTINGS_FIELDS
         check_source(found, {f: getattr(fresh, f) for f in fields}, directory, fields)
         check_codec(found, directory)
+        if any(directory.glob(JOURNALS)):  # a multi-process teach was killed: keep its work
+            merger = cls(directory, found)
+            merger.merge_journals(log=log)
+            found = merger.manifest
         # A block's signal depends only on what made the cache (checked above), not on the
         # plan: a recipe that needs other blocks (more steps, teach.blocks=all) extends the
         # plan, and what is already taught is kept.
@@ -122,21 +175,34 @@ class CacheWriter:
         with ``hidden``, its float16 hidden states, when the cache keeps them."""
         if (hidden is None) != (self.manifest.fields.hidden is None):
             raise ValueError("a shard has hidden states exactly when the cache keeps them")
-        used = {stored.file for s in self.manifest.shards for stored in s.files()}
-        index = len(self.manifest.shards)
-        while (name := f"shard-{index:05d}.bin") in used or f"hidden-{index:05d}.bin" in used:
-            index += 1
-        path = self.directory / name
+        if self.rank is None:
+            used = {stored.file for s in self.manifest.shards for stored in s.files()}
+            index = len(self.manifest.shards)
+            while f"shard-{index:05d}.bin" in used or f"hidden-{index:05d}.bin" in used:
+                index += 1
+            tag = f"{index:05d}"
+        else:  # unique without asking the others: each block is taught in one shard
+            tag = f"r{self.rank}-{blocks[0]:07d}"
+        path = self.directory / f"shard-{tag}.bin"
         atomic_write_bytes(path, payload)
-        top_k = TopKFile(file=name, sha256=sha256_file(path), bytes=len(payload), fidelity=fidelity)
+        top_k = TopKFile(
+            file=path.name, sha256=sha256_file(path), bytes=len(payload), fidelity=fidelity
+        )
         states = None
         if hidden is not None:
-            states_path = self.directory / f"hidden-{index:05d}.bin"
+            states_path = self.directory / f"hidden-{tag}.bin"
             atomic_write_bytes(states_path, hidden)
             states = StoredFile(
                 file=states_path.name, sha256=sha256_file(states_path), bytes=len(hidden)
             )
-        shard = Shard(blocks=list(blocks), fields=ShardFields(top_k=top_k, hidden=states))
+        shard = Shard(
+            blocks=list(blocks), rank=self.rank or 0, fields=ShardFields(top_k=top_k, hidden=states)
+        )
+        if self.rank is not None:
+            self._journal.append(shard)
+            journal = [entry.model_dump(mode="json") for entry in self._journal]
+            atomic_write_text(self.directory / f"journal-r{self.rank}.json", json.dumps(journal))
+            return
         self.manifest = self.manifest.model_copy(
             update={"shards": [*self.manifest.shards, shard]}
         ).with_totals()

@@ -19,6 +19,7 @@ from potstill.losses.sampled import sampled_signal
 from potstill.models.load import text_config, tokenizer_sha256, weights_sha256
 from potstill.signals import SignalRequest, SparseSignal
 from potstill.teachers import LiveTeacher
+from potstill.util.distributed import barrier, current_world, my_share, on_main
 from potstill.util.log import bar
 
 
@@ -70,6 +71,11 @@ def teach(
 
     ``hidden_layers`` (HF ``hidden_states`` indices) are kept too, as float16, for
     hidden-state loss terms.
+
+    Under ``torchrun`` / ``accelerate launch`` the blocks still to teach are cut into
+    shards as in one process and dealt out in turn, shard ``i`` to rank ``i mod size``;
+    each rank journals its own shards and rank 0 merges them into the manifest at the end
+    (`CacheWriter.merge_journals`). The cache holds what one process would have made.
     """
     vocab = teacher.model.get_output_embeddings().weight.shape[0]  # what cached ids index
     width = text_config(teacher.model).hidden_size
@@ -85,29 +91,37 @@ def teach(
         hidden_layers=tuple(hidden_layers),
         width=width,
     )
-    writer = CacheWriter.open(directory, fresh, log=log)
+    world = current_world()
+    writer = on_main(lambda: CacheWriter.open(directory, fresh, log=log))
     remaining = writer.manifest.remaining()
-    if remaining:
-        _teach_blocks(teacher, blocks, remaining, writer, settings)
+    cut = settings.shard_blocks
+    shards = [remaining[start : start + cut] for start in range(0, len(remaining), cut)]
+    if world.distributed:
+        mine = my_share(shards, world)
+        _teach_blocks(teacher, blocks, mine, writer.for_rank(world.rank), settings)
+        barrier()  # every rank's journal is complete
+        on_main(lambda: writer.merge_journals(log=log))
+    elif shards:
+        _teach_blocks(teacher, blocks, shards, writer, settings)
     return TeacherCache.load(directory, source)
 
 
 def _teach_blocks(
     teacher: LiveTeacher,
     blocks: Blocks,
-    remaining: list[int],
+    shards: list[list[int]],
     writer: CacheWriter,
     settings: TeachConfig,
 ) -> None:
+    """Teach ``shards`` (lists of block indices), each into one shard of ``writer``."""
     manifest = writer.manifest
-    shard_blocks, batch_size = settings.shard_blocks, settings.batch_size
+    batch_size = settings.batch_size
     teacher.model.eval()
-    done = len(manifest.plan) - len(remaining)
     layers = manifest.hidden_layers
     request = SignalRequest(distributions=True, hidden_layers=layers)
-    with bar("   teach", total=len(manifest.plan), completed=done) as progress:
-        for start in range(0, len(remaining), shard_blocks):
-            shard = remaining[start : start + shard_blocks]
+    total = sum(len(blocks_) for blocks_ in shards)
+    with bar("   teach", total=total) as progress:
+        for shard in shards:
             signals, fidelity, states = [], Fidelity(), []
             # A shard's draws are fixed by the seed and its first block: a shard taught
             # again after a kill draws what it drew before.

@@ -15,7 +15,7 @@ from potstill.pipeline.context import RunContext
 from potstill.pipeline.context_distill import run_context_distillation
 from potstill.pipeline.generate import generate_only
 from potstill.pipeline.reason import run_reasoning
-from potstill.pipeline.run_dir import prepare_run_dir
+from potstill.pipeline.run_dir import prepare_run_dir, run_dir_of
 from potstill.pipeline.stages import (
     CE_ONLY,
     distill_stage,
@@ -24,6 +24,7 @@ from potstill.pipeline.stages import (
     report_stage,
     teacher_signal,
 )
+from potstill.util.distributed import launched_world, on_main
 from potstill.util.errors import PotstillError
 
 
@@ -69,6 +70,12 @@ def plan(recipe: Recipe) -> list[str]:
 
 def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     """Run ``recipe``'s plan: teach, distil, train the baseline, evaluate, report."""
+    if launched_world().distributed:
+        raise PotstillError(
+            "potstill run is one process; under torchrun or accelerate launch run its "
+            "stages: potstill teach RECIPE, then potstill distill RECIPE (then potstill "
+            "eval in one process)"
+        )
     if recipe.task.kind == "classify":
         report, run_dir = run_classify(recipe, resume=resume)
         return RunResult(report, run_dir)
@@ -120,12 +127,15 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
 
 
 def teach_only(recipe: Recipe) -> TeacherCache:
-    """Fill (or finish) the recipe's teacher cache; return it."""
+    """Fill (or finish) the recipe's teacher cache; return it. Under ``torchrun`` each
+    process teaches its share of the shards (`potstill.cache.teach.teach`)."""
     # An existing cache of the same recipe is always continued: it is verified shard by
     # shard, and teaching is deterministic, so that is the same as starting again.
-    ctx = RunContext(recipe, prepare_run_dir(recipe, resume=True))
     if not recipe.needs_teacher_logits:
         raise PotstillError("this recipe has no distillation loss term: nothing to teach")
+    ctx = RunContext(recipe, run_dir_of(recipe))
+    _ = ctx.data  # bad data is refused before the run folder's config.yaml is touched
+    on_main(lambda: prepare_run_dir(recipe, resume=True))
     source, _ = teacher_signal(ctx, teach_now=True)
     if not isinstance(source, TeacherCache):
         raise PotstillError("teach.enabled is false: set teach.enabled=true to teach a cache")
@@ -133,8 +143,9 @@ def teach_only(recipe: Recipe) -> TeacherCache:
 
 
 def distill_only(recipe: Recipe, *, resume: bool = False) -> Path:
-    """Train the recipe's student from its cache (or a live teacher); return its folder."""
-    ctx = RunContext(recipe, prepare_run_dir(recipe, resume=resume), resume)
+    """Train the recipe's student from its cache (or a live teacher); return its folder.
+    Under ``torchrun`` / ``accelerate launch`` it trains data parallel (`potstill.train`)."""
+    ctx = RunContext(recipe, on_main(lambda: prepare_run_dir(recipe, resume=resume)), resume)
     source, source_print = teacher_signal(ctx, teach_now=False)
     distill_stage(ctx, name="student", terms=recipe.terms, source=source, source_print=source_print)
     return ctx.run_dir / "student"

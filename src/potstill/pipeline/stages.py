@@ -40,6 +40,7 @@ from potstill.pipeline.markers import fingerprint, finished, forget, mark_finish
 from potstill.tasks.causal_lm import CausalLM, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import train
+from potstill.util.distributed import on_main
 from potstill.util.errors import PotstillError
 from potstill.util.log import log
 
@@ -103,7 +104,7 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
     content = fingerprint(source, settings, recipe.teach_temperature, *hidden_layers)
     print_ = fingerprint(content, plan)
     if teach_now:
-        _drop_stale_cache(ctx, content)
+        on_main(lambda: _drop_stale_cache(ctx, content))
         started = time.perf_counter()
         cache = teach(
             live,
@@ -117,9 +118,12 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
             hidden_layers=hidden_layers,
         )
         seconds = time.perf_counter() - started
-        done = finished(ctx.run_dir, "teach", print_)
-        if done is None:  # first time (or changed): record how long teaching took
-            done = mark_finished(ctx.run_dir, "teach", print_, content=content, seconds=seconds)
+
+        def record() -> None:  # first time (or changed): how long teaching took
+            if finished(ctx.run_dir, "teach", print_) is None:
+                mark_finished(ctx.run_dir, "teach", print_, content=content, seconds=seconds)
+
+        on_main(record)
         log(f"teacher cache {directory}: {cache.manifest.describe()} ({seconds:.0f} s)")
     else:
         cache = TeacherCache.load(directory, source)
@@ -179,18 +183,23 @@ def distill_stage(
         recipe.teacher,
         source_print,
     )
-    done = finished(run_dir, name, print_)
-    if done is not None and (out / "config.json").is_file():
-        log(f"{name}: already trained, skipping ({out})")
-        return float(done["train_seconds"]), print_
-    forget(run_dir, name)
     checkpoints = run_dir / "checkpoints" / name
     owner = run_dir / "checkpoints" / f"{name}.fingerprint"
-    if checkpoints.exists() and (not owner.is_file() or owner.read_text() != print_):
-        log(f"{name}: its checkpoint was made from other inputs; starting again")
-        shutil.rmtree(checkpoints)
-    owner.parent.mkdir(parents=True, exist_ok=True)
-    owner.write_text(print_)
+
+    def claim() -> dict[str, Any] | None:  # rank 0 decides and tidies; the others follow
+        done = finished(run_dir, name, print_)
+        if done is not None and (out / "config.json").is_file():
+            return done
+        forget(run_dir, name)
+        if checkpoints.exists() and (not owner.is_file() or owner.read_text() != print_):
+            log(f"{name}: its checkpoint was made from other inputs; starting again")
+            shutil.rmtree(checkpoints)
+        return None
+
+    done = on_main(claim)
+    if done is not None:
+        log(f"{name}: already trained, skipping ({out})")
+        return float(done["train_seconds"]), print_
     student, student_tokenizer = build_student(
         recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
     )
@@ -206,27 +215,42 @@ def distill_stage(
         cfg = cfg.model_copy(update={"curriculum": "none"})
     if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
         cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
-    result = train(
-        model,
-        ctx.data.train,
-        CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens, projections=projections),
-        cfg,
-        teacher=source,
-        name=name,
-        checkpoint_dir=checkpoints,
-        metrics_path=run_dir / "metrics.jsonl",
-        resume=True,
-        extra=projections or None,
-        device=ctx.device,
-        autocast_dtype=ctx.autocast_dtype,
-    )
-    if ctx.qat is not None:  # saved as the integers it trained towards
-        save_quantized(convert_qat(model, ctx.qat), student_tokenizer, out, ctx.qat)
-    else:
-        save_student(model, student_tokenizer, out)
-    mark_finished(run_dir, name, print_, train_seconds=result.seconds, steps=result.steps)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    owner.unlink(missing_ok=True)
+
+    def own() -> None:  # the checkpoints about to be written are this fingerprint's
+        owner.parent.mkdir(parents=True, exist_ok=True)
+        owner.write_text(print_)
+
+    on_main(own)
+    try:
+        result = train(
+            model,
+            ctx.data.train,
+            CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens, projections=projections),
+            cfg,
+            teacher=source,
+            name=name,
+            checkpoint_dir=checkpoints,
+            metrics_path=run_dir / "metrics.jsonl",
+            resume=True,
+            extra=projections or None,
+            device=ctx.device,
+            autocast_dtype=ctx.autocast_dtype,
+        )
+    except PotstillError:  # refused before a first checkpoint: leave no owner behind
+        if not checkpoints.exists():
+            owner.unlink(missing_ok=True)
+        raise
+
+    def save() -> None:  # every process holds the same weights: rank 0 writes them
+        if ctx.qat is not None:  # saved as the integers it trained towards
+            save_quantized(convert_qat(model, ctx.qat), student_tokenizer, out, ctx.qat)
+        else:
+            save_student(model, student_tokenizer, out)
+        mark_finished(run_dir, name, print_, train_seconds=result.seconds, steps=result.steps)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        owner.unlink(missing_ok=True)
+
+    on_main(save)
     return result.seconds, print_
 
 

@@ -6,13 +6,20 @@ of valid tokens (so accumulation is exact), clipping, seeds, checkpoints every
 supplies the loss of a micro-batch; the teacher source supplies the teacher's outputs;
 ``extra`` modules (projections for feature losses) train beside the student and are
 checkpointed with it, but never saved with it.
+
+Under ``torchrun`` / ``accelerate launch`` the same loop is data parallel (DDP): each
+micro-batch of ``batch_size`` examples is split across the processes (rank ``r`` takes
+every ``size``-th example from ``r``), the valid-token count is summed over all of them
+and gradients are summed (not averaged), so a step of N processes computes the same
+gradient as one process at the same global batch. Rank 0 alone writes metrics and
+checkpoints; a checkpoint resumes on any number of processes that divides the batch.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +34,15 @@ from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoi
 from potstill.train.curriculum import curriculum_order
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
+from potstill.util.distributed import (
+    World,
+    all_sum,
+    all_sum_dict,
+    barrier,
+    current_world,
+    launched_world,
+)
+from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_text
 from potstill.util.log import bar
 
@@ -97,6 +113,7 @@ def train(
     extra: nn.ModuleDict | None = None,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    until: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with ``task``'s loss.
 
@@ -104,8 +121,16 @@ def train(
     the task's terms ask for them. Metrics rows are appended to ``metrics_path`` tagged
     with ``name`` ("student", "baseline", …). ``device`` is where the model already is;
     batches and teacher outputs are moved there. ``autocast_dtype`` runs forward passes
-    under ``torch.autocast`` (bf16/fp16 on a GPU).
+    under ``torch.autocast`` (bf16/fp16 on a GPU). ``until`` stops after that step with a
+    checkpoint there (as a preempted job would); training again with ``resume`` goes on.
     """
+    processes = launched_world().size
+    if cfg.batch_size % processes:
+        raise PotstillError(
+            f"train.batch_size {cfg.batch_size} does not split over {processes} processes: "
+            f"make it a multiple of {processes} (each process takes an equal share)"
+        )
+    world = current_world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -120,7 +145,8 @@ def train(
     state = TrainState(step=0, tokens=0, elapsed=0.0)
     if resume and (checkpoint_dir / "state.json").is_file():
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra=extra)
-    _truncate_metrics(metrics_path, name, after_step=state.step)
+    if world.main:
+        _truncate_metrics(metrics_path, name, after_step=state.step)
     schedule = curriculum_order(
         len(data),
         micro_batches=cfg.steps * cfg.grad_accum,
@@ -134,6 +160,7 @@ def train(
     if not request.empty and teacher is None:
         raise ValueError("a distillation loss term needs a teacher")
     task.prepare(model, data.batch(torch.tensor([0])).to(device))
+    objective = _data_parallel(_Objective(modules, task), world, device)
     autocast = (
         torch.autocast(torch.device(device).type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -143,36 +170,40 @@ def train(
     scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
     modules.train()
     loss_value = float("nan")
+    stop = cfg.steps if until is None else min(until, cfg.steps)
     with bar(f"{name:>8}", total=cfg.steps, completed=state.step) as progress:
-        while state.step < cfg.steps:
+        while state.step < stop:
             started = time.perf_counter()
             micro = [
                 data.batch(
-                    _micro_index(len(data), cfg, state.step * cfg.grad_accum + i)
-                    if schedule is None
-                    else torch.tensor(schedule[state.step * cfg.grad_accum + i])
+                    _share(
+                        _micro_index(len(data), cfg, state.step * cfg.grad_accum + i)
+                        if schedule is None
+                        else torch.tensor(schedule[state.step * cfg.grad_accum + i]),
+                        world,
+                    )
                 )
                 for i in range(cfg.grad_accum)
             ]
-            # Normalise by the step's global valid-token count: every micro-batch's loss is a
-            # sum over its tokens divided by the same number, so accumulation is exact.
-            num_tokens = sum(task.count(batch) for batch in micro)
+            # Normalise by the step's global valid-token count (over every process): each
+            # micro-batch's loss is a sum over its tokens divided by the same number, so
+            # accumulation, and the sum of the processes' gradients, is exact.
+            num_tokens = int(all_sum(float(sum(task.count(batch) for batch in micro))))
             total = torch.zeros((), device=device)
             parts_sum: dict[str, float] = {}
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 outputs = None if request.empty else teacher.outputs(batch, request)
-                with autocast:
-                    loss, parts = task.loss(
-                        model,
-                        batch.to(device),
-                        _to(outputs, device),
-                        num_tokens=max(num_tokens, 1),
+                # Gradients are summed across processes once per step, on the last micro-batch.
+                with _no_sync(objective, last=i == len(micro) - 1), autocast:
+                    loss, parts = objective(
+                        batch.to(device), _to(outputs, device), max(num_tokens, 1)
                     )
                 scaler.scale(loss).backward()
                 total += loss.detach()
                 # Parts are already divided by the step's count, so they simply add up.
                 for key, value in parts.items():
                     parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
+            parts_sum = all_sum_dict(parts_sum)
             scaler.unscale_(optimizer)
             grad_norm = _clip(modules, cfg.clip)
             scaler.step(optimizer)
@@ -184,9 +215,9 @@ def train(
             state.step += 1
             state.tokens += num_tokens
             state.elapsed += seconds
-            loss_value = float(total)
+            loss_value = all_sum(float(total))
             tokens_per_second = num_tokens / seconds
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            if world.main and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
                 _append_metrics(
                     metrics_path,
                     {
@@ -201,13 +232,68 @@ def train(
                         "elapsed": state.elapsed,
                     },
                 )
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, extra=extra)
+            if state.step % cfg.checkpoint_every == 0 or state.step in (cfg.steps, stop):
+                if world.main:
+                    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, extra=extra)
+                barrier()  # no process reads a checkpoint rank 0 is still writing
             progress.advance(
                 1, loss=f"loss {loss_value:.3f}", rate=f"{tokens_per_second:,.0f} {task.unit}/s"
             )
     modules.eval()
     return TrainResult(state.step, state.tokens, state.elapsed, loss_value)
+
+
+class _Objective(nn.Module):
+    """The student and the modules trained beside it, as one module whose forward is the
+    task's loss of a micro-batch: what DDP wraps, so its hooks see every trained
+    parameter however the task runs the student (a fused head calls the decoder and the
+    output layer separately)."""
+
+    def __init__(self, modules: nn.ModuleDict, task: Task) -> None:
+        super().__init__()
+        self.trained = modules
+        self.task = task
+
+    def forward(
+        self, batch: MicroBatch, teacher: TeacherOutputs | None, num_tokens: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.task.loss(self.trained["student"], batch, teacher, num_tokens=num_tokens)
+
+
+def _data_parallel(objective: _Objective, world: World, device: torch.device | str) -> nn.Module:
+    """``objective`` itself in one process; wrapped in DDP (gradients summed) in several."""
+    if not world.distributed:
+        return objective
+    from torch.nn.parallel import DistributedDataParallel
+
+    on_gpu = torch.device(device).type == "cuda"
+    wrapped = DistributedDataParallel(
+        objective, device_ids=[torch.device(device).index or 0] if on_gpu else None
+    )
+    wrapped.register_comm_hook(None, _sum_gradients)  # DDP broadcast rank 0's weights
+    return wrapped
+
+
+def _sum_gradients(_state, bucket):  # unannotated: DDP checks annotations by identity
+    """DDP communication hook: the sum of the processes' gradients (a ``GradBucket`` in,
+    a future of the summed tensor out), not their mean: each process's loss is already
+    divided by the global token count."""
+    import torch.distributed as dist
+
+    future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return future.then(lambda f: f.value()[0])
+
+
+def _no_sync(objective: nn.Module, *, last: bool) -> AbstractContextManager[object]:
+    """Skip DDP's gradient exchange on all but a step's last micro-batch."""
+    if last or not hasattr(objective, "no_sync"):
+        return nullcontext()
+    return objective.no_sync()
+
+
+def _share(index: torch.Tensor, world: World) -> torch.Tensor:
+    """This process's examples of a micro-batch (all of them in one process)."""
+    return index[world.rank :: world.size] if world.distributed else index
 
 
 def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

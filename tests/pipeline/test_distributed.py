@@ -1,0 +1,131 @@
+"""`potstill teach` and `potstill distill` under torchrun, 2 CPU processes (gloo): the
+cache holds what one process teaches, and the student equals one process's at the same
+global batch. A killed rank's shards are taught again on rerun, the finished ones kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from potstill.cache.store import TeacherCache, read_manifest
+from tests.conftest import run_cli, tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+ATOL = 2e-5  # float32 summation order across processes (see tests/train/test_distributed.py)
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_teacher_dir, corpus_file) -> Path:
+    values = tiny_recipe(tmp_path / "runs", tiny_teacher_dir, corpus_file, steps=4)
+    values["train"] |= {"batch_size": 4, "grad_accum": 2, "checkpoint_every": 2}
+    values["teach"] = {"top_k": 8, "samples": 0, "shard_blocks": 3, "batch_size": 2}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "potstill",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "student" / "model.safetensors"))
+
+
+def _cache(run: Path) -> TeacherCache:
+    return TeacherCache.load(run / "cache", {})
+
+
+def test_teach_and_distill_in_two_processes_equal_one(recipe, tmp_path, capsys):
+    for verb in ("teach", "distill"):
+        code, _, err = run_cli(verb, str(recipe), "name=one", capsys=capsys)
+        assert code == 0, err
+        done = _torchrun(verb, str(recipe), "name=two")
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+
+    # The cache: every block once, shards from both ranks, the same signal per block.
+    manifest = read_manifest(two / "cache")
+    assert manifest.complete and {s.rank for s in manifest.shards} == {0, 1}
+    assert not list((two / "cache").glob("journal-*"))
+    a, b = _cache(one), _cache(two)
+    for block in manifest.plan:
+        ra, rb = int(a._rows[block]), int(b._rows[block])
+        assert torch.equal(torch.as_tensor(a.ids[ra]), torch.as_tensor(b.ids[rb]))
+        assert torch.equal(torch.as_tensor(a.logprobs[ra]), torch.as_tensor(b.logprobs[rb]))
+
+    # The student: the same weights, within float32 summation order.
+    wa, wb = _weights(one), _weights(two)
+    assert wa.keys() == wb.keys()
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst <= ATOL, worst
+    # Rank 0 alone wrote the metrics: one row per step.
+    rows = [json.loads(r) for r in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["model"] == "student"] == [1, 2, 3, 4]
+
+
+def test_a_killed_ranks_shards_are_taught_again(recipe, tmp_path, capsys):
+    done = _torchrun("teach", str(recipe), "name=two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cache = tmp_path / "runs" / "two" / "cache"
+    manifest = read_manifest(cache)
+    # As if rank 1 died before the merge: its shards were never entered, its journal is
+    # left, and one of its shard files was cut short by the kill.
+    rank1 = [s for s in manifest.shards if s.rank == 1]
+    kept = [s for s in manifest.shards if s.rank == 0]
+    (cache / "journal-r1.json").write_text(json.dumps([s.model_dump(mode="json") for s in rank1]))
+    broken = cache / rank1[0].fields.top_k.file
+    broken.write_bytes(broken.read_bytes()[:10])
+    data = json.loads((cache / "manifest.json").read_text())
+    data["shards"] = [s for s in data["shards"] if s["rank"] == 0]
+    (cache / "manifest.json").write_text(json.dumps(data))
+
+    code, _, err = run_cli("teach", str(recipe), "name=two", capsys=capsys)
+    assert code == 0, err
+    after = read_manifest(cache)
+    assert after.complete
+    # rank 0's shards and rank 1's intact ones kept as they were; the cut one taught again
+    files = {s.fields.top_k.file for s in after.shards}
+    assert {s.fields.top_k.file for s in kept} <= files
+    assert {s.fields.top_k.file for s in rank1[1:]} <= files
+    assert "truncated" in err and not list(cache.glob("journal-*"))
+    _cache(tmp_path / "runs" / "two")  # every shard verifies
+
+
+def test_run_under_a_launcher_is_refused_in_one_line(recipe):
+    done = _torchrun("run", str(recipe), "name=three")
+    assert done.returncode != 0
+    assert "error: potstill run is one process" in done.stderr
+    # torchrun reports the failed children with its own traceback; none is potstill's
+    assert "potstill/pipeline" not in done.stderr
