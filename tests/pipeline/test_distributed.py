@@ -59,6 +59,30 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
+def _accelerate(*args: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",  # several processes: on a machine without GPUs, gloo on the CPU
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "potstill",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "student" / "model.safetensors"))
 
@@ -93,6 +117,18 @@ def test_teach_and_distill_in_two_processes_equal_one(recipe, tmp_path, capsys):
     # Rank 0 alone wrote the metrics: one row per step.
     rows = [json.loads(r) for r in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["model"] == "student"] == [1, 2, 3, 4]
+
+
+def test_distill_under_accelerate_launch_equals_one_process(recipe, tmp_path, capsys):
+    for verb in ("teach", "distill"):
+        code, _, err = run_cli(verb, str(recipe), "name=one", capsys=capsys)
+        assert code == 0, err
+    cache = tmp_path / "runs" / "one" / "cache"
+    done = _accelerate("distill", str(recipe), "name=acc", f"teach.cache={cache}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    wa, wb = _weights(tmp_path / "runs" / "one"), _weights(tmp_path / "runs" / "acc")
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst <= ATOL, worst
 
 
 def test_a_killed_ranks_shards_are_taught_again(recipe, tmp_path, capsys):
