@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -34,6 +35,13 @@ SPECS = [
     QuantizationSpec("int4", "int8", group_size=16),
 ]
 SPEC_IDS = ["int8", "int4-g16", "int8-act8", "int4-g16-act8"]
+# QAT also learns scales (range learning); PTQ has nothing to learn them from.
+QAT_SPECS = [
+    *SPECS,
+    QuantizationSpec("int4", group_size=16, learn_scales=True),
+    QuantizationSpec("int8", "int8", learn_scales=True),
+]
+QAT_IDS = [*SPEC_IDS, "int4-g16-learned", "int8-act8-learned"]
 
 # Relative logit error ||quantized - float|| / ||float|| on the tiny model, seed 0. Measured:
 # int8 0.008-0.009, int4 (groups of 16) 0.13.
@@ -124,6 +132,7 @@ def test_quantize_save_load_round_trip(model, ids, tiny_tokenizer, tmp_path, spe
         "weights": spec.weights,
         "activations": spec.activations,
         "group_size": spec.group_size,
+        "learn_scales": False,
     }
     assert record["format_version"] == 1 and record["torchao_version"]
     with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
@@ -181,10 +190,11 @@ def test_int4_file_is_at_most_a_fifth_of_float32(tiny_tokenizer, tmp_path, group
 # --- quantization-aware training ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
+@pytest.mark.parametrize("spec", QAT_SPECS, ids=QAT_IDS)
 def test_qat_prepare_train_convert(model, ids, tiny_tokenizer, tmp_path, spec):
     reference = logits(model, ids)
-    ptq = logits(quantize_model(copy.deepcopy(model), spec), ids)
+    ptq_spec = dataclasses.replace(spec, learn_scales=False)
+    ptq = logits(quantize_model(copy.deepcopy(model), ptq_spec), ids)
 
     student = prepare_qat(copy.deepcopy(model), spec)
     assert isinstance(student.model.layers[0].self_attn.q_proj, FakeQuantizedLinear)
@@ -204,8 +214,25 @@ def test_qat_prepare_train_convert(model, ids, tiny_tokenizer, tmp_path, spec):
         optimizer.step()
         optimizer.zero_grad()
     student.eval()
-    for name in ("model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"):
+    trainable = [
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        *(
+            [
+                "model.embed_tokens.weight_fake_quantizer.scale",
+                "model.layers.0.mlp.down_proj.weight_fake_quantizer.scale",
+            ]
+            if spec.learn_scales
+            else []
+        ),
+    ]
+    for name in trainable:
         assert not torch.equal(dict(student.named_parameters())[name], before[name]), name
+    if spec.learn_scales:  # the tied head rounds with its embedding's scales
+        assert (
+            student.lm_head.weight_fake_quantizer
+            is student.model.embed_tokens.weight_fake_quantizer
+        )
     trained = logits(student, ids)
 
     convert_qat(student, spec)
@@ -257,6 +284,12 @@ def one_line_error(call, match):
 )
 def test_bad_specs(kwargs, match):
     one_line_error(lambda: QuantizationSpec(**kwargs), match)
+
+
+def test_learned_scales_are_for_qat_only(model):
+    spec = QuantizationSpec("int4", learn_scales=True)
+    one_line_error(lambda: quantize_model(model, spec), "learn_scales trains the scales")
+    assert "learned scales" in spec.describe()
 
 
 def test_spec_defaults():

@@ -126,6 +126,11 @@ class Recipe(Strict):
                 "eval.quantize quantizes a float student after training, but student.qat "
                 "already trains it quantized: drop one of them"
             )
+        if any(q.learn_scales for q in self.eval.quantize):
+            raise ValueError(
+                "eval.quantize: learn_scales trains the scales, so it belongs in student.qat; "
+                "post-training quantization computes them from the weights"
+            )
         return self
 
     @model_validator(mode="after")

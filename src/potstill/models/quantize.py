@@ -78,6 +78,10 @@ class QuantizationSpec:
     weights: Literal["int8", "int4"] = "int4"
     activations: Literal["none", "int8"] = "none"
     group_size: int | None = None
+    # QAT only: each group's scale is a trained parameter (torchao range learning, as in
+    # LSQ), initialised from the weights, instead of recomputed from them at every step;
+    # the converted model stores the learned scales.
+    learn_scales: bool = False
 
     def __post_init__(self) -> None:
         if self.weights not in ("int8", "int4"):
@@ -96,6 +100,10 @@ class QuantizationSpec:
             raise PotstillError(f"quantization group_size {group} must be at least 1")
         if group is None and self.weights == "int4":
             object.__setattr__(self, "group_size", DEFAULT_INT4_GROUP_SIZE)
+        if not isinstance(self.learn_scales, bool):
+            raise PotstillError(
+                f"quantization learn_scales {self.learn_scales!r} must be true or false"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> QuantizationSpec:
@@ -109,7 +117,8 @@ class QuantizationSpec:
         """One line for messages, e.g. ``int4 weights in groups of 32, float activations``."""
         grouping = f"in groups of {self.group_size}" if self.group_size else "per channel"
         acts = "int8 activations" if self.activations == "int8" else "float activations"
-        return f"{self.weights} weights {grouping}, {acts}"
+        learned = ", learned scales" if self.learn_scales else ""
+        return f"{self.weights} weights {grouping}{learned}, {acts}"
 
 
 def quantize_model(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Module:
@@ -121,6 +130,11 @@ def quantize_model(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.M
 
     layers = _Layers.of(model)
     _check_quantizable(model, layers, spec, verb="quantize")
+    if spec.learn_scales:
+        raise PotstillError(
+            "learn_scales trains the scales, so it is for quantization-aware training "
+            "(student.qat); post-training quantization computes them from the weights"
+        )
     body_config, weight_only_config = _configs(spec)
     quantize_(model, body_config, filter_fn=_named(layers.body))
     # A tied head is not quantized on its own: it takes the embedding's quantized tensor.
@@ -141,6 +155,8 @@ def prepare_qat(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Modu
     layers = _Layers.of(model)
     _check_quantizable(model, layers, spec, verb="prepare for QAT")
     _qat_step(model, layers, spec, "prepare")
+    if spec.learn_scales:
+        _init_learned_scales(model, layers)
     return model
 
 
@@ -220,12 +236,53 @@ def _qat_step(model: torch.nn.Module, layers: _Layers, spec: QuantizationSpec, s
     from torchao.quantization.qat import QATConfig
 
     body_config, weight_only_config = _configs(spec)
-    quantize_(model, QATConfig(body_config, step=step), filter_fn=_named(layers.body))
+    if step == "prepare" and spec.learn_scales:  # fake quantizers whose scales train
+        body_config, weight_only_config = _learned_scale_configs(spec)
+    else:
+        body_config = QATConfig(body_config, step=step)
+        weight_only_config = QATConfig(weight_only_config, step=step)
+    quantize_(model, body_config, filter_fn=_named(layers.body))
     quantize_(
         model,
-        QATConfig(weight_only_config, step=step),
+        weight_only_config,
         filter_fn=_named(layers.weight_only(tied_head=step == "prepare")),
     )
+
+
+def _learned_scale_configs(spec: QuantizationSpec) -> tuple[Any, Any]:
+    """QAT prepare configs whose weight scales are parameters (torchao range learning):
+    (the body linears', with int8 per-token inputs when asked; the embedding and head's).
+    torchao's convert then quantizes with the learned scales."""
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
+
+    dtype = torch.int4 if spec.weights == "int4" else torch.int8
+    weights = IntxFakeQuantizeConfig(
+        dtype,
+        group_size=spec.group_size,
+        granularity=None if spec.group_size else "per_channel",
+        is_symmetric=True,
+        is_dynamic=False,
+        range_learning=True,
+    )
+    inputs = (
+        IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
+        if spec.activations == "int8"
+        else None
+    )
+    body = QATConfig(activation_config=inputs, weight_config=weights, step="prepare")
+    return body, QATConfig(weight_config=weights, step="prepare")
+
+
+def _init_learned_scales(model: torch.nn.Module, layers: _Layers) -> None:
+    """Give every learned-scale fake quantizer its first scales (from the weights), and a
+    tied head its embedding's quantizer: one table, one set of scales."""
+    from torchao.quantization.qat import initialize_fake_quantizers
+
+    if layers.tied and layers.head:
+        modules = dict(model.named_modules())
+        modules[layers.head].weight_fake_quantizer = modules[layers.embedding].weight_fake_quantizer
+    device = next(model.parameters()).device
+    initialize_fake_quantizers(model, (torch.zeros(1, 2, dtype=torch.long, device=device),))
 
 
 def _configs(spec: QuantizationSpec) -> tuple[Any, Any]:
@@ -308,4 +365,5 @@ def _prepared_spec(model: torch.nn.Module, layers: _Layers) -> QuantizationSpec 
         weights="int4" if config.dtype == torch.int4 else "int8",
         activations="int8" if getattr(fake[0], "activation_fake_quantizer", None) else "none",
         group_size=granularity.group_size if isinstance(granularity, PerGroup) else None,
+        learn_scales=bool(config.range_learning),
     )

@@ -43,6 +43,9 @@ class QatConfig(Strict):
     activations: Literal["none", "int8"] = "none"
     # Input features sharing one scale (None: int4 groups of 32, int8 one per channel).
     group_size: int | None = Field(None, ge=1)
+    # student.qat only: train each group's scale (LSQ-style range learning) instead of
+    # recomputing it from the weights at every step.
+    learn_scales: bool = False
 
 
 # On the bundled SmolLM2 (30 layers) keeping the first three and last three layers heals
