@@ -11,7 +11,6 @@ import json
 import logging
 import secrets
 import shutil
-import socket
 import traceback
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import yaml
 
 import potstill
 from potstill.util.errors import PotstillError
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 from tests.teachers.scripted import Script, scripted
 
 SRC = Path(potstill.__file__).parent
@@ -77,13 +76,6 @@ def generate_recipe(tmp_path: Path) -> Path:
     return path
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_planted_api_key_is_used_and_never_written_or_shown(tmp_path, capsys, caplog, key):
     """`potstill generate` against an endpoint that refuses (401, echoing the key back), one
     that fails (500), a closed port, and one that answers: the key reaches the server and
@@ -107,7 +99,7 @@ def test_a_planted_api_key_is_used_and_never_written_or_shown(tmp_path, capsys, 
     with scripted(failing) as url:
         code, _, err = generate(url)
     assert code == 2 and "HTTP 500" in err and "you sent Bearer ***" in err
-    code, _, err = generate(f"http://127.0.0.1:{closed_port()}/v1")
+    code, _, err = generate(f"http://127.0.0.1:{free_port()}/v1")
     assert code == 2 and "cannot connect" in err
     with scripted(answering) as url:
         code, out, err = generate(url)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from potstill.cache.store import TeacherCache, read_manifest
-from tests.conftest import run_cli, tiny_recipe
+from tests.conftest import free_port, run_cli, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -34,53 +33,26 @@ def recipe(tmp_path, tiny_teacher_dir, corpus_file) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _launch(launcher: list[str], *args: str) -> subprocess.CompletedProcess:
+    """``potstill ARGS`` in 2 CPU processes under ``launcher`` (a launcher's module and its
+    flags, the port last); one thread each."""
+    command = [sys.executable, "-m", *launcher, str(free_port()), "-m", "potstill", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        "-m",
-        "potstill",
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    flags = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port"]
+    return _launch(["torch.distributed.run", *flags], *args)
 
 
 def _accelerate(*args: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
+    flags = [
         "--multi_gpu",  # several processes: on a machine without GPUs, gloo on the CPU
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "potstill",
-        *args,
+        *("--num_processes", "2", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    return _launch(["accelerate.commands.launch", *flags], *args)
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

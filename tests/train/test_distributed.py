@@ -5,7 +5,6 @@ count."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from potstill.train.loop import train
 from potstill.train.settings import TrainConfig
 from potstill.util.distributed import World, current_world, my_share, on_main
 from potstill.util.errors import PotstillError
-from tests.conftest import make_llama
+from tests.conftest import free_port, make_llama
 
 VOCAB = 64
 TERMS = [
@@ -79,14 +78,8 @@ def _worker(rank: int, size: int, port: int, folder: str, until: int | None, res
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(folder: Path, *, until: int | None = None, resume: bool = False) -> dict:
-    mp.spawn(_worker, args=(2, _free_port(), str(folder), until, resume), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(folder), until, resume), nprocs=2, join=True)
     return load_file(str(folder / "final.safetensors"))
 
 
