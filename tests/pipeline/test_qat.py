@@ -173,3 +173,12 @@ def test_eval_quantize_with_qat_is_refused(tmp_path, tiny_teacher_dir, corpus_fi
     recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, qat={"weights": "int4"})
     code, _, err = run_cli("run", recipe, "eval.quantize=[int8]", capsys=capsys)
     assert code == 2 and "student.qat already trains it quantized" in _error(err)
+
+
+def test_learned_scales_in_eval_quantize_are_refused(
+    tmp_path, tiny_teacher_dir, corpus_file, capsys
+):
+    recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file)
+    quantize = "eval.quantize=[{weights: int4, learn_scales: true}]"
+    code, _, err = run_cli("run", recipe, quantize, capsys=capsys)
+    assert code == 2 and "learn_scales trains the scales" in _error(err)
