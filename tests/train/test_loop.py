@@ -187,3 +187,45 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
     assert lrs[-1] == pytest.approx(0.1)
+
+
+def _preempted(student, blocks, teacher, tmp_path, *, until=None, resume=False):
+    config = TrainConfig(steps=4, batch_size=4, warmup=1, lr=1e-2, checkpoint_every=2)
+    train(
+        student,
+        blocks,
+        CausalLM(HINTON),
+        config,
+        teacher=LiveTeacher(teacher),
+        name="student",
+        checkpoint_dir=tmp_path / "ckpt",
+        metrics_path=tmp_path / "metrics.jsonl",
+        resume=resume,
+        until=until,
+    )
+    return student
+
+
+@pytest.mark.parametrize("damage", ["torn metrics line", "save killed between renames"])
+def test_a_kill_mid_write_resumes_to_the_same_weights(blocks, teacher, tmp_path, damage):
+    straight = _preempted(_student(teacher), blocks, teacher, tmp_path / "straight")
+    _preempted(_student(teacher), blocks, teacher, tmp_path, until=2)
+    if damage == "torn metrics line":
+        with open(tmp_path / "metrics.jsonl", "a") as f:
+            f.write('{"model": "student", "step": 3, "lo')
+    else:  # the step-2 checkpoint moved aside, the next save's temporary half-made
+        (tmp_path / "ckpt").rename(tmp_path / ".ckpt.old")
+        (tmp_path / ".ckpt.k1ll.tmp").mkdir()
+    # Other starting weights: only a resume from the step-2 checkpoint ends where the
+    # uninterrupted run does.
+    other = _student(teacher)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(0.1)
+    resumed = _preempted(other, blocks, teacher, tmp_path, resume=True)
+    after = resumed.state_dict()
+    for name, weight in straight.state_dict().items():
+        assert torch.equal(weight, after[name]), name  # bitwise: on from step 2, not from 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

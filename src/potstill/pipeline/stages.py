@@ -39,7 +39,7 @@ from potstill.pipeline.context import RunContext, kept_layers
 from potstill.pipeline.markers import fingerprint, finished, forget, mark_finished
 from potstill.tasks.causal_lm import CausalLM, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
-from potstill.train.loop import train
+from potstill.train.loop import read_metrics, train
 from potstill.util.distributed import on_main
 from potstill.util.errors import PotstillError
 from potstill.util.log import log
@@ -385,10 +385,8 @@ def _budget(run_dir: Path) -> dict[str, Any] | None:
 
 def read_curves(metrics: Path) -> dict[str, list[dict]]:
     curves: dict[str, list[dict]] = {}
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            row = json.loads(line)
-            curves.setdefault(row["model"], []).append(row)
+    for row in read_metrics(metrics):
+        curves.setdefault(row["model"], []).append(row)
     return curves
 
 

@@ -41,9 +41,10 @@ from potstill.util.distributed import (
     barrier,
     current_world,
     launched_world,
+    on_main,
 )
 from potstill.util.errors import PotstillError
-from potstill.util.io import atomic_write_text
+from potstill.util.io import atomic_write_text, settle_dir
 from potstill.util.log import bar
 
 
@@ -143,6 +144,7 @@ def train(
         lambda s: warmup_cosine(s, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio),
     )
     state = TrainState(step=0, tokens=0, elapsed=0.0)
+    on_main(lambda: settle_dir(checkpoint_dir))  # a save killed between its two renames
     if resume and (checkpoint_dir / "state.json").is_file():
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra=extra)
     if world.main:
@@ -363,11 +365,33 @@ def _append_metrics(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (none if it is missing). Rows are appended one line
+    at a time, so a process killed mid-append can leave a torn last line: it is skipped
+    (the step it described is redone on resume); a bad line before the last is an error."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break
+            raise PotstillError(
+                f"{path}:{number} is not valid JSON; delete the line (or the file) and rerun"
+            ) from None
+    return rows
+
+
 def _truncate_metrics(path: Path, name: str, *, after_step: int) -> None:
-    """Drop this run's rows past the checkpoint we resume from (they will be redone)."""
+    """Drop this run's rows past the checkpoint we resume from (they will be redone), and
+    a torn last line."""
     if not path.is_file():
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(path)
     kept = [r for r in rows if r.get("model") != name or r["step"] <= after_step]
-    if len(kept) != len(rows):
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(kept) != len(lines):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -70,11 +70,29 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def settle_dir(path: str | Path) -> None:
+    """Finish what a killed `atomic_dir` left at ``path``: a process killed between its
+    two renames leaves ``path`` missing and the previous folder at ``.NAME.old``, which is
+    put back; unfinished temporary folders (``.NAME.*.tmp``) are removed."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder next to `path`; on success it replaces `path` whole."""
+    """Yield a temporary folder next to `path`; on success it replaces `path` whole.
+
+    Killed at any moment, it leaves ``path`` whole (the old or the new folder), or missing
+    with the old one at ``.NAME.old``; `settle_dir` (run here first, and by readers) puts
+    that back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    settle_dir(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     tmp.chmod(0o755)
     try:
