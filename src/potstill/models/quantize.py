@@ -72,7 +72,7 @@ class QuantizationSpec:
     scale per output channel (per row of the weight).
 
     >>> QuantizationSpec("int4")
-    QuantizationSpec(weights='int4', activations='none', group_size=32)
+    QuantizationSpec(weights='int4', activations='none', group_size=32, learn_scales=False)
     """
 
     weights: Literal["int8", "int4"] = "int4"
