@@ -42,6 +42,7 @@ from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import read_metrics, train
 from potstill.util.distributed import on_main
 from potstill.util.errors import PotstillError
+from potstill.util.io import atomic_write_text
 from potstill.util.log import log
 
 CE_ONLY = [LossTerm("cross_entropy")]
@@ -218,7 +219,7 @@ def distill_stage(
 
     def own() -> None:  # the checkpoints about to be written are this fingerprint's
         owner.parent.mkdir(parents=True, exist_ok=True)
-        owner.write_text(print_)
+        atomic_write_text(owner, print_)
 
     on_main(own)
     try:
