@@ -13,7 +13,6 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from potstill.data import Blocks
-from potstill.losses import LossTerm
 from potstill.models.student import layer_subset
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers import LiveTeacher
@@ -22,12 +21,9 @@ from potstill.train.settings import TrainConfig
 from potstill.util.distributed import World, current_world, my_share, on_main
 from potstill.util.errors import PotstillError
 from tests.conftest import free_port, make_llama
+from tests.train.test_loop import HINTON, _run
 
 VOCAB = 64
-TERMS = [
-    LossTerm(loss="forward_kl", weight=0.5, temperature=2.0),
-    LossTerm(loss="cross_entropy", weight=0.5),
-]
 # Summation order differs between one process and two (each sums its share, then gloo adds
 # the two): float32 rounding, carried through 4 AdamW steps.
 ATOL = 2e-5
@@ -43,20 +39,10 @@ def _setup() -> tuple[Blocks, torch.nn.Module, torch.nn.Module]:
 
 
 def _train(folder: Path, *, until: int | None, resume: bool) -> torch.nn.Module:
+    """test_loop's 4 steps of 4 examples, in 2 micro-batches, checkpointed every 2."""
     blocks, teacher, student = _setup()
-    cfg = TrainConfig(steps=4, batch_size=4, grad_accum=2, warmup=1, lr=1e-2, checkpoint_every=2)
-    train(
-        student,
-        blocks,
-        CausalLM(TERMS, chunk_tokens=cfg.chunk_tokens),
-        cfg,
-        teacher=LiveTeacher(teacher),
-        name="student",
-        checkpoint_dir=folder / "ckpt",
-        metrics_path=folder / "metrics.jsonl",
-        resume=resume,
-        until=until,
-    )
+    accumulated = {"grad_accum": 2, "checkpoint_every": 2}
+    _run(student, blocks, teacher, folder, resume=resume, until=until, **accumulated)
     return student
 
 
@@ -130,7 +116,7 @@ def test_a_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
         train(
             student,
             blocks,
-            CausalLM(TERMS),
+            CausalLM(HINTON),
             TrainConfig(steps=1, batch_size=4),
             teacher=LiveTeacher(teacher),
             name="student",

@@ -39,7 +39,7 @@ def _student(teacher):
     return layer_subset(teacher, [0, 2])
 
 
-def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, **cfg):
+def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, until=None, **cfg):
     config = TrainConfig(**{"steps": 4, "batch_size": 4, "warmup": 1, "lr": 1e-2, **cfg})
     return train(
         student,
@@ -51,6 +51,7 @@ def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, **cfg):
         checkpoint_dir=tmp_path / "ckpt",
         metrics_path=tmp_path / "metrics.jsonl",
         resume=resume,
+        until=until,
     )
 
 
@@ -189,27 +190,11 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[-1] == pytest.approx(0.1)
 
 
-def _preempted(student, blocks, teacher, tmp_path, *, until=None, resume=False):
-    config = TrainConfig(steps=4, batch_size=4, warmup=1, lr=1e-2, checkpoint_every=2)
-    train(
-        student,
-        blocks,
-        CausalLM(HINTON),
-        config,
-        teacher=LiveTeacher(teacher),
-        name="student",
-        checkpoint_dir=tmp_path / "ckpt",
-        metrics_path=tmp_path / "metrics.jsonl",
-        resume=resume,
-        until=until,
-    )
-    return student
-
-
 @pytest.mark.parametrize("damage", ["torn metrics line", "save killed between renames"])
 def test_a_kill_mid_write_resumes_to_the_same_weights(blocks, teacher, tmp_path, damage):
-    straight = _preempted(_student(teacher), blocks, teacher, tmp_path / "straight")
-    _preempted(_student(teacher), blocks, teacher, tmp_path, until=2)
+    straight = _student(teacher)
+    _run(straight, blocks, teacher, tmp_path / "straight", checkpoint_every=2)
+    _run(_student(teacher), blocks, teacher, tmp_path, until=2, checkpoint_every=2)
     if damage == "torn metrics line":
         with open(tmp_path / "metrics.jsonl", "a") as f:
             f.write('{"model": "student", "step": 3, "lo')
@@ -222,8 +207,8 @@ def test_a_kill_mid_write_resumes_to_the_same_weights(blocks, teacher, tmp_path,
     with torch.no_grad():
         for param in other.parameters():
             param.add_(0.1)
-    resumed = _preempted(other, blocks, teacher, tmp_path, resume=True)
-    after = resumed.state_dict()
+    _run(other, blocks, teacher, tmp_path, resume=True, checkpoint_every=2)
+    after = other.state_dict()
     for name, weight in straight.state_dict().items():
         assert torch.equal(weight, after[name]), name  # bitwise: on from step 2, not from 0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -41,6 +41,7 @@ from potstill.util.distributed import (
     barrier,
     current_world,
     launched_world,
+    my_share,
     on_main,
 )
 from potstill.util.errors import PotstillError
@@ -147,8 +148,7 @@ def train(
     on_main(lambda: settle_dir(checkpoint_dir))  # a save killed between its two renames
     if resume and (checkpoint_dir / "state.json").is_file():
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra=extra)
-    if world.main:
-        _truncate_metrics(metrics_path, name, after_step=state.step)
+    on_main(lambda: _truncate_metrics(metrics_path, name, after_step=state.step))
     schedule = curriculum_order(
         len(data),
         micro_batches=cfg.steps * cfg.grad_accum,
@@ -178,7 +178,7 @@ def train(
             started = time.perf_counter()
             micro = [
                 data.batch(
-                    _share(
+                    my_share(
                         _micro_index(len(data), cfg, state.step * cfg.grad_accum + i)
                         if schedule is None
                         else torch.tensor(schedule[state.step * cfg.grad_accum + i]),
@@ -272,7 +272,8 @@ def _data_parallel(objective: _Objective, world: World, device: torch.device | s
     wrapped = DistributedDataParallel(
         objective, device_ids=[torch.device(device).index or 0] if on_gpu else None
     )
-    wrapped.register_comm_hook(None, _sum_gradients)  # DDP broadcast rank 0's weights
+    # DDP has broadcast rank 0's weights to every process; the hook sums their gradients.
+    wrapped.register_comm_hook(None, _sum_gradients)
     return wrapped
 
 
@@ -291,11 +292,6 @@ def _no_sync(objective: nn.Module, *, last: bool) -> AbstractContextManager[obje
     if last or not hasattr(objective, "no_sync"):
         return nullcontext()
     return objective.no_sync()
-
-
-def _share(index: torch.Tensor, world: World) -> torch.Tensor:
-    """This process's examples of a micro-batch (all of them in one process)."""
-    return index[world.rank :: world.size] if world.distributed else index
 
 
 def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -369,9 +365,16 @@ def read_metrics(path: Path) -> list[dict]:
     """The rows of a ``metrics.jsonl`` (none if it is missing). Rows are appended one line
     at a time, so a process killed mid-append can leave a torn last line: it is skipped
     (the step it described is redone on resume); a bad line before the last is an error."""
+    return _parse_metrics(path, _metric_lines(path))
+
+
+def _metric_lines(path: Path) -> list[str]:
     if not path.is_file():
         return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _parse_metrics(path: Path, lines: list[str]) -> list[dict]:
     rows = []
     for number, line in enumerate(lines, 1):
         try:
@@ -388,10 +391,9 @@ def read_metrics(path: Path) -> list[dict]:
 def _truncate_metrics(path: Path, name: str, *, after_step: int) -> None:
     """Drop this run's rows past the checkpoint we resume from (they will be redone), and
     a torn last line."""
-    if not path.is_file():
-        return
-    rows = read_metrics(path)
-    kept = [r for r in rows if r.get("model") != name or r["step"] <= after_step]
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = _metric_lines(path)
+    kept = [
+        r for r in _parse_metrics(path, lines) if r.get("model") != name or r["step"] <= after_step
+    ]
     if len(kept) != len(lines):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from potstill.util.errors import PotstillError, first_line
 
 T = TypeVar("T")
+S = TypeVar("S", list, torch.Tensor)  # what `my_share` slices
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,13 @@ def _broadcast(outcome: list[Any], *, error: bool = False) -> None:
     dist.broadcast_object_list(outcome, src=0)
 
 
-def my_share(items: list[T], world: World) -> list[T]:
-    """This process's share of ``items``: every ``size``-th one from ``rank`` on.
+def my_share(items: S, world: World) -> S:
+    """This process's share of ``items`` (a list, or a tensor along its first dimension):
+    every ``size``-th one from ``rank`` on; all of them in one process.
 
     >>> my_share(list(range(7)), World(rank=1, size=3, local_rank=1))
     [1, 4]
+    >>> my_share(torch.arange(4), World(rank=0, size=2, local_rank=0))
+    tensor([0, 2])
     """
     return items[world.rank :: world.size]
