@@ -103,6 +103,32 @@ def test_distill_under_accelerate_launch_equals_one_process(recipe, tmp_path, ca
     assert worst <= ATOL, worst
 
 
+def test_distill_sharded_with_fsdp_equals_one_process(recipe, tmp_path, capsys):
+    """train.parallel=fsdp: parameters, gradients and optimizer state in shards, and the
+    student saved whole (gathered from them) as an ordinary HF folder."""
+    for verb in ("teach", "distill"):
+        code, _, err = run_cli(verb, str(recipe), "name=one", capsys=capsys)
+        assert code == 0, err
+    cache = tmp_path / "runs" / "one" / "cache"
+    done = _torchrun(
+        "distill", str(recipe), "name=fsdp", "train.parallel=fsdp", f"teach.cache={cache}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    wa, wb = _weights(tmp_path / "runs" / "one"), _weights(tmp_path / "runs" / "fsdp")
+    assert wa.keys() == wb.keys()
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst <= ATOL, worst
+    # the same stage: a one-process rerun finds it done whatever the parallel mode
+    stamp = (tmp_path / "runs" / "fsdp" / "student" / "model.safetensors").stat().st_mtime_ns
+    code, _, err = run_cli(
+        "distill", str(recipe), "name=fsdp", f"teach.cache={cache}", "--resume", capsys=capsys
+    )
+    assert code == 0, err
+    assert (
+        tmp_path / "runs" / "fsdp" / "student" / "model.safetensors"
+    ).stat().st_mtime_ns == stamp
+
+
 def test_a_killed_ranks_shards_are_taught_again(recipe, tmp_path, capsys):
     done = _torchrun("teach", str(recipe), "name=two")
     assert done.returncode == 0, done.stderr[-3000:]

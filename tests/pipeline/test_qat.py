@@ -169,6 +169,12 @@ def test_eval_quantize_adds_a_report_row_per_quantization(
     assert (run / "student-int8" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_qat_under_fsdp_is_refused(tmp_path, tiny_teacher_dir, corpus_file, capsys):
+    recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, qat={"weights": "int4"})
+    code, _, err = run_cli("distill", recipe, "train.parallel=fsdp", capsys=capsys)
+    assert code == 2 and "which FSDP does not shard" in _error(err)
+
+
 def test_eval_quantize_with_qat_is_refused(tmp_path, tiny_teacher_dir, corpus_file, capsys):
     recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, qat={"weights": "int4"})
     code, _, err = run_cli("run", recipe, "eval.quantize=[int8]", capsys=capsys)

@@ -16,7 +16,7 @@ from potstill.data import Blocks
 from potstill.models.student import layer_subset
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers import LiveTeacher
-from potstill.train.loop import train
+from potstill.train.loop import read_metrics, train
 from potstill.train.settings import TrainConfig
 from potstill.util.distributed import World, current_world, my_share, on_main
 from potstill.util.errors import PotstillError
@@ -38,15 +38,20 @@ def _setup() -> tuple[Blocks, torch.nn.Module, torch.nn.Module]:
     return Blocks(ids, labels), teacher, layer_subset(teacher, [0, 2])
 
 
-def _train(folder: Path, *, until: int | None, resume: bool) -> torch.nn.Module:
+def _train(
+    folder: Path, *, until: int | None, resume: bool, parallel: str = "ddp"
+) -> torch.nn.Module:
     """test_loop's 4 steps of 4 examples, in 2 micro-batches, checkpointed every 2."""
     blocks, teacher, student = _setup()
-    accumulated = {"grad_accum": 2, "checkpoint_every": 2}
+    # clip 0.3: below the gradient norms, so clipping acts (on the whole norm) at every step
+    accumulated = {"grad_accum": 2, "checkpoint_every": 2, "clip": 0.3, "parallel": parallel}
     _run(student, blocks, teacher, folder, resume=resume, until=until, **accumulated)
     return student
 
 
-def _worker(rank: int, size: int, port: int, folder: str, until: int | None, resume: bool) -> None:
+def _worker(
+    rank: int, size: int, port: int, folder: str, until: int | None, resume: bool, parallel: str
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -55,7 +60,7 @@ def _worker(rank: int, size: int, port: int, folder: str, until: int | None, res
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    student = _train(Path(folder), until=until, resume=resume)
+    student = _train(Path(folder), until=until, resume=resume, parallel=parallel)
     if rank == 0:
         save_file(
             {k: v.clone().contiguous() for k, v in student.state_dict().items()},
@@ -64,8 +69,11 @@ def _worker(rank: int, size: int, port: int, folder: str, until: int | None, res
     torch.distributed.destroy_process_group()
 
 
-def _two_processes(folder: Path, *, until: int | None = None, resume: bool = False) -> dict:
-    mp.spawn(_worker, args=(2, free_port(), str(folder), until, resume), nprocs=2, join=True)
+def _two_processes(
+    folder: Path, *, until: int | None = None, resume: bool = False, parallel: str = "ddp"
+) -> dict:
+    args = (2, free_port(), str(folder), until, resume, parallel)
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
     return load_file(str(folder / "final.safetensors"))
 
 
@@ -81,31 +89,54 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> dict:
-    """One process, 4 steps, no interruption: the reference."""
-    return _one_process(tmp_path_factory.mktemp("one"))
+def straight_run(tmp_path_factory) -> tuple[dict, Path]:
+    """One process, 4 steps, no interruption: the reference, and its folder."""
+    folder = tmp_path_factory.mktemp("one")
+    return _one_process(folder), folder
 
 
-def test_two_processes_equal_one(straight, tmp_path):
-    two = _two_processes(tmp_path)
+@pytest.fixture(scope="module")
+def straight(straight_run) -> dict:
+    return straight_run[0]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one(straight_run, tmp_path, parallel):
+    straight, one = straight_run
+    two = _two_processes(tmp_path, parallel=parallel)
     _assert_same(straight, two)
     # and training moved the weights: the comparison is not of two untouched models
     _, _, untouched = _setup()
     assert any(not torch.equal(straight[k], v) for k, v in untouched.state_dict().items())
-    # rank 0 alone wrote the metrics: one row per step, the global loss
-    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 4
+    # rank 0 alone wrote the metrics: one row per step, with the global loss and gradient
+    # norm (what clipping divides by: the norm of the summed, or sharded, gradients)
+    rows, expected = read_metrics(tmp_path / "metrics.jsonl"), read_metrics(one / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert min(r["grad_norm"] for r in expected) > 0.3  # clipping acted at every step
+    for got, want in zip(rows, expected, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
 
 
-def test_checkpoint_of_two_processes_resumes_in_one(straight, tmp_path):
-    _two_processes(tmp_path, until=2)
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_checkpoint_of_two_processes_resumes_in_one(straight, tmp_path, parallel):
+    _two_processes(tmp_path, until=2, parallel=parallel)
     assert '"step": 2' in (tmp_path / "ckpt" / "state.json").read_text()
     _assert_same(straight, _one_process(tmp_path, resume=True))
 
 
-def test_checkpoint_of_one_process_resumes_in_two(straight, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_checkpoint_of_one_process_resumes_in_two(straight, tmp_path, parallel):
     _one_process(tmp_path, until=2)
-    _assert_same(straight, _two_processes(tmp_path, resume=True))
+    _assert_same(straight, _two_processes(tmp_path, resume=True, parallel=parallel))
+
+
+@pytest.mark.parametrize(("first", "then"), [("ddp", "fsdp"), ("fsdp", "ddp")])
+def test_checkpoint_resumes_in_the_other_mode(straight, tmp_path, first, then):
+    """A checkpoint holds full tensors whatever made it: DDP's resumes under FSDP, and
+    FSDP's (gathered from shards) under DDP."""
+    _two_processes(tmp_path, until=2, parallel=first)
+    _assert_same(straight, _two_processes(tmp_path, resume=True, parallel=then))
 
 
 def test_a_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):

@@ -131,6 +131,11 @@ class Recipe(Strict):
                 "eval.quantize: learn_scales trains the scales, so it belongs in student.qat; "
                 "post-training quantization computes them from the weights"
             )
+        if self.student.qat is not None and self.train.parallel == "fsdp":
+            raise ValueError(
+                "student.qat trains through fake-quantized layers, which FSDP does not shard: "
+                "use train.parallel ddp (a quantized student is small)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -222,7 +222,7 @@ def _train_student(
         ref,
         adapter,
         [[t.loss, t.weight, t.temperature] for t in terms],
-        recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"}),
+        recipe.train.identity(),
         recipe.student.lora.model_dump(),
         recipe.student.max_length,
         hard.tolist(),

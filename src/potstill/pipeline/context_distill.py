@@ -151,7 +151,7 @@ def _train_adapter(ctx: RunContext, examples: ChatExamples) -> dict[str, Any]:
         recipe.student.model_dump(mode="json"),
         recipe.context.model_dump(mode="json") if recipe.context else None,
         [[t.loss, t.weight, t.temperature, dict(t.params)] for t in recipe.terms],
-        recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"}),
+        recipe.train.identity(),
         recipe.data.model_dump(mode="json"),
         recipe.teacher,
         examples.student_ids,

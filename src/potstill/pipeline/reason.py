@@ -342,7 +342,7 @@ def _train(
         name,
         recipe.student.model_dump(mode="json"),
         [[t.loss, t.weight, t.temperature, dict(t.params)] for t in recipe.terms],
-        recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"}),
+        recipe.train.identity(),
         recipe.teacher,
         rows.ids,
         recipe.reason.on_policy.model_dump() if name == "on-policy" else None,

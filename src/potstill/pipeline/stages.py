@@ -40,7 +40,7 @@ from potstill.pipeline.markers import fingerprint, finished, forget, mark_finish
 from potstill.tasks.causal_lm import CausalLM, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import read_metrics, train
-from potstill.util.distributed import on_main
+from potstill.util.distributed import launched_world, on_main
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_text
 from potstill.util.log import log
@@ -172,7 +172,7 @@ def distill_stage(
     """
     recipe, run_dir = ctx.recipe, ctx.run_dir
     out = run_dir / name
-    train_keys = recipe.train.model_dump(exclude={"threads", "log_every", "checkpoint_every"})
+    train_keys = recipe.train.identity()
     if source is None:
         train_keys["curriculum"] = "none"
     print_ = fingerprint(
@@ -207,10 +207,12 @@ def distill_stage(
     # Hidden-state and attention terms: layer maps resolved, projections trained beside
     # the student (checkpointed with it, never saved in student/).
     terms, projections = prepare_inside(terms, student, ctx.teacher, kept=kept_layers(recipe))
-    projections.to(ctx.device)
+    # Under FSDP the whole student stays on the host; only its shards go to the device.
+    home = "cpu" if recipe.train.parallel == "fsdp" and launched_world().distributed else ctx.device
+    projections.to(home)
     if ctx.qat is not None:  # quantization-aware: trains through fake-quantized weights
         prepare_qat(student, ctx.qat)
-    model = wrap_adapter(student.to(ctx.device), recipe.student)
+    model = wrap_adapter(student.to(home), recipe.student)
     cfg = recipe.train
     if source is None:  # no teacher (the baseline): no entropy to order by, random order
         cfg = cfg.model_copy(update={"curriculum": "none"})

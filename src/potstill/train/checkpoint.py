@@ -32,21 +32,23 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(
     folder: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: dict,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainState,
     *,
     extra: torch.nn.ModuleDict | None = None,
 ) -> None:
     """Save the student's trainable tensors, ``extra`` modules (projections; in
-    ``extra.safetensors``), optimizer, scheduler, RNG and position, atomically."""
+    ``extra.safetensors``), the optimizer's state (``optimizer``: a
+    ``torch.optim.Optimizer.state_dict()`` with full, unsharded tensors), scheduler, RNG and
+    position, atomically."""
     with atomic_dir(folder) as tmp:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
         if extra:
             save_file(trainable_state(extra), str(tmp / "extra.safetensors"))
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
             },
@@ -58,11 +60,13 @@ def save_checkpoint(
 def load_checkpoint(
     folder: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     *,
     extra: torch.nn.ModuleDict | None = None,
-) -> TrainState:
+) -> tuple[TrainState, dict]:
+    """Load the weights into ``model`` (and ``extra``), the scheduler and the RNG; returns
+    the position and the optimizer's saved state, for the caller to load (whole, or as
+    shards under FSDP)."""
     try:
         weights = load_file(str(folder / "model.safetensors"))
         extra_weights = load_file(str(folder / "extra.safetensors")) if extra else {}
@@ -87,7 +91,6 @@ def load_checkpoint(
     model.load_state_dict(weights, strict=False)
     if extra:
         extra.load_state_dict(extra_weights, strict=False)
-    optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
-    return state
+    return state, saved["optimizer"]

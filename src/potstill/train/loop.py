@@ -7,19 +7,20 @@ supplies the loss of a micro-batch; the teacher source supplies the teacher's ou
 ``extra`` modules (projections for feature losses) train beside the student and are
 checkpointed with it, but never saved with it.
 
-Under ``torchrun`` / ``accelerate launch`` the same loop is data parallel (DDP): each
-micro-batch of ``batch_size`` examples is split across the processes (rank ``r`` takes
-every ``size``-th example from ``r``), the valid-token count is summed over all of them
-and gradients are summed (not averaged), so a step of N processes computes the same
-gradient as one process at the same global batch. Rank 0 alone writes metrics and
-checkpoints; a checkpoint resumes on any number of processes that divides the batch.
+Under ``torchrun`` / ``accelerate launch`` the same loop is data parallel, DDP or FSDP
+(``train.parallel``, `potstill.train.parallel`): each micro-batch of ``batch_size``
+examples is split across the processes (rank ``r`` takes every ``size``-th example from
+``r``), the valid-token count is summed over all of them and gradients are summed (not
+averaged), so a step of N processes computes the same gradient as one process at the same
+global batch. Rank 0 alone writes metrics and checkpoints; a checkpoint holds full tensors
+and resumes in either mode on any number of processes that divides the batch.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,10 +33,10 @@ from potstill.signals import SignalRequest, TeacherOutputs
 from potstill.teachers import TeacherSource
 from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from potstill.train.curriculum import curriculum_order
+from potstill.train.parallel import Objective, spread
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
 from potstill.util.distributed import (
-    World,
     all_sum,
     all_sum_dict,
     barrier,
@@ -121,8 +122,9 @@ def train(
 
     ``teacher`` (a `LiveTeacher` or a `TeacherCache`) gives the teacher's outputs when
     the task's terms ask for them. Metrics rows are appended to ``metrics_path`` tagged
-    with ``name`` ("student", "baseline", …). ``device`` is where the model already is;
-    batches and teacher outputs are moved there. ``autocast_dtype`` runs forward passes
+    with ``name`` ("student", "baseline", …). ``device`` is where the model already is
+    (under FSDP the model may stay on the host: its shards go to ``device``); batches and
+    teacher outputs are moved there. ``autocast_dtype`` runs forward passes
     under ``torch.autocast`` (bf16/fp16 on a GPU). ``until`` stops after that step with a
     checkpoint there (as a preempted job would); training again with ``resume`` goes on.
     """
@@ -132,6 +134,10 @@ def train(
             f"train.batch_size {cfg.batch_size} does not split over {processes} processes: "
             f"make it a multiple of {processes} (each process takes an equal share)"
         )
+    if cfg.parallel == "fsdp" and autocast_dtype == torch.float16:
+        raise PotstillError(
+            "train.parallel fsdp does not scale fp16 losses; use train.precision bf16 or fp32"
+        )
     world = current_world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -139,7 +145,15 @@ def train(
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     modules = nn.ModuleDict({"student": model, **(dict(extra) if extra else {})})
-    optimizer = _adamw(modules, cfg)
+    request = task.request
+    if not request.empty and teacher is None:
+        raise ValueError("a distillation loss term needs a teacher")
+    home = next(model.parameters()).device  # `device`, or the host under FSDP
+    task.prepare(model, data.batch(torch.tensor([0])).to(home))
+    # One process, DDP or FSDP: `trained` holds the parameters the optimizer updates (under
+    # FSDP a sharded twin of `modules`, gathered back into them for checkpoints and at the end).
+    parallel = spread(Objective(modules, task), world, device, cfg.parallel)
+    optimizer = _adamw(parallel.trained, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: warmup_cosine(s, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio),
@@ -147,7 +161,9 @@ def train(
     state = TrainState(step=0, tokens=0, elapsed=0.0)
     on_main(lambda: settle_dir(checkpoint_dir))  # a save killed between its two renames
     if resume and (checkpoint_dir / "state.json").is_file():
-        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra=extra)
+        state, saved = load_checkpoint(checkpoint_dir, model, scheduler, extra=extra)
+        parallel.scatter()
+        parallel.load_optimizer_state(optimizer, saved)
     on_main(lambda: _truncate_metrics(metrics_path, name, after_step=state.step))
     schedule = curriculum_order(
         len(data),
@@ -157,12 +173,7 @@ def train(
         curriculum=cfg.curriculum,
         difficulty=getattr(teacher, "block_entropy", None),
     )
-
-    request = task.request
-    if not request.empty and teacher is None:
-        raise ValueError("a distillation loss term needs a teacher")
-    task.prepare(model, data.batch(torch.tensor([0])).to(device))
-    objective = _data_parallel(_Objective(modules, task), world, device)
+    objective = parallel.objective
     autocast = (
         torch.autocast(torch.device(device).type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -171,6 +182,7 @@ def train(
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
     modules.train()
+    parallel.trained.train()
     loss_value = float("nan")
     stop = cfg.steps if until is None else min(until, cfg.steps)
     with bar(f"{name:>8}", total=cfg.steps, completed=state.step) as progress:
@@ -196,18 +208,19 @@ def train(
             for i, batch in enumerate(micro):
                 outputs = None if request.empty else teacher.outputs(batch, request)
                 # Gradients are summed across processes once per step, on the last micro-batch.
-                with _no_sync(objective, last=i == len(micro) - 1), autocast:
-                    loss, parts = objective(
-                        batch.to(device), _to(outputs, device), max(num_tokens, 1)
-                    )
-                scaler.scale(loss).backward()
+                with parallel.no_sync(last=i == len(micro) - 1):
+                    with autocast:
+                        loss, parts = objective(
+                            batch.to(device), _to(outputs, device), max(num_tokens, 1)
+                        )
+                    scaler.scale(loss).backward()
                 total += loss.detach()
                 # Parts are already divided by the step's count, so they simply add up.
                 for key, value in parts.items():
                     parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
             parts_sum = all_sum_dict(parts_sum)
             scaler.unscale_(optimizer)
-            grad_norm = _clip(modules, cfg.clip)
+            grad_norm = _clip(parallel.trained, cfg.clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -235,63 +248,17 @@ def train(
                     },
                 )
             if state.step % cfg.checkpoint_every == 0 or state.step in (cfg.steps, stop):
+                parallel.gather()  # every process takes part; rank 0 writes
+                saved = parallel.optimizer_state(optimizer)
                 if world.main:
-                    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, extra=extra)
+                    save_checkpoint(checkpoint_dir, model, saved, scheduler, state, extra=extra)
                 barrier()  # no process reads a checkpoint rank 0 is still writing
             progress.advance(
                 1, loss=f"loss {loss_value:.3f}", rate=f"{tokens_per_second:,.0f} {task.unit}/s"
             )
+    parallel.gather()
     modules.eval()
     return TrainResult(state.step, state.tokens, state.elapsed, loss_value)
-
-
-class _Objective(nn.Module):
-    """The student and the modules trained beside it, as one module whose forward is the
-    task's loss of a micro-batch: what DDP wraps, so its hooks see every trained
-    parameter however the task runs the student (a fused head calls the decoder and the
-    output layer separately)."""
-
-    def __init__(self, modules: nn.ModuleDict, task: Task) -> None:
-        super().__init__()
-        self.trained = modules
-        self.task = task
-
-    def forward(
-        self, batch: MicroBatch, teacher: TeacherOutputs | None, num_tokens: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.task.loss(self.trained["student"], batch, teacher, num_tokens=num_tokens)
-
-
-def _data_parallel(objective: _Objective, world: World, device: torch.device | str) -> nn.Module:
-    """``objective`` itself in one process; wrapped in DDP (gradients summed) in several."""
-    if not world.distributed:
-        return objective
-    from torch.nn.parallel import DistributedDataParallel
-
-    on_gpu = torch.device(device).type == "cuda"
-    wrapped = DistributedDataParallel(
-        objective, device_ids=[torch.device(device).index or 0] if on_gpu else None
-    )
-    # DDP has broadcast rank 0's weights to every process; the hook sums their gradients.
-    wrapped.register_comm_hook(None, _sum_gradients)
-    return wrapped
-
-
-def _sum_gradients(_state, bucket):  # unannotated: DDP checks annotations by identity
-    """DDP communication hook: the sum of the processes' gradients (a ``GradBucket`` in,
-    a future of the summed tensor out), not their mean: each process's loss is already
-    divided by the global token count."""
-    import torch.distributed as dist
-
-    future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
-    return future.then(lambda f: f.value()[0])
-
-
-def _no_sync(objective: nn.Module, *, last: bool) -> AbstractContextManager[object]:
-    """Skip DDP's gradient exchange on all but a step's last micro-batch."""
-    if last or not hasattr(objective, "no_sync"):
-        return nullcontext()
-    return objective.no_sync()
 
 
 def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -348,11 +315,19 @@ def _to(outputs: TeacherOutputs | None, device: torch.device | str) -> TeacherOu
 
 
 def _clip(modules: nn.Module, clip: float | None) -> float:
+    """Clip the gradients' global norm to ``clip``; returns the norm before clipping. Under
+    FSDP the gradients are shards (DTensors): their norm is reduced over the processes."""
+    from torch.distributed.tensor import DTensor
+
     params = [p for p in modules.parameters() if p.grad is not None]
     if not params:
         return 0.0
-    max_norm = clip if clip is not None else float("inf")
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    if clip is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+    return float(norm)
 
 
 def _append_metrics(path: Path, row: dict) -> None:

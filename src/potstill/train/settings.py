@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -36,6 +36,10 @@ class TrainConfig(Strict):
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
+    # Under torchrun / accelerate launch: ddp keeps the whole student in every process;
+    # fsdp shards parameters, gradients and optimizer state over them (students that do
+    # not fit one device). One process ignores it; checkpoints resume in either mode.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     # Tokens per chunk of the loss fused with the student's output projection: the
     # student's (tokens x vocab) logits exist one chunk at a time. 128 keeps a chunk's
     # float32 (c, V) temporaries under glibc's 32 MB mmap threshold at V = 49,152, so they
@@ -43,3 +47,9 @@ class TrainConfig(Strict):
     chunk_tokens: int = Field(128, ge=1)
     # auto: bf16 autocast on a GPU (fp16 where bf16 is missing), fp32 on the CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the trained weights, for a stage's fingerprint: not
+        threads, logging, checkpoint cadence or the parallel mode, so changing those
+        resumes a checkpoint instead of starting again."""
+        return self.model_dump(exclude={"threads", "log_every", "checkpoint_every", "parallel"})
