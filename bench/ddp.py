@@ -1,17 +1,19 @@
-"""One process against two (DDP over gloo, ``torchrun``) on the default student, from the
-default run's teacher cache, at the same global batch.
+"""One process against two (DDP and FSDP over gloo, ``torchrun``) on the default student,
+from the default run's teacher cache, at the same global batch.
 
     .venv/bin/python bench/ddp.py --run runs/default-seed0 --steps 20 --out bench/results/ddp.json
 
-Both runs are `potstill distill` of the run's own recipe (its ``config.yaml``) with
-``teach.cache`` pointing at its cache and ``train.steps`` cut to ``--steps``: one
-process with ``train.threads`` = the machine's cores, then ``torchrun --nproc-per-node 2``
-with one thread each; and, as the control for float32 summation order, one process with
-one thread. Reported: each step's loss, the largest weight difference of each student from
-the one-process one, and training tokens/s (from ``metrics.jsonl``; the first step, which
-warms up, is left out). Two runs that differ only in the order float32 sums are taken (the
-thread count does that too) agree to rounding for the first steps and then drift apart
-as training amplifies the differences; the control shows how far that alone goes.
+Every run is `potstill distill` of the run's own recipe (its ``config.yaml``) with
+``teach.cache`` pointing at its cache and ``train.steps`` cut to ``--steps``: one process
+with ``train.threads`` = the machine's cores, then ``torchrun --nproc-per-node 2`` with one
+thread each, with ``train.parallel`` ddp and then fsdp; and, as the control for float32
+summation order, one process with one thread. For FSDP, the share of the parameter values
+rank 0 holds is read from its log. Reported: each step's loss, the largest weight
+difference of each student from the one-process one, and training tokens/s (from
+``metrics.jsonl``; the first step, which warms up, is left out). Two runs that differ
+only in the order float32 sums are taken (the thread count does that too) agree to
+rounding for the first steps and then drift apart as training amplifies the differences;
+the control shows how far that alone goes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,17 +49,29 @@ def main() -> None:
     runs = {  # label: (launcher, run name, threads per process)
         "1 process": ([sys.executable, "-m", "potstill"], "one", cores),
         "2 processes": (_torchrun(2), "two", 1),
+        "2 processes, FSDP": (_torchrun(2), "fsdp", 1),
         "1 process, 1 thread (control)": ([sys.executable, "-m", "potstill"], "one-thread", 1),
     }
     rows = {}
     for label, (launcher, name, threads) in runs.items():
         began = time.perf_counter()
-        subprocess.run(
-            [*launcher, "distill", *common, f"name={name}", f"train.threads={threads}"],
-            check=True,
+        parallel = "fsdp" if name == "fsdp" else "ddp"
+        done = subprocess.run(
+            [
+                *launcher,
+                "distill",
+                *common,
+                f"name={name}",
+                f"train.threads={threads}",
+                f"train.parallel={parallel}",
+            ],
             env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            stderr=subprocess.PIPE,
+            text=True,
         )
         wall = time.perf_counter() - began
+        sys.stderr.write(done.stderr)
+        done.check_returncode()
         metrics = [
             json.loads(line)
             for line in (args.work / name / "metrics.jsonl").read_text().splitlines()
@@ -69,6 +84,10 @@ def main() -> None:
             "tokens_per_second": (last["tokens"] - first["tokens"])
             / (last["elapsed"] - first["elapsed"]),
         }
+        held = re.search(r"this process holds ([\d,]+) of ([\d,]+) parameter values", done.stderr)
+        if held:
+            local, whole = (int(g.replace(",", "")) for g in held.groups())
+            rows[label] |= {"rank0_parameter_values": local, "parameter_values": whole}
     one = load_file(str(args.work / "one" / "student" / "model.safetensors"))
     reference = rows["1 process"]["losses"]
     for label, (_, name, _) in runs.items():
@@ -89,6 +108,8 @@ def main() -> None:
         "cores": cores,
         "speed_ratio_two_over_one": rows["2 processes"]["tokens_per_second"]
         / rows["1 process"]["tokens_per_second"],
+        "speed_ratio_fsdp_over_one": rows["2 processes, FSDP"]["tokens_per_second"]
+        / rows["1 process"]["tokens_per_second"],
         **rows,
     }
     for label, row in rows.items():
@@ -99,6 +120,7 @@ def main() -> None:
             f"{row['max_loss_difference']:.2e}, steps agreeing {row['steps_agreeing_to_1e-5']}"
         )
     print(f"2 processes / 1 process speed {result['speed_ratio_two_over_one']:.2f}")
+    print(f"FSDP / 1 process speed {result['speed_ratio_fsdp_over_one']:.2f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -171,3 +171,29 @@ def test_shards_cover_every_item_once():
     items = list(range(11))
     shares = [my_share(items, World(r, 3, r)) for r in range(3)]
     assert sorted(item for share in shares for item in share) == items
+
+
+def _first_call_worker(rank: int, port: int, folder: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )
+    marks = Path(folder) / "marks"
+
+    def work() -> int:
+        with open(marks, "a") as f:
+            f.write(f"{rank}\n")
+        return 7
+
+    assert on_main(work) == 7  # the first collective: it joins the group itself
+    torch.distributed.destroy_process_group()
+
+
+def test_on_main_joins_the_group_before_its_first_use(tmp_path):
+    """A helper called before anything else has joined the launcher's group (a run folder
+    prepared first thing) still runs once, on rank 0, not once per process."""
+    mp.spawn(_first_call_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "marks").read_text() == "0\n"

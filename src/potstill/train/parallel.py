@@ -27,6 +27,7 @@ from torch import nn
 
 from potstill.util.distributed import World
 from potstill.util.errors import PotstillError
+from potstill.util.log import log
 
 if TYPE_CHECKING:
     from potstill.train.loop import Task
@@ -188,9 +189,9 @@ def _fully_shard(objective: Objective, world: World, device: torch.device | str)
     twin = Objective(modules, task)
     buffers = {name: b.detach().clone() for name, b in twin.named_buffers()}
     blocks = _block_classes(twin.trained["student"])
-    for module in twin.trained.modules():
-        if type(module).__name__ in blocks:
-            fully_shard(module, mesh=mesh)
+    blocks_sharded = [m for m in twin.trained.modules() if type(m).__name__ in blocks]
+    for module in blocks_sharded:
+        fully_shard(module, mesh=mesh)
     # The root holds the rest (embeddings, final norm, tied output layer, projections): a
     # tied output layer must share its embedding's group.
     fully_shard(twin, mesh=mesh)
@@ -204,6 +205,13 @@ def _fully_shard(objective: Objective, world: World, device: torch.device | str)
             value.copy_(buffers[name])
     sharded = Sharded(twin, twin.trained, host)
     sharded.scatter()
+    local = sum(_local(p).numel() for p in twin.parameters())
+    whole = sum(p.numel() for p in host.parameters())
+    log(
+        f"FSDP over {world.size} processes, {len(blocks_sharded)} blocks sharded: this process "
+        f"holds {local:,} of {whole:,} parameter values ({local / whole:.1%}), with their "
+        "gradients and optimizer state"
+    )
     return sharded
 
 

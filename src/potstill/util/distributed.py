@@ -86,6 +86,10 @@ def current_world() -> World:
 
 
 def _active() -> bool:
+    """Whether collectives are needed; under a launcher the first one joins the group, so
+    no helper below runs alone on a rank that has not met the others yet."""
+    if launched_world().distributed:
+        current_world()
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
