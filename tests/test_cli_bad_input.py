@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import safetensors
 import torch
 import yaml
 
@@ -308,6 +309,34 @@ def _disk_full(w: Workspace, mp: pytest.MonkeyPatch) -> None:
     mp.setattr(os, "replace", full)
 
 
+def _disk_full_in_torch_save(w: Workspace, mp: pytest.MonkeyPatch) -> None:
+    """The disk fills up as a checkpoint's optimizer state is written: torch.save then
+    says only what it said on a real full tmpfs (tests/util/test_io.py), and no room is
+    left."""
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if Path(str(f)).name == "optim.pt":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 2")
+        return real(obj, f, *args, **kwargs)
+
+    mp.setattr(torch, "save", full)
+    mp.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 0))
+
+
+def _disk_full_in_safetensors(w: Workspace, mp: pytest.MonkeyPatch) -> None:
+    """The disk fills up as the student's weights are saved (safetensors' message on a real
+    full tmpfs)."""
+    import transformers.modeling_utils
+
+    def full(*args, **kwargs):
+        raise safetensors.SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    mp.setattr(transformers.modeling_utils, "safe_save_file", full)
+
+
 def _no_unpickling(w: Workspace, mp: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("torch.load ran on a model folder")
@@ -521,6 +550,22 @@ PATHS = [
         # a valid, resumable cache of no shards: a rerun continues it
         new=("runs/full/config.yaml", "runs/full/cache/manifest.json"),
         arm=_disk_full,
+        logs=True,
+    ),
+    Case(
+        "path-disk-full-checkpoint",
+        lambda w: ["distill", str(w.recipe), "name=fc", f"teach.cache={w.cache}"],
+        ("cannot write", "checkpoints/student (No space left on device)", "free some disk space"),
+        new=("runs/fc/**",),
+        arm=_disk_full_in_torch_save,
+        logs=True,
+    ),
+    Case(
+        "path-disk-full-student",
+        lambda w: ["distill", str(w.recipe), "name=fs", f"teach.cache={w.cache}"],
+        ("cannot write", "runs/fs/student (No space left on device)", "free some disk space"),
+        new=("runs/fs/**",),
+        arm=_disk_full_in_safetensors,
         logs=True,
     ),
     override_case("name-dot-dot", "name=../x", expect=("name = '../x'", "plain folder name")),

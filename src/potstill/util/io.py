@@ -91,9 +91,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     with the old one at ``.NAME.old``; `settle_dir` (run here first, and by readers) puts
     that back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    settle_dir(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        settle_dir(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as e:
+        if e.errno in _USER_ERRNOS:
+            raise unwritable(path, e) from e
+        raise
     tmp.chmod(0o755)
     try:
         yield tmp
@@ -105,9 +110,38 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and _out_of_space(e, path.parent)  # before cleaning up
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise unwritable(
+                path,
+                e if isinstance(e, OSError) else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+            ) from e
+        if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+            raise unwritable(path, e) from e
         raise
+
+
+# How the writers potstill saves folders with report a full disk (seen on a full tmpfs):
+# Python by errno; safetensors in its message ("os error 28"); torch.save not at all, only
+# as a failed write of its stream writer ("inline_container"), told apart by the filesystem
+# having no room left.
+_FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def _out_of_space(error: Exception, folder: Path) -> bool:
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    if any(marker in text for marker in _FULL_DISK_TEXTS):
+        return True
+    if isinstance(error, RuntimeError) and "inline_container" in text:
+        try:
+            return shutil.disk_usage(folder).free < 1 << 20
+        except OSError:
+            return False
+    return False
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
