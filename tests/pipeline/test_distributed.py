@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,43 @@ def test_distill_sharded_with_fsdp_equals_one_process(recipe, tmp_path, capsys):
     assert (
         tmp_path / "runs" / "fsdp" / "student" / "model.safetensors"
     ).stat().st_mtime_ns == stamp
+
+
+def test_sharded_training_killed_mid_run_resumes_to_the_same_weights(recipe, tmp_path, capsys):
+    """SIGKILL to the whole torchrun job (launcher and both ranks) mid-training under FSDP;
+    the rerun resumes from the last checkpoint and ends on the uninterrupted run's weights,
+    bitwise: the checkpoint holds full tensors, re-sharded exactly on resume."""
+    longer = ["train.steps=24", "train.checkpoint_every=2", "train.warmup=2"]
+    code, _, err = run_cli("teach", str(recipe), "name=one", *longer, capsys=capsys)
+    assert code == 0, err
+    cache = tmp_path / "runs" / "one" / "cache"
+    args = ["distill", str(recipe), f"teach.cache={cache}", "train.parallel=fsdp", *longer]
+    done = _torchrun(*args, "name=straight")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    killed = tmp_path / "runs" / "killed"
+    flags = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port"]
+    command = [sys.executable, "-m", "torch.distributed.run", *flags, str(free_port())]
+    job = subprocess.Popen(
+        [*command, "-m", "potstill", *args, "name=killed"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    metrics = killed / "metrics.jsonl"
+    while job.poll() is None and not (metrics.is_file() and metrics.read_text().count("\n") >= 5):
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL and not (killed / "student").exists()
+    state = json.loads((killed / "checkpoints" / "student" / "state.json").read_text())
+    assert 2 <= state["step"] < 24
+
+    done = _torchrun(*args, "name=killed", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    wa, wb = _weights(tmp_path / "runs" / "straight"), _weights(killed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_a_killed_ranks_shards_are_taught_again(recipe, tmp_path, capsys):
