@@ -49,9 +49,9 @@ def _train(
     return student
 
 
-def _worker(
-    rank: int, size: int, port: int, folder: str, until: int | None, resume: bool, parallel: str
-) -> None:
+def as_launched(rank: int, size: int, port: int) -> None:
+    """This spawned process as a launcher would start it: its rank and the rendezvous in
+    the environment, one thread."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -60,6 +60,12 @@ def _worker(
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def _worker(
+    rank: int, size: int, port: int, folder: str, until: int | None, resume: bool, parallel: str
+) -> None:
+    as_launched(rank, size, port)
     student = _train(Path(folder), until=until, resume=resume, parallel=parallel)
     if rank == 0:
         save_file(
@@ -174,13 +180,7 @@ def test_shards_cover_every_item_once():
 
 
 def _first_call_worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-    )
+    as_launched(rank, 2, port)
     marks = Path(folder) / "marks"
 
     def work() -> int:

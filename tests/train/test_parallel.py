@@ -6,7 +6,6 @@ one process; so do those with a frozen embedding."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from potstill.train.parallel import Objective, spread
 from potstill.train.settings import TrainConfig
 from potstill.util.distributed import current_world
 from tests.conftest import free_port
-from tests.train.test_distributed import ATOL, _assert_same, _setup
+from tests.train.test_distributed import ATOL, _assert_same, _setup, as_launched
 from tests.train.test_loop import HINTON
 
 
@@ -33,22 +32,11 @@ def _launch(worker, folder: Path, *args) -> None:
     mp.spawn(worker, args=(free_port(), str(folder), *args), nprocs=2, join=True)
 
 
-def _join(rank: int, port: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-
-
 def _shard_facts(rank: int, port: int, folder: str) -> None:
     """One FSDP step by hand through `spread`: what each process holds, written as JSON."""
     from torch.distributed.tensor import DTensor, Shard
 
-    _join(rank, port)
+    as_launched(rank, 2, port)
     blocks, teacher, student = _setup()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     task = CausalLM(HINTON)
@@ -158,7 +146,7 @@ def _train_kind(kind: str, folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _kind_worker(rank: int, port: int, folder: str, kind: str) -> None:
-    _join(rank, port)
+    as_launched(rank, 2, port)
     weights = _train_kind(kind, Path(folder))
     save_file(weights, str(Path(folder) / f"rank{rank}.safetensors"))
     torch.distributed.destroy_process_group()
