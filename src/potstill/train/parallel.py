@@ -83,9 +83,12 @@ class Sharded(Spread):
     """The objective under FSDP2: a sharded twin of the caller's modules (see the module
     docstring)."""
 
-    def __init__(self, objective: nn.Module, trained: nn.ModuleDict, host: nn.ModuleDict):
+    def __init__(
+        self, objective: nn.Module, trained: nn.ModuleDict, host: nn.ModuleDict, world: World
+    ) -> None:
         super().__init__(objective, trained)
         self.host = host
+        self.world = world
 
     def no_sync(self, *, last: bool) -> AbstractContextManager[object]:
         return _gradient_sync(self.objective, enabled=last)
@@ -107,16 +110,20 @@ class Sharded(Spread):
                 _local(twins[name]).copy_(_local(_shard_like(param, twins[name])))
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """As one process's, gathered one tensor at a time onto the host; complete on rank 0
+        (which writes it), its tensors left out on the other ranks."""
         from torch.distributed.tensor import DTensor
 
+        keep = self.world.main
         saved = optimizer.state_dict()  # integer-keyed, as in one process; values sharded
-        saved["state"] = {
-            index: {
-                key: value.full_tensor() if isinstance(value, DTensor) else value
-                for key, value in entry.items()
-            }
-            for index, entry in saved["state"].items()
-        }
+        state: dict = {}
+        for index, entry in saved["state"].items():
+            state[index] = {}
+            for key, value in entry.items():
+                full = value.full_tensor() if isinstance(value, DTensor) else value  # collective
+                if keep:
+                    state[index][key] = full.cpu()
+        saved["state"] = state
         return saved
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, saved: dict) -> None:
@@ -203,7 +210,7 @@ def _fully_shard(objective: Objective, world: World, device: torch.device | str)
     with torch.no_grad():
         for name, value in twin.named_buffers():
             value.copy_(buffers[name])
-    sharded = Sharded(twin, twin.trained, host)
+    sharded = Sharded(twin, twin.trained, host, world)
     sharded.scatter()
     local = sum(_local(p).numel() for p in twin.parameters())
     whole = sum(p.numel() for p in host.parameters())
