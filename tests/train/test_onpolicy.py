@@ -16,6 +16,7 @@ from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.train.onpolicy import OnPolicyChats
 from potstill.train.settings import TrainConfig
+from potstill.util.errors import PotstillError
 from potstill.util.tokens import IGNORE_INDEX
 from tests.conftest import make_llama
 from tests.data.test_chat import chat_tokenizer
@@ -168,3 +169,21 @@ def test_a_student_trains_on_a_mix_of_its_own_samples_and_the_references(
     # Some steps were the student's samples and some the references (plus the loop's
     # one sample batch when it looks for the fused head).
     assert 1 <= data.sampled_batches <= 8
+
+
+def test_on_policy_data_under_fsdp_is_refused(chats, student, tokenizer, tmp_path, monkeypatch):
+    """FSDP trains a sharded twin and brings the student up to date only at checkpoints:
+    samples drawn from it would be stale, so the combination is refused before any work."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(PotstillError, match="which FSDP holds only in shards"):
+        train(
+            student,
+            _on_policy(chats, student, tokenizer),
+            CausalLM([KD]),
+            TrainConfig(steps=1, batch_size=2, parallel="fsdp"),
+            teacher=LiveTeacher(make_llama(len(tokenizer), layers=2, seed=1)),
+            name="student",
+            checkpoint_dir=tmp_path / "ckpt",
+            metrics_path=tmp_path / "m.jsonl",
+        )

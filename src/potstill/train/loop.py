@@ -138,6 +138,13 @@ def train(
         raise PotstillError(
             "train.parallel fsdp does not scale fp16 losses; use train.precision bf16 or fp32"
         )
+    if cfg.parallel == "fsdp" and processes > 1 and getattr(data, "model", None) is model:
+        # FSDP trains a sharded twin; the caller's model is only brought up to date at
+        # checkpoints, so data sampled from it (on-policy) would come from stale weights.
+        raise PotstillError(
+            "on-policy data samples from the student as it trains, which FSDP holds only in "
+            "shards: use train.parallel ddp"
+        )
     world = current_world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
