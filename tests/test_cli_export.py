@@ -36,8 +36,10 @@ def test_export_refusals_write_nothing(tmp_path, tiny_teacher_dir, capsys):
         (["export", teacher, "--to", "tflite", "--out", str(tmp_path / "a")], "choose hf, gguf"),
         (["export", teacher, "--to", "onnx", "--out", str(tmp_path / "b"), "--qtype", "q4_0"],
          "is for --to gguf"),
-        (["export", str(quantized), "--to", "gguf", "--out", str(tmp_path / "c.gguf")],
+        (["export", str(quantized), "--to", "onnx", "--out", str(tmp_path / "c")],
          "torchao-quantized"),
+        (["export", str(quantized), "--to", "gguf", "--out", str(tmp_path / "c.gguf"),
+          "--qtype", "q8_0"], "its integers go into GGUF as q4_0"),
         (["export", teacher, "--to", "hf", "--out", str(tmp_path / "d"), "--keep-adapter"],
          "no adapter"),
     ]  # fmt: skip
@@ -45,3 +47,27 @@ def test_export_refusals_write_nothing(tmp_path, tiny_teacher_dir, capsys):
         code, _, err = run_cli(*args, capsys=capsys)
         assert code == 2 and message in _error(err), (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_a_quantized_student_exports_to_gguf_with_its_own_integers(
+    tmp_path, tiny_teacher_dir, capsys
+):
+    quantized, out = tmp_path / "q", tmp_path / "q.gguf"
+    assert (
+        run_cli("quantize", str(tiny_teacher_dir), "--out", str(quantized), capsys=capsys)[0] == 0
+    )
+    code, stdout, err = run_cli(
+        "export", str(quantized), "--to", "gguf", "--out", str(out), capsys=capsys
+    )
+    assert code == 0, err
+    # read back against the quantized model itself: the same integers, scales in float16
+    assert f"exported: {out}" in stdout and "top-1 agreement 100.0%" in stdout
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644 & ~_umask())  # readable as files are
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

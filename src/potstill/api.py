@@ -76,17 +76,18 @@ def export(
     to: str,
     out: str | Path,
     *,
-    qtype: str = "f16",
+    qtype: str | None = None,
     keep_adapter: bool = False,
     overwrite: bool = False,
     check: bool = True,
 ) -> tuple[Path, ExportCheck | None]:
-    """Export ``model`` ``to`` ``"hf"``, ``"gguf"`` (``qtype`` f16, q8_0, q4_0) or
+    """Export ``model`` ``to`` ``"hf"``, ``"gguf"`` (``qtype`` f16, q8_0, q4_0; default f16,
+    and a potstill-quantized model keeps its own integers) or
     ``"onnx"`` at ``out``; with ``check``, read it back and compare its logits with the
     model's (`potstill.models.export`). Returns the path and the check (None for hf)."""
     if to not in ("hf", "gguf", "onnx"):
         raise PotstillError(f"export --to {to!r}: choose hf, gguf or onnx")
-    if to != "gguf" and qtype != "f16":
+    if to != "gguf" and qtype is not None:
         raise PotstillError(f"--qtype {qtype} is for --to gguf; {to} exports float32")
     if keep_adapter and to != "hf":
         raise PotstillError(f"--keep-adapter is for --to hf; {to} holds merged weights")

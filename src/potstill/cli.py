@@ -288,7 +288,13 @@ def export(
     model: Annotated[str, typer.Argument(help="Model folder (runs/NAME/student) or bundled:NAME.")],
     to: Annotated[str, typer.Option("--to", help="hf, gguf or onnx.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (hf, onnx) or .gguf file.")],
-    qtype: Annotated[str, typer.Option(help="GGUF tensor type: f16, q8_0 or q4_0.")] = "f16",
+    qtype: Annotated[
+        str | None,
+        typer.Option(
+            help="GGUF tensor type: f16 (default), q8_0 or q4_0; a quantized student keeps "
+            "its own integers."
+        ),
+    ] = None,
     keep_adapter: Annotated[
         bool, typer.Option("--keep-adapter", help="hf: keep the LoRA/PiSSA adapter beside.")
     ] = False,

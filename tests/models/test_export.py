@@ -221,6 +221,90 @@ def test_llama_cpp_runs_the_gguf_within_tolerance(student_dir, tmp_path, qtype):
     assert check.tokens_match
 
 
+# ---- gguf of a potstill-quantized model: its integers kept --------------------------------
+
+
+def _quantized(student_dir: Path, folder: Path, **spec) -> Path:
+    from potstill.models.load import load_causal_lm
+    from potstill.models.quantize import QuantizationSpec, quantize_model
+    from potstill.models.quantized_io import save_quantized
+
+    model, tokenizer = load_causal_lm(str(student_dir))
+    spec = QuantizationSpec(**spec)
+    save_quantized(quantize_model(model, spec), tokenizer, folder, spec)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("spec", "qtype"),
+    [({"weights": "int4"}, "q4_0"), ({"weights": "int8"}, "q8_0")],  # groups of 32; per row
+)
+def test_gguf_of_a_quantized_model_holds_its_integers(student_dir, tmp_path, spec, qtype):
+    """Each block in the file is the model's own integers under its group's scale in
+    float16: dequantized, exactly integer × float16(scale); and the file reads back as the
+    quantized model, not re-rounded."""
+    import gguf
+
+    from potstill.models.quantized_io import load_quantized
+
+    folder = _quantized(student_dir, tmp_path / "q", **spec)
+    path = export_gguf(folder, tmp_path / "q.gguf")
+    model, _ = load_quantized(folder)
+    reader = gguf.GGUFReader(path)
+    assert (
+        reader.fields["general.file_type"].parts[-1][0]
+        == {
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        }[qtype]
+    )
+    tensors = {t.name: t for t in reader.tensors}
+    heads = model.config.num_attention_heads
+    kv_heads = model.config.num_key_value_heads
+    for hf_name, gguf_name, rows in [
+        ("model.embed_tokens.weight", "token_embd.weight", None),
+        ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight", heads),
+        ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight", kv_heads),
+        ("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight", None),
+    ]:
+        weight = model.get_parameter(hf_name)
+        group = weight.qdata.shape[1] // weight.scale.shape[1]
+        scale = weight.scale.to(torch.float16).float().repeat_interleave(group, dim=1)
+        expected = weight.qdata.float() * scale
+        if rows is not None:
+            expected = rope_permute(expected, rows)
+        stored = tensors[gguf_name]
+        assert stored.tensor_type.name == qtype.upper()
+        got = gguf.quants.dequantize(stored.data, stored.tensor_type)
+        assert np.array_equal(got.reshape(expected.shape), expected.numpy()), hf_name
+    check = check_gguf(folder, path)  # transformers dequantizes the file
+    assert check.top1_agreement == 1.0 and check.max_abs_diff < 5e-3 * max(1, check.logit_scale)
+
+
+def test_gguf_of_a_quantized_model_in_llama_cpp(student_dir, tmp_path):
+    pytest.importorskip("llama_cpp")
+    folder = _quantized(student_dir, tmp_path / "q", weights="int4")
+    check = check_llama_cpp(folder, export_gguf(folder, tmp_path / "q.gguf"))
+    assert check.within(LLAMA_CPP_TOLERANCES["q8_0"]), check  # as close as q8_0 to float
+
+
+@pytest.mark.parametrize(
+    ("spec", "qtype", "message"),
+    [
+        ({"weights": "int4", "group_size": 16}, None, "in groups of 16; a GGUF block holds 32"),
+        ({"weights": "int8", "activations": "int8"}, None, "quantizes activations to int8"),
+        ({"weights": "int4"}, "q8_0", "its integers go into GGUF as q4_0, not q8_0"),
+    ],
+)
+def test_gguf_of_a_quantized_model_refuses_what_it_cannot_keep(
+    student_dir, tmp_path, spec, qtype, message
+):
+    folder = _quantized(student_dir, tmp_path / "q", **spec)
+    with pytest.raises(PotstillError, match=message):
+        export_gguf(folder, tmp_path / "q.gguf", qtype=qtype)
+    assert not (tmp_path / "q.gguf").exists() and not _leftovers(tmp_path)
+
+
 # ---- onnx -------------------------------------------------------------------------------
 
 

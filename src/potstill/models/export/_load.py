@@ -13,9 +13,12 @@ from potstill.models.load import check_loadable, quantized_folder, resolve
 from potstill.util.errors import PotstillError, first_line
 
 
-def _load(folder: str | Path, *, dtype: Any, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+def _load(
+    folder: str | Path, *, dtype: Any, quantized: bool = False, **kwargs: Any
+) -> tuple[torch.nn.Module, Any]:
     """``(model, tokenizer)`` from an HF folder, ``bundled:NAME``, or a PEFT adapter folder
-    (merged onto its base)."""
+    (merged onto its base); with ``quantized``, a potstill-quantized folder too (GGUF keeps
+    its integers; the other formats refuse it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -31,12 +34,16 @@ def _load(folder: str | Path, *, dtype: Any, **kwargs: Any) -> tuple[torch.nn.Mo
             "folder (runs/NAME/student), a model folder, or bundled:NAME"
         )
     check_loadable(location, str(folder))
-    quantized = quantized_folder(location)
-    if quantized is not None:
+    how = quantized_folder(location)
+    if how is not None and quantized:
+        from potstill.models.quantized_io import load_quantized
+
+        return load_quantized(location)
+    if how is not None:
         raise PotstillError(
-            f"{folder} is a torchao-quantized model ({quantized}), which the export formats "
-            "cannot hold: export its float model (--to gguf --qtype q8_0 or q4_0 quantizes "
-            "for llama.cpp)"
+            f"{folder} is a torchao-quantized model ({how}), which this export format "
+            "cannot hold: export it --to gguf (which keeps its integers), or export its "
+            "float model"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)

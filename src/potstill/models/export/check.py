@@ -80,7 +80,7 @@ def check_gguf(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(gguf_file)
-    model, tokenizer = _load(folder, dtype=torch.float32)
+    model, tokenizer = _load(folder, dtype=torch.float32, quantized=True)
     ids = [tokenizer.encode(p) for p in prompts]
     exported = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
@@ -102,7 +102,7 @@ def check_llama_cpp(
             "checking a GGUF in llama.cpp needs llama-cpp-python: pip install llama-cpp-python"
         ) from e
 
-    model, tokenizer = _load(folder, dtype=torch.float32)
+    model, tokenizer = _load(folder, dtype=torch.float32, quantized=True)
     ids = [tokenizer.encode(p) for p in prompts]
     n_ctx = max(256, *(len(row) for row in ids))
     llm = Llama(model_path=str(gguf_file), logits_all=True, n_ctx=n_ctx, verbose=False)

@@ -1,5 +1,10 @@
 """Export as one GGUF file for llama.cpp / ollama / LM Studio, in f16, q8_0 or q4_0, written
-with the ``gguf`` package (llama architecture and byte-level BPE tokenizers only, for now)."""
+with the ``gguf`` package (llama architecture and byte-level BPE tokenizers only, for now).
+
+A student quantized by potstill (``potstill quantize``, or trained quantization-aware) is
+written with its own integers: int4 in groups of 32 as q4_0 and int8 as q8_0 hold exactly
+the same integers, each block with its scale in float16. Re-quantizing its float weights with
+llama.cpp's rounding instead would throw away what quantization-aware training learned."""
 
 from __future__ import annotations
 
@@ -19,25 +24,38 @@ GGUF_QTYPES = ("f16", "q8_0", "q4_0")
 
 
 def export_gguf(
-    folder: str | Path, out_file: str | Path, *, qtype: str = "f16", overwrite: bool = False
+    folder: str | Path,
+    out_file: str | Path,
+    *,
+    qtype: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a llama.cpp GGUF file of a llama-architecture model, weights in ``qtype``.
 
-    ``f16``: 2-D weights in float16. ``q8_0``: 8-bit blocks of 32. ``q4_0``: 4-bit blocks of
-    32, with the embedding/output matrix in q8_0. Norms stay float32 in every type, and a
-    matrix whose rows are not a whole number of blocks falls back to float16 (as llama.cpp's
-    converter does). q_proj/k_proj rows are permuted as llama.cpp's converter does for Llama
-    rope; tied embeddings are written once, as ``token_embd``.
+    ``f16`` (the default for a float model): 2-D weights in float16. ``q8_0``: 8-bit blocks
+    of 32. ``q4_0``: 4-bit blocks of 32, with the embedding/output matrix in q8_0. Norms
+    stay float32 in every type, and a matrix whose rows are not a whole number of blocks
+    falls back to float16 (as llama.cpp's converter does). q_proj/k_proj rows are permuted
+    as llama.cpp's converter does for Llama rope; tied embeddings are written once, as
+    ``token_embd``. A potstill-quantized folder is written with its own integers (the
+    module docstring), in the one type that holds them; ``qtype`` may only name that type.
     """
     import gguf
 
-    if qtype not in GGUF_QTYPES:
+    if qtype is not None and qtype not in GGUF_QTYPES:
         raise PotstillError(
             f"GGUF type {qtype!r} is not supported; choose one of {', '.join(GGUF_QTYPES)}"
         )
     out_file = Path(out_file)
     _refuse_existing(out_file, overwrite)
-    model, tokenizer = _load(folder, dtype=torch.float32)
+    model, tokenizer = _load(folder, dtype=torch.float32, quantized=True)
+    own = _own_qtype(model, folder)
+    if own is not None and qtype not in (None, own):
+        raise PotstillError(
+            f"{folder} is already quantized; its integers go into GGUF as {own}, not {qtype}: "
+            f"drop --qtype (or give {own}), or export its float model to re-quantize"
+        )
+    qtype = own or qtype or "f16"
     config = model.config
     _check_llama(config)
 
@@ -53,6 +71,9 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        mask = os.umask(0)  # read the umask (mkstemp made the file 0600)
+        os.umask(mask)
+        os.chmod(tmp, 0o644 & ~mask)  # readable as any new file is, by ollama's own user too
         os.replace(tmp, out_file)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -213,13 +234,18 @@ def _write_llama_tensors(writer: Any, model: torch.nn.Module, qtype: str) -> Non
                 "variant is not supported: export it --to hf or --to onnx instead"
             )
         kind, name = found
-        data = weight.detach().to(torch.float32)
-        if kind == gguf.MODEL_TENSOR.ATTN_Q:
-            data = rope_permute(data, heads)
-        elif kind == gguf.MODEL_TENSOR.ATTN_K:
-            data = rope_permute(data, kv_heads)
-        embedding = kind in (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT)
-        array, ggml_type = _encode(data.numpy(), qtype, embedding=embedding)
+        rows = {gguf.MODEL_TENSOR.ATTN_Q: heads, gguf.MODEL_TENSOR.ATTN_K: kv_heads}.get(kind)
+        if _is_quantized(weight):
+            ints, scales = _integers(weight)
+            if rows is not None:  # a row's scales move with it
+                ints, scales = rope_permute(ints, rows), rope_permute(scales, rows)
+            array, ggml_type = _pack(ints.numpy(), scales.numpy(), qtype)
+        else:
+            data = weight.detach().to(torch.float32)
+            if rows is not None:
+                data = rope_permute(data, rows)
+            embedding = kind in (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT)
+            array, ggml_type = _encode(data.numpy(), qtype, embedding=embedding)
         writer.add_tensor(name, array, raw_dtype=ggml_type)
 
 
@@ -256,3 +282,75 @@ def _encode(data: np.ndarray, qtype: str, *, embedding: bool) -> tuple[np.ndarra
     if wanted == GGMLQuantizationType.F16 or data.shape[-1] % block:
         return data.astype(np.float16), GGMLQuantizationType.F16
     return quants.quantize(data, wanted), wanted
+
+
+# --- a potstill-quantized model, integers kept -------------------------------------------------
+
+GGUF_BLOCK = 32  # values per q4_0 / q8_0 block, each block one float16 scale
+
+
+def _is_quantized(weight: torch.Tensor) -> bool:
+    from torchao.utils import TorchAOBaseTensor
+
+    return isinstance(weight, TorchAOBaseTensor)
+
+
+def _own_qtype(model: torch.nn.Module, folder: str | Path) -> str | None:
+    """The GGUF type that holds a quantized model's integers exactly; None for a float
+    model. Refused where none does: groups other than 32 (a GGUF block has one scale per 32
+    values), or activations quantized by the model (llama.cpp quantizes them its own way)."""
+    weights = [p for p in model.parameters() if _is_quantized(p)]
+    if not weights:
+        return None
+    kinds = set()
+    for weight in weights:
+        if getattr(weight, "activation_quantization", None) is not None:
+            raise PotstillError(
+                f"{folder} quantizes activations to int8, which GGUF cannot carry (llama.cpp "
+                "quantizes them its own way): export a weight-only quantized model"
+            )
+        ints, scales = _integers(weight)
+        group = ints.shape[-1] // scales.shape[-1]
+        if group % GGUF_BLOCK:  # per channel is a multiple: every block gets the row's scale
+            raise PotstillError(
+                f"{folder} has {weight.target_dtype} weights in groups of {group}; a GGUF block "
+                f"holds {GGUF_BLOCK} values under one scale: quantize with group_size 32"
+            )
+        kinds.add("q4_0" if weight.target_dtype == torch.int4 else "q8_0")
+    if len(kinds) > 1:
+        raise PotstillError(f"{folder} mixes int4 and int8 weights; GGUF export wants one type")
+    return kinds.pop()
+
+
+def _integers(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torchao weight's integers (rows, cols) int8 and scales (rows, groups) float32; it
+    must be symmetric (no zero point) and grouped along its rows."""
+    ints, scales = weight.qdata, weight.scale.to(torch.float32)
+    zero = getattr(weight, "zero_point", None)
+    if zero is not None and bool(zero.ne(0).any()):
+        raise PotstillError(
+            "export --to gguf keeps symmetric integers only; this weight has zero points"
+        )
+    if weight.block_size[0] != 1 or scales.dim() != 2:
+        raise PotstillError("export --to gguf keeps weights grouped along rows only")
+    return ints, scales
+
+
+def _pack(ints: np.ndarray, scales: np.ndarray, qtype: str) -> tuple[np.ndarray, Any]:
+    """Integers (rows, cols) and their scales (rows, groups) as q4_0 or q8_0 blocks of 32
+    (bytes (rows, cols / 32 * block bytes)): each block the float16 scale of its group,
+    then its integers (q4_0: ``x + 8`` in a nibble, value ``j`` low and ``j + 16`` high)."""
+    from gguf import GGMLQuantizationType
+
+    rows, cols = ints.shape
+    blocks = ints.reshape(rows * cols // GGUF_BLOCK, GGUF_BLOCK)
+    per_block = np.repeat(scales, cols // GGUF_BLOCK // scales.shape[1], axis=1)
+    d = per_block.reshape(-1, 1).astype(np.float16).view(np.uint8)  # (blocks, 2)
+    if qtype == "q4_0":
+        nibbles = (blocks.astype(np.int16) + 8).astype(np.uint8)
+        packed = nibbles[:, : GGUF_BLOCK // 2] | (nibbles[:, GGUF_BLOCK // 2 :] << np.uint8(4))
+        data, ggml_type = np.concatenate([d, packed], axis=1), GGMLQuantizationType.Q4_0
+    else:
+        data = np.concatenate([d, blocks.astype(np.int8).view(np.uint8)], axis=1)
+        ggml_type = GGMLQuantizationType.Q8_0
+    return data.reshape(rows, -1), ggml_type
