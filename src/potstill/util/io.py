@@ -41,9 +41,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        if e.errno in _USER_ERRNOS:
-            raise unwritable(path, e) from e
-        raise
+        error = _user_error(e, path)
+        if error is None:
+            raise
+        raise error from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -51,9 +52,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        error = _user_error(e, path)  # before the temporary goes (a full disk: no room left)
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
-            raise unwritable(path, e) from e
+        if error is not None:
+            raise error from e
         raise
 
 
@@ -96,9 +98,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         settle_dir(path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     except OSError as e:
-        if e.errno in _USER_ERRNOS:
-            raise unwritable(path, e) from e
-        raise
+        error = _user_error(e, path)
+        if error is None:
+            raise
+        raise error from e
     tmp.chmod(0o755)
     try:
         yield tmp
@@ -111,15 +114,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except BaseException as e:
-        full = isinstance(e, Exception) and _out_of_space(e, path.parent)  # before cleaning up
+        error = _user_error(e, path)  # before the temporary goes (a full disk: no room left)
         shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise unwritable(
-                path,
-                e if isinstance(e, OSError) else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-            ) from e
-        if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
-            raise unwritable(path, e) from e
+        if error is not None:
+            raise error from e
         raise
 
 
@@ -128,6 +126,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 # as a failed write of its stream writer ("inline_container"), told apart by the filesystem
 # having no room left.
 _FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def _user_error(error: BaseException, path: Path) -> PotstillError | None:
+    """The one-line error for a failed write of ``path`` that the user fixes (a full disk,
+    a folder they cannot write), or None for any other failure."""
+    if isinstance(error, OSError) and error.errno in _USER_ERRNOS:
+        return unwritable(path, error)
+    if isinstance(error, Exception) and _out_of_space(error, path.parent):
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return unwritable(path, error if isinstance(error, OSError) else full)
+    return None
 
 
 def _out_of_space(error: Exception, folder: Path) -> bool:
