@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from potstill.util.errors import PotstillError
-from potstill.util.io import atomic_dir, settle_dir
+from potstill.util.io import atomic_dir, atomic_write_text, settle_dir
 
 
 def _write(folder, text):
@@ -122,3 +122,12 @@ def test_other_write_errors_are_not_called_a_full_disk(tmp_path):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2")
     with pytest.raises(ValueError), atomic_dir(tmp_path / "out"):
         raise ValueError("not a disk")
+
+
+def test_atomically_written_files_are_readable_by_others(tmp_path):
+    """Reports and manifests go through mkstemp (0600); they are left 0644 less the umask,
+    as an output shared with other users and tools should be."""
+    mask = os.umask(0)
+    os.umask(mask)
+    atomic_write_text(tmp_path / "report.md", "# report\n")
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644 & ~mask

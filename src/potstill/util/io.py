@@ -35,7 +35,8 @@ def unwritable(path: str | Path, error: OSError) -> PotstillError:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically; a full disk or a folder the user cannot write
-    is a one-line `PotstillError`, and no temporary file is left behind."""
+    is a one-line `PotstillError`, and no temporary file is left behind. The file is
+    `readable` (not mkstemp's 0600)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        readable(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         error = _user_error(e, path)  # before the temporary goes (a full disk: no room left)
@@ -57,6 +59,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if error is not None:
             raise error from e
         raise
+
+
+def readable(path: str | Path) -> None:
+    """Give a file written through a temporary (``mkstemp`` makes it 0600) the mode a
+    shared output wants: read by anyone, written by its owner (0644), less the umask."""
+    mask = os.umask(0)  # the only way to read it
+    os.umask(mask)
+    os.chmod(path, 0o644 & ~mask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from potstill.models.export._load import _load, _refuse_existing
 from potstill.util.errors import PotstillError
+from potstill.util.io import readable
 
 GGUF_QTYPES = ("f16", "q8_0", "q4_0")
 
@@ -71,9 +72,7 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        mask = os.umask(0)  # read the umask (mkstemp made the file 0600)
-        os.umask(mask)
-        os.chmod(tmp, 0o644 & ~mask)  # readable as any new file is, by ollama's own user too
+        readable(tmp)  # by ollama's own user too
         os.replace(tmp, out_file)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
