@@ -6,24 +6,39 @@ play: does a quantized student keep its quality on the fast CPU path?
 
 Needs ``llama-cpp-python`` (``pip install -e '.[llama]'``). The held-out blocks are the
 default recipe's, tokenized by the student's tokenizer (every file here shares it); each
-block is evaluated alone (``n_ctx`` = the block) and token ``t + 1`` scored from the logits
-at ``t``, as `potstill.evaluation` scores the HF models (`bench/quantize.py` gives those).
+block is evaluated alone in llama.cpp (``n_ctx`` = the block) and scored by the scorer the
+report uses (`potstill.tasks.causal_lm.metrics.score_models`), as `bench/quantize.py`
+scores the HF models.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 from potstill.config import load_recipe
 from potstill.data import load_data
+from potstill.models.export import llama_cpp_logits
 from potstill.models.load import load_causal_lm
+from potstill.tasks.causal_lm.metrics import score_models
+
+
+class LlamaCppLM(torch.nn.Module):
+    """A GGUF in llama.cpp as the ``input_ids -> .logits`` model the scorer takes: each
+    block of the batch evaluated alone."""
+
+    def __init__(self, llm) -> None:
+        super().__init__()
+        self.llm = llm
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        rows = [llama_cpp_logits(self.llm, row) for row in input_ids.tolist()]
+        return SimpleNamespace(logits=torch.stack(rows))  # (B, L, V)
 
 
 def main() -> None:
@@ -48,29 +63,19 @@ def main() -> None:
             n_threads=torch.get_num_threads(),
             verbose=False,
         )
-        total, count = 0.0, 0
-        for x, y in zip(ids.tolist(), labels, strict=True):
-            llm.reset()
-            llm.eval(x)
-            logits = torch.from_numpy(np.array(llm.scores[: len(x)], dtype=np.float32))
-            target = y[1:]
-            valid = target != -100
-            logprobs = torch.log_softmax(logits[:-1], -1)
-            picked = logprobs.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            total -= float(picked[valid].sum())
-            count += int(valid.sum())
+        scores = score_models({name: LlamaCppLM(llm)}, ids, labels, teacher=None)[name]
         row = {
             "model": name,
             "file": path,
             "bytes": Path(path).stat().st_size,
-            "perplexity": math.exp(total / count),
-            "tokens": count,
+            "perplexity": scores.perplexity,
+            "tokens": scores.tokens,
             "seconds": time.perf_counter() - began,
         }
         rows.append(row)
         print(
             f"{name:<34} ppl {row['perplexity']:8.2f}  {row['bytes'] / 1e6:6.1f} MB  "
-            f"({count} tokens, {row['seconds']:.0f} s)",
+            f"({row['tokens']} tokens, {row['seconds']:.0f} s)",
             flush=True,
         )
     if args.out:

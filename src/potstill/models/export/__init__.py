@@ -30,6 +30,7 @@ from potstill.models.export.check import (
     check_gguf,
     check_llama_cpp,
     check_onnx,
+    llama_cpp_logits,
 )
 from potstill.models.export.gguf import GGUF_QTYPES, export_gguf, rope_permute
 from potstill.models.export.hf import export_hf
@@ -50,5 +51,6 @@ __all__ = [
     "export_gguf",
     "export_hf",
     "export_onnx",
+    "llama_cpp_logits",
     "rope_permute",
 ]

@@ -106,16 +106,20 @@ def check_llama_cpp(
     ids = [tokenizer.encode(p) for p in prompts]
     n_ctx = max(256, *(len(row) for row in ids))
     llm = Llama(model_path=str(gguf_file), logits_all=True, n_ctx=n_ctx, verbose=False)
-    theirs = []
-    for row in ids:
-        llm.reset()
-        llm.eval(row)
-        theirs.append(torch.from_numpy(np.array(llm.scores[: len(row)], dtype=np.float32)))
+    theirs = [llama_cpp_logits(llm, row) for row in ids]
     matches = all(
         llm.tokenize(p.encode(), add_bos=True, special=False) == row
         for p, row in zip(prompts, ids, strict=True)
     )
     return _compare(_logits(model, ids), theirs, matches)
+
+
+def llama_cpp_logits(llm: Any, ids: Sequence[int]) -> torch.Tensor:
+    """The logits (T, V) float32 a llama.cpp model (``llama_cpp.Llama``, made with
+    ``logits_all=True``) gives at every position of ``ids``, evaluated from a fresh context."""
+    llm.reset()
+    llm.eval(list(ids))
+    return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
 
 
 def check_onnx(
