@@ -25,26 +25,10 @@ import safetensors
 import torch
 import yaml
 
-from tests.conftest import TEXT, llama_folder, make_tokenizer, run_cli
+from tests.conftest import TEXT, llama_folder, make_tokenizer, run_cli, tiny_recipe
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 as_root = pytest.mark.skipif(ROOT, reason="root reads and writes through any permission bits")
-
-# A recipe that trains in seconds; runs_dir is relative, so that a copy of the taught run in
-# each test's own folder is the same run (its config.yaml matches the recipe byte for byte).
-RECIPE = """
-name: tiny
-runs_dir: runs
-teacher: {teacher}
-device: cpu
-student: {{from_teacher: {{layers: [0, 3]}}}}
-data: {{path: {corpus}, block_size: 16, heldout: 0.1}}
-loss:
-  - {{loss: forward_kl, weight: 0.5, temperature: 2.0}}
-  - {{loss: cross_entropy, weight: 0.5}}
-train: {{steps: 2, batch_size: 2, warmup: 1, lr: 1.0e-3, threads: 1}}
-eval: {{batch_size: 4, generate_tokens: 2}}
-"""
 
 
 @dataclass
@@ -134,7 +118,9 @@ def taught(tmp_path_factory, tiny_teacher_dir, corpus_file) -> Path:
 
     root = tmp_path_factory.mktemp("taught")
     recipe = root / "tiny.yaml"
-    recipe.write_text(RECIPE.format(teacher=tiny_teacher_dir, corpus=corpus_file))
+    # runs_dir is relative, so that a copy of the taught run in each test's own folder is
+    # the same run (its config.yaml matches the recipe)
+    recipe.write_text(yaml.safe_dump(tiny_recipe("runs", tiny_teacher_dir, corpus_file, steps=2)))
     cwd = Path.cwd()
     os.chdir(root)
     try:
@@ -191,6 +177,21 @@ def data_case(id: str, name: str, content: str | bytes, *expect: str, marks: tup
         new=("runs/data/config.yaml",),
         logs=True,
         marks=marks,
+    )
+
+
+def disk_full_case(
+    id: str, name: str, folder: str, arm: Callable[[Workspace, pytest.MonkeyPatch], None]
+) -> Case:
+    """``potstill distill RECIPE name=NAME`` from the taught cache while ``arm`` fills the
+    disk as ``folder`` is saved: whatever the new run wrote may stay (it resumes)."""
+    return Case(
+        id,
+        lambda w: ["distill", str(w.recipe), f"name={name}", f"teach.cache={w.cache}"],
+        ("cannot write", f"{folder} (No space left on device)", "free some disk space"),
+        new=(f"runs/{name}/**",),
+        arm=arm,
+        logs=True,
     )
 
 
@@ -552,22 +553,10 @@ PATHS = [
         arm=_disk_full,
         logs=True,
     ),
-    Case(
-        "path-disk-full-checkpoint",
-        lambda w: ["distill", str(w.recipe), "name=fc", f"teach.cache={w.cache}"],
-        ("cannot write", "checkpoints/student (No space left on device)", "free some disk space"),
-        new=("runs/fc/**",),
-        arm=_disk_full_in_torch_save,
-        logs=True,
+    disk_full_case(
+        "path-disk-full-checkpoint", "fc", "checkpoints/student", _disk_full_in_torch_save
     ),
-    Case(
-        "path-disk-full-student",
-        lambda w: ["distill", str(w.recipe), "name=fs", f"teach.cache={w.cache}"],
-        ("cannot write", "runs/fs/student (No space left on device)", "free some disk space"),
-        new=("runs/fs/**",),
-        arm=_disk_full_in_safetensors,
-        logs=True,
-    ),
+    disk_full_case("path-disk-full-student", "fs", "runs/fs/student", _disk_full_in_safetensors),
     override_case("name-dot-dot", "name=../x", expect=("name = '../x'", "plain folder name")),
     override_case(
         "name-absolute", "name=/tmp/abs", expect=("name = '/tmp/abs'", "plain folder name")

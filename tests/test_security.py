@@ -22,6 +22,7 @@ import potstill
 from potstill.util.errors import PotstillError
 from tests.conftest import free_port, run_cli
 from tests.teachers.scripted import Script, scripted
+from tests.test_cli_generate import write_recipe
 
 SRC = Path(potstill.__file__).parent
 KEY_ENV = "POTSTILL_TEST_KEY"
@@ -54,24 +55,14 @@ def key(monkeypatch) -> str:
 
 
 def generate_recipe(tmp_path: Path) -> Path:
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["To be", "or not"]))
-    recipe = {
-        "name": "gen",
-        "runs_dir": str(tmp_path / "runs"),
-        "teacher": "openai:scripted",
-        "device": "cpu",
-        "generate": {"prompts": str(prompts), "n": 1, "max_tokens": 4, "shard_rows": 1},
-        "teach": {
-            "endpoint": {
-                "api_key_env": KEY_ENV,
-                "concurrency": 1,
-                "max_retries": 0,
-                "timeout_s": 5,
-            }
-        },
-    }
-    path = tmp_path / "generate.yaml"
+    """test_cli_generate's recipe on a scripted endpoint that reads the key from KEY_ENV,
+    one request at a time and none retried."""
+    path = write_recipe(
+        tmp_path, "openai:scripted", ["To be", "or not"], n=1, max_tokens=4, shard_rows=1
+    )
+    recipe = yaml.safe_load(path.read_text())
+    endpoint = {"api_key_env": KEY_ENV, "concurrency": 1, "max_retries": 0, "timeout_s": 5}
+    recipe["teach"] = {"endpoint": endpoint}
     path.write_text(yaml.safe_dump(recipe))
     return path
 
