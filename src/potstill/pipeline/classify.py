@@ -23,7 +23,7 @@ from potstill.models.classifier import save_classifier, trainable_params, wrap_c
 from potstill.models.load import load_sequence_classifier, resolve
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.label import label_only, train_source
-from potstill.pipeline.markers import fingerprint, finished, mark_finished
+from potstill.pipeline.markers import finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves, train_summary
 from potstill.synth.label import apply_calibration, score_labels
@@ -32,6 +32,7 @@ from potstill.tasks.classify import Classify
 from potstill.teachers.labels import SoftLabels
 from potstill.train.loop import train
 from potstill.util.errors import PotstillError
+from potstill.util.fingerprint import fingerprint
 from potstill.util.log import log
 
 DEFAULT_CLASSIFIER = "bundled:all-minilm-l6-v2"

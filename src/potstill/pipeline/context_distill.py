@@ -29,13 +29,14 @@ from potstill.models.classifier import trainable_params
 from potstill.models.load import load_causal_lm
 from potstill.models.student import save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
-from potstill.pipeline.markers import fingerprint, finished, mark_finished
+from potstill.pipeline.markers import finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves, train_summary
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers.context import ContextTeacher
 from potstill.train.loop import train
 from potstill.util.errors import PotstillError
+from potstill.util.fingerprint import fingerprint
 from potstill.util.log import log
 
 SPEED_PROMPTS = 8  # held-out prompts timed for the prefill the context costs

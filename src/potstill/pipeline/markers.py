@@ -1,29 +1,18 @@
 """Stage markers: what each finished stage was made from.
 
-A finished stage writes ``stages/NAME.json`` holding the fingerprint of its inputs (a
-sha256 over the recipe keys it reads and the fingerprints of the stages it consumes) and
-what it measured. ``--resume`` skips a stage whose marker matches and redoes one whose
-inputs changed.
+A finished stage writes ``stages/NAME.json`` holding the fingerprint of its inputs
+(`potstill.util.fingerprint`: a sha256 over the recipe keys it reads and the fingerprints
+of the stages it consumes) and what it measured. ``--resume`` skips a stage whose marker
+matches and redoes one whose inputs changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from potstill.util.io import atomic_write_json
-
-
-def fingerprint(*parts: Any) -> str:
-    """sha256 of the parts as canonical JSON.
-
-    >>> fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
-    True
-    """
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def marker_path(run_dir: Path, stage: str) -> Path:

@@ -39,7 +39,7 @@ from potstill.models.load import endpoint_model, load_causal_lm
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.generate import generate_only
-from potstill.pipeline.markers import fingerprint, finished, mark_finished
+from potstill.pipeline.markers import finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves, train_summary
 from potstill.synth.generations import read_generations
@@ -49,6 +49,7 @@ from potstill.teachers.live import LiveTeacher
 from potstill.train.loop import train
 from potstill.train.onpolicy import OnPolicyChats
 from potstill.util.errors import PotstillError
+from potstill.util.fingerprint import fingerprint
 from potstill.util.io import atomic_write_jsonl
 from potstill.util.log import log
 

@@ -36,12 +36,13 @@ from potstill.models.quantize import (
 )
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
-from potstill.pipeline.markers import fingerprint, finished, forget, mark_finished
+from potstill.pipeline.markers import finished, forget, mark_finished
 from potstill.tasks.causal_lm import CausalLM, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import read_metrics, train
 from potstill.util.distributed import launched_world, on_main
 from potstill.util.errors import PotstillError
+from potstill.util.fingerprint import fingerprint
 from potstill.util.io import atomic_write_text
 from potstill.util.log import log
 
