@@ -45,7 +45,7 @@ def test_run_returns_the_typed_report(recipe_path):
 
     assert isinstance(result, RunResult) and isinstance(result.report, Report)
     report = result.report
-    assert report.schema_version == SCHEMA_VERSION == 2
+    assert report.schema_version == SCHEMA_VERSION == 3
     perplexity = report.models["student"].perplexity
     assert isinstance(perplexity, float) and math.isfinite(perplexity) and perplexity > 1
     assert list(report.models) == ["teacher", "student", "baseline"]

@@ -195,6 +195,7 @@ def evaluate(
             device=target,
         )
         report = build_report(
+            kind="lm",
             run={"name": Path(out).name if out else "eval", "device": str(target)},
             data={
                 "name": lm_data.name,

@@ -69,7 +69,7 @@ def test_entries_hold_calibration_bands_and_worst_disagreements(setting, tiny_to
 
     # The stage caches the entries in a JSON marker, and the report validates them.
     plain = json.loads(json.dumps(json_ready(results), allow_nan=False))
-    report = build_report(run={}, data={}, recipe={}, models=plain)
+    report = build_report(kind="lm", run={}, data={}, recipe={}, models=plain)
     assert report.models["student"].worst_disagreements[0].kl == pytest.approx(worst[0]["kl"])
     assert report.models["student"].ece == pytest.approx(student["ece"])
 

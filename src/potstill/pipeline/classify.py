@@ -117,6 +117,8 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
             "train_seconds": info["seconds"],
         }
     report = build_report(
+        kind="classify",
+        curves=read_curves(run_dir / "metrics.jsonl"),
         run=ctx.run_info(time.perf_counter() - started),
         data={"name": test.name, "split": f"test: {len(test)} labelled texts"},
         recipe={

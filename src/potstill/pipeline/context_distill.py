@@ -108,6 +108,8 @@ def run_context_distillation(recipe: Recipe, *, resume: bool = False) -> tuple[R
         },
     }
     report = build_report(
+        kind="context",
+        curves=read_curves(run_dir / "metrics.jsonl"),
         run=ctx.run_info(time.perf_counter() - started),
         data={
             "name": source.name,

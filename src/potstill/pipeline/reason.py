@@ -146,6 +146,8 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
                 str(cfg.batch_size): len(result.answers) / result.seconds
             }
     report = build_report(
+        kind="reason",
+        curves=read_curves(run_dir / "metrics.jsonl"),
         run=ctx.run_info(time.perf_counter() - started),
         data={
             "name": f"reasoning-gym:{cfg.dataset}",

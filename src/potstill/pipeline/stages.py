@@ -338,7 +338,9 @@ def report_stage(
     saving per generated token."""
     recipe, data = ctx.recipe, ctx.data
     taught = teach_seconds(ctx)
+    curves = read_curves(ctx.run_dir / "metrics.jsonl")
     report = build_report(
+        kind="lm",
         run={
             **ctx.run_info(wall_seconds),
             "precision": str(ctx.autocast_dtype or torch.float32).removeprefix("torch."),
@@ -363,8 +365,9 @@ def report_stage(
         models=models,
         budget=_budget(ctx.run_dir),
         break_even=generation_break_even(models, teach_seconds=taught),
+        curves=curves,
     )
-    write_report(ctx.run_dir, report, read_curves(ctx.run_dir / "metrics.jsonl"))
+    write_report(ctx.run_dir, report, curves)
     return report
 
 

@@ -62,6 +62,7 @@ def plausible_report(name: str = "shakespeare-smollm2") -> Report:
         return entry
 
     return build_report(
+        kind="lm",
         run={"name": name, "wall_seconds": 1830.0, "device": "cpu", "threads": 2},
         data={"name": "shakespeare", "train_tokens": 2_400_000, "heldout_tokens": 120_000},
         recipe=RECIPE,

@@ -41,9 +41,9 @@ def test_gap_closed_formula():
 
 def test_build_from_dicts_fills_version_time_and_summary():
     before = datetime.now(timezone.utc).replace(microsecond=0)
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=three_models())
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models())
     assert isinstance(report, Report)
-    assert report.schema_version == SCHEMA_VERSION == 2
+    assert report.schema_version == SCHEMA_VERSION == 3
     assert report.potstill_version == __version__
     created = datetime.fromisoformat(report.created)
     assert created.utcoffset() == timedelta(0)
@@ -79,12 +79,13 @@ def test_build_from_dicts_fills_version_time_and_summary():
 def test_build_from_typed_sections_equals_build_from_dicts():
     models = three_models()
     typed = build_report(
+        kind="lm",
         run=RunInfo(**RUN),
         data=DATA,
         recipe=RECIPE,
         models={name: ModelEntry(**entry) for name, entry in models.items()},
     )
-    plain = build_report(run=RUN, data=DATA, recipe=RECIPE, models=models)
+    plain = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=models)
     assert typed.model_copy(update={"created": plain.created}) == plain
 
 
@@ -95,6 +96,7 @@ def test_build_unpacks_tensors_paths_and_dataclasses():
         loss: float
 
     report = build_report(
+        kind="lm",
         run={"name": "t", "threads": torch.tensor(4)},
         data={},
         recipe={"lr": torch.tensor(0.5), "cache": Path("runs/t/cache"), "ks": (64, 256)},
@@ -113,6 +115,7 @@ def test_build_unpacks_tensors_paths_and_dataclasses():
 
 def test_build_keeps_budget_seeds_and_break_even():
     report = build_report(
+        kind="lm",
         run={},
         data={},
         recipe={},
@@ -143,7 +146,7 @@ def test_build_keeps_budget_seeds_and_break_even():
 def test_build_refuses_unknown_keys_in_typed_sections(section, bad):
     sections = {"run": {}, "data": {}, "recipe": {}, "models": {}, section: bad}
     with pytest.raises(pydantic.ValidationError, match="Extra inputs are not permitted"):
-        build_report(**sections)
+        build_report(kind="lm", **sections)
 
 
 def test_summary_missing_teacher_or_baseline():
@@ -171,6 +174,7 @@ def test_the_time_budget_is_said_in_the_table_and_the_headline():
         "estimated_minutes_at_requested": 21.0,
     }
     report = build_report(
+        kind="lm",
         run={"name": "x"},
         data={},
         recipe={},
@@ -181,7 +185,9 @@ def test_the_time_budget_is_said_in_the_table_and_the_headline():
     label, value, sentence = headline(report)[-1]
     assert (label, value) == ("time budget", "78 of 130 steps")
     assert "14-minute budget" in sentence and "21.0 min at 130 steps" in sentence
-    fits = build_report(run={}, data={}, recipe={}, models={}, budget={**budget, "steps": 130})
+    fits = build_report(
+        kind="lm", run={}, data={}, recipe={}, models={}, budget={**budget, "steps": 130}
+    )
     assert summary_table(fits).splitlines()[-1] == "time budget: all 130 steps"
-    no_budget = build_report(run={}, data={}, recipe={}, models={})
+    no_budget = build_report(kind="lm", run={}, data={}, recipe={}, models={})
     assert "time budget" not in summary_table(no_budget)

@@ -35,6 +35,7 @@ def _report(student_rate: float = 100.0) -> Report:
     }
     call_saving = 1 / 4.0 - 1 / student_rate
     return build_report(
+        kind="classify",
         run={"name": "polarity"},
         data={"name": "test"},
         recipe={"task": "classify", "labels": LABELS},

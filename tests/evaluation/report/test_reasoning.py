@@ -4,12 +4,13 @@ the traces bought over the answers alone."""
 from __future__ import annotations
 
 from potstill.evaluation.report import build_report
-from potstill.evaluation.report.format import headline, is_reasoning, metrics_table
+from potstill.evaluation.report.format import headline, metrics_table
 from potstill.evaluation.report.markdown import render_markdown
 
 
 def _report():
     return build_report(
+        kind="reason",
         run={"name": "cot"},
         data={},
         recipe={
@@ -33,7 +34,7 @@ def _report():
 
 def test_the_headline_puts_traces_against_answers_then_the_teacher():
     report = _report()
-    assert is_reasoning(report)
+    assert report.kind == "reason"
     lines = headline(report)
     assert [label for label, _, _ in lines] == [
         "traces vs answers only",

@@ -54,6 +54,7 @@ def lm_report(student_rate: float = 50.0) -> Report:
     models["baseline"].update(ece=0.052)
     models["baseline"]["frequency_bands"] = bands([2.2, 4.3, 6.4, 8.5], [0.7, 0.5, 0.3, 0.1])
     return build_report(
+        kind="lm",
         run=RUN,
         data=DATA,
         recipe=RECIPE,
@@ -108,9 +109,9 @@ def test_the_band_table_has_share_agreement_and_every_nll():
     assert table.rows[3] == [">10,000 or unseen", "5.0%", "20.0%", "6.00", "7.70", "8.50"]
     models = three_models()
     models["student"]["frequency_bands"] = bands([2.0] * 4, [0.5] * 4)
-    no_baseline = build_report(run=RUN, data=DATA, recipe=RECIPE, models=models)
+    no_baseline = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=models)
     assert band_table(no_baseline).header[-1] == "NLL student"  # only the student has bands
-    assert band_table(build_report(run=RUN, data=DATA, recipe=RECIPE, models={})) is None
+    assert band_table(build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models={})) is None
 
 
 def test_the_worst_table_shows_the_text_visibly():
@@ -141,7 +142,7 @@ def test_markdown_and_html_show_the_retention_profile(tmp_path):
 @pytest.mark.parametrize("role", ["student", "teacher"])
 def test_reports_without_the_new_numbers_render_as_before(tmp_path, role):
     models = {k: v for k, v in three_models().items() if k != role}
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=models)
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=models)
     markdown = write_report(tmp_path, report)["report.md"].read_text()
     assert "Retention" not in markdown and "break-even" not in markdown
     assert "ECE" not in markdown

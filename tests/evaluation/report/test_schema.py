@@ -23,7 +23,7 @@ def test_round_trip_through_json_with_nan_as_null(tmp_path):
     models["student"]["perplexity"] = float("inf")
     models["baseline"]["agreement"]["kl"] = float("nan")
     recipe = {**RECIPE, "teacher_signal": {"tail_mass": float("nan"), "k": 64}}
-    report = build_report(run=RUN, data=DATA, recipe=recipe, models=models)
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=recipe, models=models)
     assert report.models["student"].perplexity is None
     assert report.models["baseline"].agreement == Agreement(top1=0.31, kl=None)
     assert report.recipe["teacher_signal"] == {"tail_mass": None, "k": 64}
@@ -44,14 +44,15 @@ def test_round_trip_through_json_with_nan_as_null(tmp_path):
 
 
 def test_schema_version_is_written_first(tmp_path):
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=three_models())
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models())
     raw = json.loads(write_report(tmp_path, report)["report.json"].read_text())
-    assert SCHEMA_VERSION == 2
-    assert next(iter(raw)) == "schema_version" and raw["schema_version"] == 2
+    assert SCHEMA_VERSION == 3
+    assert next(iter(raw)) == "schema_version" and raw["schema_version"] == 3
     assert list(raw) == [
         "schema_version",
         "potstill_version",
         "created",
+        "kind",
         "run",
         "data",
         "recipe",
@@ -90,7 +91,7 @@ def test_unknown_key_in_a_model_entry_is_refused(model, data, misspelt):
 
 
 def test_loading_a_report_with_a_misspelt_key_fails(tmp_path):
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=three_models())
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models())
     raw = json.loads(report.model_dump_json())
     raw["models"]["student"]["tokens_per_sec"] = raw["models"]["student"].pop("tokens_per_second")
     path = tmp_path / "report.json"
@@ -101,7 +102,7 @@ def test_loading_a_report_with_a_misspelt_key_fails(tmp_path):
 
 def test_recipe_is_free_but_json_ready():
     recipe = {"anything": {"nested": [1, 2.5, "x"]}, "loss": [{"loss": "jsd", "beta": 0.5}]}
-    report = build_report(run={}, data={}, recipe=recipe, models={})
+    report = build_report(kind="lm", run={}, data={}, recipe=recipe, models={})
     assert report.recipe == recipe
 
 
@@ -109,6 +110,7 @@ def test_models_keep_roles_first_when_built_directly():
     report = Report(
         potstill_version="0",
         created="2025-01-01T00:00:00+00:00",
+        kind="lm",
         models={
             "zeta": ModelEntry(),
             "baseline": ModelEntry(),
@@ -124,4 +126,4 @@ def test_wrong_types_are_refused():
     with pytest.raises(pydantic.ValidationError, match="params"):
         ModelEntry(params="many")
     with pytest.raises(pydantic.ValidationError, match="summary"):
-        Report(potstill_version="0", created="now")  # the builder fills the summary
+        Report(potstill_version="0", created="now", kind="lm")  # the builder fills it

@@ -12,7 +12,7 @@ from tests.evaluation.report.numbers import DATA, RECIPE, RUN, entry, three_mode
 @pytest.mark.parametrize("missing", [("baseline",), ("teacher",), ("teacher", "baseline")])
 def test_missing_teacher_or_baseline(tmp_path, missing):
     models = {k: v for k, v in three_models().items() if k not in missing}
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=models)
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=models)
     assert report.summary.gap_closed is None
     if "teacher" in missing:
         assert report.summary.student_params_fraction is None
@@ -28,7 +28,7 @@ def test_missing_teacher_or_baseline(tmp_path, missing):
 
 def test_any_models_no_roles(tmp_path):
     models = {"my-model": entry(1_000, 55.0, None), "other|model": entry(2_000, None, 3.0)}
-    report = build_report(run={"name": "eval"}, data={}, recipe={}, models=models)
+    report = build_report(kind="lm", run={"name": "eval"}, data={}, recipe={}, models=models)
     assert all(value is None for value in report.summary.model_dump().values())
     assert [label for label, _, _ in headline(report)] == ["perplexity my-model / other|model"]
     paths = write_report(tmp_path, report)
@@ -42,7 +42,7 @@ def test_any_models_no_roles(tmp_path):
 
 
 def test_write_report_files(tmp_path):
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=three_models())
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models())
     curves = {
         "student": [
             {"step": s, "loss": 3.0 - s / 100, "cross_entropy": 3.2 - s / 90} for s in range(50)
@@ -78,7 +78,7 @@ def test_write_report_files(tmp_path):
 
 
 def test_markdown_has_the_table_and_the_headline(tmp_path):
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=three_models())
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models())
     report.created = "2025-01-01T00:00:00+00:00"
     markdown = write_report(tmp_path, report)["report.md"].read_text()
     assert markdown.startswith(
@@ -101,7 +101,9 @@ def test_markdown_has_the_table_and_the_headline(tmp_path):
 
 
 def test_details_show_known_fields_in_order():
-    report = build_report(run={"name": "ev", "device": "cpu"}, data=DATA, recipe={}, models={})
+    report = build_report(
+        kind="lm", run={"name": "ev", "device": "cpu"}, data=DATA, recipe={}, models={}
+    )
     assert details(report) == [
         (
             "Data",
@@ -118,7 +120,7 @@ def test_details_show_known_fields_in_order():
 
 
 def test_metrics_table_rows():
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=three_models())
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models())
     header, rows = metrics_table(report)
     assert len(header) == 7
     assert rows[0] == ["teacher", "100.0M", "400", "10.00", "–", "–", "20.0"]
@@ -126,7 +128,7 @@ def test_metrics_table_rows():
 
 
 def test_summary_table_is_fixed_width():
-    report = build_report(run=RUN, data=DATA, recipe=RECIPE, models=three_models())
+    report = build_report(kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models())
     lines = summary_table(report).splitlines()
     table, rest = lines[:4], lines[4:]
     assert table[0].split() == ["model", "params", "perplexity", "tokens/s"]

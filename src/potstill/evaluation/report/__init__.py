@@ -1,9 +1,10 @@
 """The run report: report.json as a type (`Report`), the one builder that makes it, and
 the views rendered from it (report.md, report.html, plots/*.png, the terminal table).
 
-Modules, each importing only those before it: `schema` (the types), `summary` (the
-student-against-teacher ratios), `build`, `format` (the text every view shares), `plots`,
-`retention` (the student's retention tables), `markdown`, `html`, `write`.
+Modules, each importing only those before it: `schema` (the types), `health` (did a
+training run end healthy), `summary` (the student-against-teacher ratios), `build`,
+`caveats` (a broken or budget-cut run, as text), `format` (the text every view shares),
+`plots`, `retention` (the student's retention tables), `markdown`, `html`, `write`.
 """
 
 from potstill.evaluation.report.build import build_report
@@ -15,10 +16,12 @@ from potstill.evaluation.report.schema import (
     DataInfo,
     Disagreement,
     FrequencyBand,
+    Kind,
     ModelEntry,
     Report,
     RunInfo,
     Summary,
+    TrainingHealth,
 )
 from potstill.evaluation.report.summary import gap_closed
 from potstill.evaluation.report.write import write_report
@@ -30,10 +33,12 @@ __all__ = [
     "DataInfo",
     "Disagreement",
     "FrequencyBand",
+    "Kind",
     "ModelEntry",
     "Report",
     "RunInfo",
     "Summary",
+    "TrainingHealth",
     "build_report",
     "gap_closed",
     "summary_table",

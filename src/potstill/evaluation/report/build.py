@@ -1,4 +1,5 @@
-"""The one way to make a `Report`: the caller's sections plus version, time and summary."""
+"""The one way to make a `Report`: the caller's sections plus version, time, each trained
+model's training health and the summary."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from potstill import __version__
+from potstill.evaluation.report.health import training_health
 from potstill.evaluation.report.schema import (
     BreakEven,
     DataInfo,
+    Kind,
     ModelEntry,
     Report,
     RunInfo,
@@ -20,6 +23,7 @@ from potstill.evaluation.report.summary import summarize
 
 def build_report(
     *,
+    kind: Kind,
     run: RunInfo | Mapping[str, Any],
     data: DataInfo | Mapping[str, Any],
     recipe: Mapping[str, Any],
@@ -27,16 +31,21 @@ def build_report(
     budget: Mapping[str, Any] | None = None,
     seeds: Mapping[str, Any] | None = None,
     break_even: BreakEven | Mapping[str, Any] | None = None,
+    curves: Mapping[str, list[dict]] | None = None,
 ) -> Report:
     """The report of a run, from typed sections or plain dicts.
 
-    `models` maps a model's name to its entry (`params`, `size_bytes`, `perplexity`,
+    `kind` is the run's task (`lm`, `classify`, `reason`, `context`); the views render by
+    it. `models` maps a model's name to its entry (`params`, `size_bytes`, `perplexity`,
     `loss`, `tokens_per_second`, and for students `agreement` and `train_seconds`); the
     roles `teacher`, `student`, `baseline` come first. Tensors, paths and dataclasses
     are unpacked and non-finite floats become None. An unknown key in a typed section
-    raises `pydantic.ValidationError`.
+    raises `pydantic.ValidationError`. `curves` maps a trained model's name to its
+    metrics.jsonl rows: each such model gets its `training` health, and a broken student
+    or baseline leaves the gap closed unknown (`summarize`).
 
     >>> report = build_report(
+    ...     kind="lm",
     ...     run={"name": "tiny"},
     ...     data={},
     ...     recipe={},
@@ -48,9 +57,13 @@ def build_report(
     entries = {
         str(name): ModelEntry.model_validate(json_ready(entry)) for name, entry in models.items()
     }
+    for name, rows in (curves or {}).items():
+        if name in entries and rows:
+            entries[name].training = training_health(rows)
     return Report(
         potstill_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        kind=kind,
         run=RunInfo.model_validate(json_ready(run)),
         data=DataInfo.model_validate(json_ready(data)),
         recipe=json_ready(recipe),

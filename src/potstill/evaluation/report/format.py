@@ -1,12 +1,21 @@
 """What the report says, as text: the headline findings, the metrics table, the details,
 and the number formats they share. The markdown, HTML and terminal views all read these,
-so they never disagree."""
+so they never disagree; each picks its text by `report.kind`, never by what the numbers
+look like."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from potstill.evaluation.report.caveats import (
+    RERUN_FULL,
+    broken_line,
+    budget_cut,
+    budget_line,
+    gap_caveat,
+    skipped_line,
+)
 from potstill.evaluation.report.schema import Agreement, ModelEntry, Report
 
 DASH = "–"
@@ -37,9 +46,9 @@ ECE_NOTE = (
 
 def metrics_note(report: Report) -> str:
     """The sentence under the metrics table."""
-    if is_reasoning(report):
+    if report.kind == "reason":
         return REASONING_NOTE
-    if is_classification(report):
+    if report.kind == "classify":
         return CLASSIFICATION_NOTE
     return METRICS_NOTE + (ECE_NOTE if has_ece(report) else "")
 
@@ -65,35 +74,30 @@ def subtitle(report: Report) -> str:
 
 def headline(report: Report) -> list[tuple[str, str, str]]:
     """The findings in a few (label, value, sentence) triples, most important first."""
-    if is_reasoning(report):
+    if report.kind == "reason":
         return reasoning_headline(report)
-    if is_classification(report):
+    if report.kind == "classify":
         return classification_headline(report)
-    if is_context_distillation(report):
+    if report.kind == "context":
         return context_headline(report)
+    return lm_headline(report)
+
+
+def lm_headline(report: Report) -> list[tuple[str, str, str]]:
+    """The findings of a language-model run. What makes its comparison unfair comes
+    first: a broken student or baseline (then no gap closed is given at all), a time
+    budget that cut training to under half its steps (then the gap closed carries that)."""
     models, summary = report.models, report.summary
     teacher, student = models.get("teacher", ModelEntry()), models.get("student", ModelEntry())
     lines = []
-    if summary.gap_closed is not None:
-        gap = fmt_percent(summary.gap_closed, digits=0)
-        lines.append(
-            (
-                "gap closed",
-                gap,
-                f"Distillation closed {gap} of the log-perplexity gap "
-                "between the no-distillation baseline and the teacher "
-                "(100% = as good as the teacher, 0% = no better than the baseline).",
-            )
-        )
-    elif "student" in models:
-        lines.append(
-            (
-                "gap closed",
-                DASH,
-                "Gap closed is not known: it needs the perplexity of the teacher, the student "
-                "and the baseline, and a teacher that differs from the baseline.",
-            )
-        )
+    broken = broken_line(report)
+    cut = budget_line(report) if budget_cut(report) is not None else None
+    if broken is not None:
+        lines.append(("training broke", *broken))
+    if cut is not None:
+        lines.append(("time budget", *cut))
+    if broken is None:
+        lines += gap_line(report)
     fraction = summary.student_params_fraction
     if fraction is not None:
         lines.append(
@@ -136,9 +140,40 @@ def headline(report: Report) -> list[tuple[str, str, str]]:
     if calibration is not None:
         lines.append(("calibration (ECE) " + calibration[0], *calibration[1:]))
     budget = budget_line(report)
-    if budget is not None:
+    if budget is not None and cut is None:
         lines.append(("time budget", *budget))
+    skipped = skipped_line(report)
+    if skipped is not None:
+        lines.append(("skipped updates", *skipped))
     return lines
+
+
+def gap_line(report: Report) -> list[tuple[str, str, str]]:
+    """The gap closed, with the budget's caveat beside it when training was cut short; a
+    dash when a number it needs is missing. Callers leave it out when a run broke."""
+    if report.summary.gap_closed is None:
+        if "student" not in report.models:
+            return []
+        return [
+            (
+                "gap closed",
+                DASH,
+                "Gap closed is not known: it needs the perplexity of the teacher, the student "
+                "and the baseline, and a teacher that differs from the baseline.",
+            )
+        ]
+    gap = fmt_percent(report.summary.gap_closed, digits=0)
+    caveat = gap_caveat(report)
+    return [
+        (
+            "gap closed",
+            gap if caveat is None else f"{gap} ({caveat})",
+            f"Distillation closed {gap} of the log-perplexity gap "
+            "between the no-distillation baseline and the teacher "
+            "(100% = as good as the teacher, 0% = no better than the baseline)"
+            + ("." if caveat is None else f", {caveat}."),
+        )
+    ]
 
 
 def calibration_line(named: list[tuple[str, ModelEntry]]) -> tuple[str, str, str] | None:
@@ -153,16 +188,6 @@ def calibration_line(named: list[tuple[str, ModelEntry]]) -> tuple[str, str, str
         "Expected calibration error of the next-token prediction (0 = the top probability "
         f"is exactly how often the top token is right; lower is better): {parts}.",
     )
-
-
-def is_classification(report: Report) -> bool:
-    """True when the models were scored on labels (task: classify), not perplexity."""
-    return any(entry.accuracy is not None for entry in report.models.values())
-
-
-def is_reasoning(report: Report) -> bool:
-    """True for a chain-of-thought run (models scored by exact match on problems)."""
-    return report.recipe.get("task") == "chain-of-thought distillation"
 
 
 def reasoning_headline(report: Report) -> list[tuple[str, str, str]]:
@@ -255,11 +280,6 @@ def reasoning_table(report: Report) -> tuple[list[str], list[list[str]]]:
         for row, entry in zip(rows, report.models.values(), strict=True):
             row.insert(3, fmt_number(entry.reply_kl, digits=3))
     return header, rows
-
-
-def is_context_distillation(report: Report) -> bool:
-    """True for a context-distillation run (an adapter learning a prompt)."""
-    return report.recipe.get("task") == "context distillation"
 
 
 def context_headline(report: Report) -> list[tuple[str, str, str]]:
@@ -433,9 +453,9 @@ def classification_table(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def metrics_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """The per-model table as formatted strings: (header, rows)."""
-    if is_reasoning(report):
+    if report.kind == "reason":
         return reasoning_table(report)
-    if is_classification(report):
+    if report.kind == "classify":
         return classification_table(report)
     header = [
         "model",
@@ -486,11 +506,26 @@ def details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 def summary_table(report: Report) -> str:
-    """A short fixed-width table for the terminal: params, perplexity (or accuracy and
-    macro-F1 for a classification run) and speed per model."""
-    if is_classification(report):
-        header = ["model", "params", "accuracy", "macro-F1", "examples/s"]
-        rows = [
+    """A short fixed-width table for the terminal, its columns by `report.kind`, then the
+    summary lines: gap closed (with its caveats, or why it is not given), break-even and
+    time budget."""
+    header, rows = _summary_columns(report)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines + _summary_lines(report))
+
+
+def _summary_columns(report: Report) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the terminal table: the numbers each kind is judged by."""
+    models = report.models.items()
+    if report.kind == "classify":
+        return ["model", "params", "accuracy", "macro-F1", "examples/s"], [
             [
                 name,
                 fmt_params(entry.params, missing="-"),
@@ -502,57 +537,62 @@ def summary_table(report: Report) -> str:
                     missing="-",
                 ),
             ]
-            for name, entry in report.models.items()
+            for name, entry in models
         ]
-    else:
-        header = ["model", "params", "perplexity", "tokens/s"]
-        rows = [
+    if report.kind == "reason":
+        return ["model", "params", "accuracy", "answered", "tokens/reply"], [
             [
                 name,
                 fmt_params(entry.params, missing="-"),
-                fmt_perplexity(entry.perplexity, missing="-"),
-                fmt_rate(entry.tokens_per_second, missing="-"),
+                fmt_percent(entry.accuracy, digits=1, missing="-"),
+                fmt_percent(entry.answered, digits=0, missing="-"),
+                fmt_number(entry.mean_answer_tokens, digits=0, missing="-"),
             ]
-            for name, entry in report.models.items()
+            for name, entry in models
         ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
+    if report.kind == "context":
+        return ["model", "params", "top-1 agreement", "KL (nats/token)"], [
+            [
+                name,
+                fmt_params(entry.params, missing="-"),
+                fmt_percent((entry.agreement or Agreement()).top1, digits=1, missing="-"),
+                fmt_number((entry.agreement or Agreement()).kl, digits=3, missing="-"),
+            ]
+            for name, entry in models
+        ]
+    return ["model", "params", "perplexity", "tokens/s"], [
+        [
+            name,
+            fmt_params(entry.params, missing="-"),
+            fmt_perplexity(entry.perplexity, missing="-"),
+            fmt_rate(entry.tokens_per_second, missing="-"),
+        ]
+        for name, entry in models
     ]
-    if report.summary.gap_closed is not None:
-        lines.append(f"gap closed: {fmt_percent(report.summary.gap_closed, digits=0)}")
+
+
+def _summary_lines(report: Report) -> list[str]:
+    """The terminal's lines under the table: a broken run instead of the gap closed, a
+    budget-cut run's caveat beside it, then break-even, time budget and skipped updates."""
+    lines = []
+    broken = broken_line(report)
+    if broken is not None:
+        lines.append(f"training broke: {broken[0]}. {broken[1]}")
+    elif report.summary.gap_closed is not None:
+        caveat = gap_caveat(report)
+        gap = fmt_percent(report.summary.gap_closed, digits=0)
+        lines.append(f"gap closed: {gap}" + ("" if caveat is None else f" ({caveat})"))
     repay = break_even_line(report)
     if repay is not None:
         lines.append(f"break-even: {repay[0]}")
     budget = budget_line(report)
     if budget is not None:
-        lines.append(f"time budget: {budget[0]}")
-    return "\n".join(lines)
-
-
-def budget_line(report: Report) -> tuple[str, str] | None:
-    """(value, sentence) on the time budget, when the run had one; None otherwise."""
-    budget = report.budget or {}
-    if "steps" not in budget or "requested_steps" not in budget:
-        return None
-    steps, asked, minutes = budget["steps"], budget["requested_steps"], budget.get("minutes")
-    if steps == asked:
-        return (
-            f"all {steps} steps",
-            f"The run had a {minutes:g}-minute budget; measured on this machine, all {steps} "
-            f"training steps fit (estimated {budget.get('estimated_minutes', 0):.1f} min).",
-        )
-    return (
-        f"{steps} of {asked} steps",
-        f"To fit the {minutes:g}-minute budget on this machine (estimated "
-        f"{budget.get('estimated_minutes_at_requested', 0):.1f} min at {asked} steps), each "
-        f"model trained {steps} steps instead of the recipe's {asked}: a slower machine than "
-        "the recipe was tuned on, so its numbers are not the full recipe's.",
-    )
+        cut = budget_cut(report) is not None
+        lines.append(f"time budget: {budget[0]}" + (f"; {RERUN_FULL}" if cut else ""))
+    skipped = skipped_line(report)
+    if skipped is not None:
+        lines.append(f"skipped updates: {skipped[0]}")
+    return lines
 
 
 # ---- numbers ------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Training curves (KD student against the no-KD baseline), quality against size, quality
 against speed, and for a classification run the confusion matrices. Quality is held-out
-perplexity, or test accuracy for a classification run. Each is returned as PNG bytes
-with its alt text.
+perplexity, or accuracy for a classification or chain-of-thought run (by `report.kind`).
+Each is returned as PNG bytes with its alt text.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from potstill.evaluation.report.format import fmt_params, is_classification
+from potstill.evaluation.report.format import fmt_params
 from potstill.evaluation.report.schema import ModelEntry, Report
 
 ROLE_COLORS = {"teacher": "#4d4d4d", "student": "#1f77b4", "baseline": "#ff7f0e"}
@@ -33,13 +33,11 @@ class Plot:
 
 
 def make_plots(report: Report, curves: dict[str, list[dict]]) -> list[Plot]:
-    """Every plot the data allows; a plot with nothing to draw is left out."""
-    plots = [
-        training_curves(curves),
-        quality_vs_size(report),
-        quality_vs_speed(report),
-        confusion_matrices(report),
-    ]
+    """Every plot the data allows for the report's kind; one with nothing to draw is left
+    out."""
+    plots = [training_curves(curves), quality_vs_size(report), quality_vs_speed(report)]
+    if report.kind == "classify":
+        plots.append(confusion_matrices(report))
     return [plot for plot in plots if plot is not None]
 
 
@@ -207,7 +205,7 @@ class _Quality:
 
 
 def _quality(report: Report) -> _Quality:
-    if is_classification(report):
+    if report.kind in ("classify", "reason"):
         return _Quality("accuracy", "test accuracy (higher is better)", "upper")
     return _Quality("perplexity", "held-out perplexity (lower is better)", "lower")
 

@@ -37,8 +37,10 @@ class TextTable:
 
 
 def retention_tables(report: Report) -> list[TextTable]:
-    """The retention profile of the student, where the report has one: the band table
-    and the worst disagreements (either may be missing)."""
+    """The retention profile of a language-model run's student, where the report has one:
+    the band table and the worst disagreements (either may be missing)."""
+    if report.kind != "lm":
+        return []
     tables = [band_table(report), worst_table(report)]
     return [table for table in tables if table is not None]
 

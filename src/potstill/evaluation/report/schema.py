@@ -1,7 +1,8 @@
 """report.json as a type: the sections DESIGN.md fixes ("Run folder", "Report additions").
 
 Every number is optional, so one schema serves a full run (teacher, student, baseline),
-an `eval` of one model, and any task. A non-finite float is stored as None, so the file
+an `eval` of one model, and any task; `kind` says which task it is, and every view
+renders by it. A non-finite float is stored as None, so the file
 is valid JSON (null) and reading it back gives an equal `Report`. The typed sections
 refuse unknown keys, so a misspelt field fails where it is written, not where it is read;
 `recipe`, `budget` and `seeds` are free, JSON-ready dicts.
@@ -10,15 +11,22 @@ refuse unknown keys, so a misspelt field fails where it is written, not where it
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 
-SCHEMA_VERSION = 2
+# 3: `kind` (the task) and each trained model's `training` health.
+SCHEMA_VERSION = 3
 ROLES = ("teacher", "student", "baseline")
+
+# lm: next-token distillation (perplexity); classify: labels (accuracy); reason:
+# chain-of-thought (exact match on problems); context: an adapter learning a prompt.
+Kind = Literal["lm", "classify", "reason", "context"]
+KINDS: tuple[Kind, ...] = ("lm", "classify", "reason", "context")
 
 
 def json_ready(value: Any) -> Any:
@@ -87,6 +95,15 @@ class Disagreement(Section):
     kl: Number = None  # KL(teacher ‖ model) at this position, nats
 
 
+class TrainingHealth(Section):
+    """Whether a model's training run ended healthy, judged from its loss curve
+    (`potstill.evaluation.report.health`)."""
+
+    status: Literal["ok", "diverged"]
+    reason: str  # one sentence: what was seen, or why the run counts as ok
+    skipped_steps: int = 0  # updates the loop skipped (gradient spikes); a note, not a break
+
+
 class ModelEntry(Section):
     """One evaluated model: size, quality, speed, and for students agreement with the teacher."""
 
@@ -116,6 +133,7 @@ class ModelEntry(Section):
     # token, and the held-out positions of largest KL(teacher ‖ model), largest first.
     frequency_bands: list[FrequencyBand] | None = None
     worst_disagreements: list[Disagreement] | None = None
+    training: TrainingHealth | None = None  # models trained in this run, from metrics.jsonl
 
 
 class RunInfo(Section):
@@ -179,6 +197,7 @@ class Report(Section):
     schema_version: int = SCHEMA_VERSION
     potstill_version: str
     created: str  # ISO 8601, UTC
+    kind: Kind
     run: RunInfo = RunInfo()
     data: DataInfo = DataInfo()
     recipe: FreeDict = {}
@@ -197,5 +216,27 @@ class Report(Section):
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
-        """Read a report.json written by `write_report`."""
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+        """Read a report.json written by `write_report`; one written before schema 3 has
+        its `kind` inferred from what it holds (`infer_kind`)."""
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and raw.get("schema_version", 0) < 3 and "kind" not in raw:
+            raw["kind"] = infer_kind(raw)
+        return cls.model_validate(raw)
+
+
+def infer_kind(raw: Mapping[str, Any]) -> Kind:
+    """The task of a report.json from before schema 3, which did not record it: the guess
+    the views made then, in its order (a chain-of-thought recipe; any model with an
+    accuracy; a context-distillation recipe; else a language model).
+
+    >>> infer_kind({"recipe": {}, "models": {"student": {"accuracy": 0.5}}})
+    'classify'
+    """
+    recipe, models = raw.get("recipe") or {}, raw.get("models") or {}
+    if recipe.get("task") == "chain-of-thought distillation":
+        return "reason"
+    if any((entry or {}).get("accuracy") is not None for entry in models.values()):
+        return "classify"
+    if recipe.get("task") == "context distillation":
+        return "context"
+    return "lm"

@@ -36,17 +36,33 @@ def gap_closed(
 
 
 def summarize(models: Mapping[str, ModelEntry]) -> Summary:
-    """Student-against-teacher and student-against-baseline ratios (None where unknown)."""
+    """Student-against-teacher and student-against-baseline ratios (None where unknown).
+
+    The gap closed is None when the student's or the baseline's training broke
+    (`broken_runs`): it would measure the breakage, not the distillation.
+    """
     missing = ModelEntry()
     teacher, student, baseline = (models.get(role, missing) for role in ROLES)
+    closed = gap_closed(teacher.perplexity, student.perplexity, baseline.perplexity)
     return Summary(
-        gap_closed=gap_closed(teacher.perplexity, student.perplexity, baseline.perplexity),
+        gap_closed=None if broken_runs(models) else closed,
         student_params_fraction=_ratio(student.params, teacher.params),
         student_size_fraction=_ratio(student.size_bytes, teacher.size_bytes),
         student_vs_baseline_perplexity=_ratio(student.perplexity, baseline.perplexity),
         student_vs_teacher_perplexity=_ratio(student.perplexity, teacher.perplexity),
         student_speedup=_ratio(student.tokens_per_second, teacher.tokens_per_second),
     )
+
+
+def broken_runs(models: Mapping[str, ModelEntry]) -> dict[str, str]:
+    """The student and baseline whose training did not end healthy: role -> why."""
+    return {
+        role: entry.training.reason
+        for role in ("student", "baseline")
+        if (entry := models.get(role)) is not None
+        and entry.training is not None
+        and entry.training.status != "ok"
+    }
 
 
 def _positive(value: float | None) -> bool:

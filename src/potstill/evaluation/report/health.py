@@ -1,0 +1,95 @@
+"""Did a training run end healthy? A verdict from its loss curve (the metrics.jsonl rows),
+so the report can say a run broke instead of comparing a broken model as if it had trained.
+
+The rule, on the logged rows of one run in step order, leaving out rows whose update the
+loop skipped (``skipped``: it threw that step away, so its loss says nothing about the
+weights):
+
+(a) a loss that is NaN, ±inf or missing at any row → diverged: the weights are garbage
+    from that step on;
+(b) the run ended broken → diverged: with ``w = max(3, ceil(10% of the rows))``, the mean
+    loss of the last ``w`` rows is above the lowest mean of any ``w`` consecutive rows
+    before them by more than ``ABSOLUTE_MARGIN`` nats *and* by more than
+    ``RELATIVE_MARGIN`` of that lowest mean. Judged only with at least ``2 w`` rows.
+
+(b) also covers a spike that was never recovered (it lifts the last window); a spike the
+run recovered from is not a break. Why both margins: means over ``w >= 3`` rows of a
+healthy run's noisy per-step loss wander by tenths of a nat, and the lowest of many
+windows is biased low, so a small absolute rise is noise; 0.3 nats is a perplexity ×1.35
+that no healthy run gives back at its end. The relative 5% keeps a high-loss run (a tiny
+model near ln(vocab) ≈ 10 nats, whose noise is larger) from being called broken on a
+0.3-nat wobble. A run that broke gives back far more (a collapse to the unigram or
+uniform distribution is nats).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from potstill.evaluation.report.schema import TrainingHealth
+
+ABSOLUTE_MARGIN = 0.3  # nats
+RELATIVE_MARGIN = 0.05  # of the best earlier window's mean
+TAIL_SHARE = 0.1  # the end of the run: the last 10% of its logged rows
+MIN_WINDOW = 3  # rows; a mean over fewer is one noisy step
+
+
+def training_health(rows: Sequence[dict[str, Any]]) -> TrainingHealth:
+    """The verdict on one run's metrics rows (dicts with ``step`` and ``loss``, optionally
+    ``skipped``): diverged by rule (a) or (b) of the module docstring, else ok.
+
+    >>> rows = [{"step": s, "loss": 5.0 - 0.1 * s} for s in range(1, 21)]
+    >>> training_health(rows).status
+    'ok'
+    >>> training_health(rows + [{"step": 21, "loss": float("nan")}]).reason
+    'training loss was not finite (nan) at step 21'
+    """
+    skipped = sum(_skipped(row) for row in rows)
+    kept = [row for row in rows if not _skipped(row)]
+    verdict = _non_finite(kept) or _ended_broken(kept)
+    if verdict is not None:
+        return TrainingHealth(status="diverged", reason=verdict, skipped_steps=skipped)
+    reason = "training loss stayed finite and did not end above its best"
+    if skipped:
+        reason += f"; {skipped} update(s) skipped on gradient spikes"
+    return TrainingHealth(status="ok", reason=reason, skipped_steps=skipped)
+
+
+def _skipped(row: dict[str, Any]) -> int:
+    """Updates skipped in this row: ``skipped: true`` is one, a number is a count."""
+    value = row.get("skipped")
+    if isinstance(value, bool):
+        return int(value)
+    return int(value) if isinstance(value, (int, float)) and value > 0 else 0
+
+
+def _non_finite(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Rule (a): the first row whose loss is not a finite number."""
+    for row in rows:
+        loss = row.get("loss")
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            return f"training loss was not finite ({loss}) at step {row.get('step')}"
+    return None
+
+
+def _ended_broken(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Rule (b): the mean loss of the last window against the best earlier window."""
+    window = max(MIN_WINDOW, math.ceil(TAIL_SHARE * len(rows)))
+    if len(rows) < 2 * window:
+        return None
+    totals = list(itertools.accumulate((float(row["loss"]) for row in rows), initial=0.0))
+    last = (totals[-1] - totals[-1 - window]) / window
+    # Window i holds rows i .. i + window - 1; every one ends before the last window starts.
+    means = [(totals[i + window] - totals[i]) / window for i in range(len(rows) - 2 * window + 1)]
+    best_at = min(range(len(means)), key=means.__getitem__)
+    best = means[best_at]
+    if last - best <= ABSOLUTE_MARGIN or last - best <= RELATIVE_MARGIN * abs(best):
+        return None
+    return (
+        f"training loss ended at {last:.2f} nats (mean of the last {window} logged steps), "
+        f"{last - best:.2f} above its best {best:.2f} (steps {rows[best_at]['step']}–"
+        f"{rows[best_at + window - 1]['step']})"
+    )
