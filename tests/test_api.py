@@ -134,7 +134,7 @@ def test_teach_then_distill_trains_from_the_cache(recipe, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the finished student trained again")
 
-    monkeypatch.setattr("potstill.pipeline.stages.train", no_training)
+    monkeypatch.setattr("potstill.pipeline.student_stage.train", no_training)
     assert potstill.distill(recipe, resume=True) == student
 
 

@@ -38,16 +38,16 @@ def test_qat_trains_fake_quantized_and_saves_the_integers(
 ):
     qat = {"weights": "int4", "group_size": 16}
     recipe = _recipe(tmp_path, tiny_teacher_dir, corpus_file, qat=qat)
-    import potstill.pipeline.stages as stages
+    import potstill.pipeline.student_stage as stage
 
     seen: dict[str, set[str]] = {}
-    real_train = stages.train
+    real_train = stage.train
 
     def spy(model, *args, name, **kwargs):
         seen[name] = _module_types(model)
         return real_train(model, *args, name=name, **kwargs)
 
-    monkeypatch.setattr(stages, "train", spy)
+    monkeypatch.setattr(stage, "train", spy)
     code, _, err = run_cli("run", recipe, capsys=capsys)
     assert code == 0, err
     # Both the student and its baseline train through fake quantization ...

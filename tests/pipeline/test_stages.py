@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from potstill.config import Recipe, load_recipe
 from potstill.evaluation.report import Report
-from potstill.pipeline import RunResult, plan, run
+from potstill.pipeline import RunResult, plan, run, student_stage
 from potstill.pipeline import stages as pipeline_stages
 from potstill.util.errors import PotstillError
 from tests.conftest import tiny_recipe as make_tiny_recipe
@@ -74,13 +74,13 @@ def resumed(first_run, tmp_path, tiny_teacher_dir, corpus_file):
 def trained(monkeypatch) -> list[str]:
     """The names of the models the pipeline trains, in order (training still happens)."""
     names: list[str] = []
-    real_train = pipeline_stages.train
+    real_train = student_stage.train
 
     def recording_train(*args, name: str, **kwargs):
         names.append(name)
         return real_train(*args, name=name, **kwargs)
 
-    monkeypatch.setattr(pipeline_stages, "train", recording_train)
+    monkeypatch.setattr(student_stage, "train", recording_train)
     return names
 
 
@@ -133,7 +133,7 @@ def test_a_run_leaves_a_marker_per_stage_and_a_cpu_report(first_run):
 
     student = json.loads((run_dir / "stages" / "student.json").read_text())
     assert student["stage"] == "student" and student["steps"] == 2
-    assert report.models["student"].train_seconds == pytest.approx(student["train_seconds"])
+    assert report.models["student"].train_seconds == pytest.approx(student["seconds"])
     evaluated = json.loads((run_dir / "stages" / "evaluate.json").read_text())["models"]
     for name in ("teacher", "student", "baseline"):
         assert evaluated[name]["perplexity"] == pytest.approx(report.models[name].perplexity)
@@ -159,7 +159,7 @@ def test_resuming_the_same_recipe_redoes_nothing(resumed, first_run, monkeypatch
     before = fingerprints(run_dir)
     markers = {p.name: p.read_bytes() for p in (run_dir / "stages").iterdir()}
     student = (run_dir / "student" / "model.safetensors").stat().st_mtime_ns
-    monkeypatch.setattr(pipeline_stages, "train", _fail("training"))
+    monkeypatch.setattr(student_stage, "train", _fail("training"))
     monkeypatch.setattr(pipeline_stages, "evaluate_models", _fail("evaluation"))
     monkeypatch.setattr("potstill.cache.teach._teach_blocks", _fail("teaching"))
 
@@ -183,7 +183,7 @@ def test_changing_eval_settings_redoes_only_evaluate_and_report(
 ):
     run_dir, resume = resumed
     before = fingerprints(run_dir)
-    monkeypatch.setattr(pipeline_stages, "train", _fail("training"))
+    monkeypatch.setattr(student_stage, "train", _fail("training"))
 
     result = resume("eval.generate_tokens=3")
 

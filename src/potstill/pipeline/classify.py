@@ -19,20 +19,18 @@ from potstill.evaluation.classify import ClassScores, class_scores, score_classi
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.size import count_params, size_on_disk
 from potstill.losses import LossTerm
-from potstill.models.classifier import save_classifier, trainable_params, wrap_classifier_adapter
+from potstill.models.classifier import save_classifier, wrap_classifier_adapter
 from potstill.models.load import load_sequence_classifier, resolve
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.label import label_only, train_source
-from potstill.pipeline.markers import finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves, train_summary
+from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.synth.label import apply_calibration, score_labels
 from potstill.synth.prompt import build_prompt
 from potstill.tasks.classify import Classify
 from potstill.teachers.labels import SoftLabels
-from potstill.train.loop import train
 from potstill.util.errors import PotstillError
-from potstill.util.fingerprint import fingerprint
 from potstill.util.log import log
 
 DEFAULT_CLASSIFIER = "bundled:all-minilm-l6-v2"
@@ -219,60 +217,51 @@ def _train_student(
     terms: list[LossTerm],
     name: str,
 ) -> dict[str, Any]:
-    recipe, run_dir = ctx.recipe, ctx.run_dir
-    print_ = fingerprint(
-        name,
-        ref,
-        adapter,
-        [[t.loss, t.weight, t.temperature] for t in terms],
-        recipe.train.identity(),
-        recipe.student.lora.model_dump(),
-        recipe.student.max_length,
-        hard.tolist(),
-        None if soft is None else soft.round(6).tolist(),
-    )
-    done = finished(run_dir, name, print_)
-    if done is not None and (run_dir / name / "config.json").is_file():
-        log(f"{name}: already trained, skipping")
-        return done
-    names = recipe.task.label_names
-    torch.manual_seed(recipe.train.seed)  # the new head's initialisation, whatever ran before
-    model, tokenizer = load_sequence_classifier(ref, len(names), label_names=names)
-    lora = recipe.student.lora
-    model = wrap_classifier_adapter(
-        model,
-        adapter,
-        r=lora.r,
-        alpha=lora.alpha,
-        dropout=lora.dropout,
-        target_modules=None if lora.target_modules == "all-linear" else lora.target_modules,
-    )
-    examples = ClassExamples(
-        tokenizer,
-        texts,
-        torch.as_tensor(hard),
-        None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
-        max_length=recipe.student.max_length,
-    )
-    cfg = recipe.train
-    if adapter != "full" and lora.lr is not None:
-        cfg = cfg.model_copy(update={"lr": lora.lr})
-    result = train(
-        model,
-        examples,
-        Classify(terms),
-        cfg,
-        teacher=None
-        if soft is None
-        else SoftLabels.from_probs(torch.as_tensor(soft, dtype=torch.float32)),
+    """Train the classifier ``name`` (`train_student`): ``ref`` with ``adapter`` learns
+    the hard labels ``hard`` ``(N,)`` and, with ``soft`` ``(N, C)``, the teacher's label
+    distributions."""
+    recipe, folder = ctx.recipe, ctx.run_dir / name
+    names, lora = recipe.task.label_names, recipe.student.lora
+
+    def build() -> Trainee:
+        model, tokenizer = load_sequence_classifier(ref, len(names), label_names=names)
+        model = wrap_classifier_adapter(
+            model,
+            adapter,
+            r=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=None if lora.target_modules == "all-linear" else lora.target_modules,
+        )
+        probs = None if soft is None else torch.as_tensor(soft, dtype=torch.float32)
+        examples = ClassExamples(
+            tokenizer, texts, torch.as_tensor(hard), probs, max_length=recipe.student.max_length
+        )
+        teacher = None if probs is None else SoftLabels.from_probs(probs)
+        return Trainee(model, examples, Classify(terms), tokenizer, teacher=teacher)
+
+    def save(trainee: Trainee) -> None:
+        save_classifier(trainee.model, trainee.tokenizer, folder)
+
+    return train_student(
+        ctx,
         name=name,
-        checkpoint_dir=run_dir / "checkpoints" / name,
-        metrics_path=run_dir / "metrics.jsonl",
-        resume=True,
-    )
-    save_classifier(model, tokenizer, run_dir / name)
-    return mark_finished(
-        run_dir, name, print_, seconds=result.seconds, trainable_params=trainable_params(model)
+        folder=folder,
+        terms=terms,
+        inputs={
+            "student": ref,
+            "adapter": adapter,
+            "lora": lora.model_dump(),
+            "max_length": recipe.student.max_length,
+            "labels": names,
+            "texts": texts,
+            "hard": hard.tolist(),
+            "soft": None if soft is None else soft.round(6).tolist(),
+        },
+        build=build,
+        save=save,
+        cfg=train_config(recipe, adapter),
+        device="cpu",  # the classifiers are loaded, trained and scored on the CPU
     )
 
 

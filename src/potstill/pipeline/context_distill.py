@@ -17,26 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from potstill.config import Recipe
 from potstill.data.chat import ChatExamples
 from potstill.data.sources import read_source
 from potstill.evaluation.context import context_agreement, prefill_seconds
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.size import count_params, size_on_disk
-from potstill.models.classifier import trainable_params
 from potstill.models.load import load_causal_lm
 from potstill.models.student import save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
-from potstill.pipeline.markers import finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves, train_summary
+from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers.context import ContextTeacher
-from potstill.train.loop import train
 from potstill.util.errors import PotstillError
-from potstill.util.fingerprint import fingerprint
 from potstill.util.log import log
 
 SPEED_PROMPTS = 8  # held-out prompts timed for the prefill the context costs
@@ -148,50 +143,43 @@ def _split(
 
 
 def _train_adapter(ctx: RunContext, examples: ChatExamples) -> dict[str, Any]:
-    recipe, run_dir = ctx.recipe, ctx.run_dir
-    print_ = fingerprint(
-        "context-student",
-        recipe.student.model_dump(mode="json"),
-        recipe.context.model_dump(mode="json") if recipe.context else None,
-        [[t.loss, t.weight, t.temperature, dict(t.params)] for t in recipe.terms],
-        recipe.train.identity(),
-        recipe.data.model_dump(mode="json"),
-        recipe.teacher,
-        examples.student_ids,
-    )
-    done = finished(run_dir, "student", print_)
-    if done is not None and (run_dir / "student" / "config.json").is_file():
-        log("student: already trained, skipping")
-        return done
-    torch.manual_seed(recipe.train.seed)  # the adapters' initialisation
-    if recipe.student.model is not None:
-        base, tokenizer = load_causal_lm(recipe.student.model)
-        base = base.to(ctx.device)
-    else:  # the teacher itself, without its context
-        base, tokenizer = copy.deepcopy(ctx.teacher), ctx.tokenizer
-    model = wrap_adapter(base, recipe.student)
-    cfg = recipe.train
-    if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
-        cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
-    result = train(
-        model,
-        examples,
-        CausalLM(recipe.terms, chunk_tokens=recipe.train.chunk_tokens),
-        cfg,
-        teacher=ContextTeacher(ctx.teacher, examples),
+    """Train the student's adapter against the prompted teacher on ``examples``
+    (`train_student`)."""
+    recipe, folder = ctx.recipe, ctx.run_dir / "student"
+
+    def build() -> Trainee:
+        if recipe.student.model is not None:
+            base, tokenizer = load_causal_lm(recipe.student.model)
+            base = base.to(ctx.device)
+        else:  # the teacher itself, without its context
+            base, tokenizer = copy.deepcopy(ctx.teacher), ctx.tokenizer
+        return Trainee(
+            wrap_adapter(base, recipe.student),
+            examples,
+            CausalLM(recipe.terms, chunk_tokens=recipe.train.chunk_tokens),
+            tokenizer,
+            teacher=ContextTeacher(ctx.teacher, examples),
+        )
+
+    def save(trainee: Trainee) -> None:
+        save_student(trainee.model, trainee.tokenizer, folder)
+
+    return train_student(
+        ctx,
         name="student",
-        checkpoint_dir=run_dir / "checkpoints" / "student",
-        metrics_path=run_dir / "metrics.jsonl",
-        resume=True,
+        folder=folder,
+        terms=recipe.terms,
+        inputs={
+            "student": recipe.student.model_dump(mode="json"),
+            "context": recipe.context.model_dump(mode="json") if recipe.context else None,
+            "data": recipe.data.model_dump(mode="json"),
+            "teacher": recipe.teacher,
+            "examples": examples.student_ids,
+        },
+        build=build,
+        save=save,
+        cfg=train_config(recipe, recipe.student.adapter),
         device=ctx.device,
-    )
-    save_student(model, tokenizer, run_dir / "student")
-    return mark_finished(
-        run_dir,
-        "student",
-        print_,
-        seconds=result.seconds,
-        trainable_params=trainable_params(model),
     )
 
 

@@ -42,11 +42,11 @@ from potstill.pipeline.generate import generate_only
 from potstill.pipeline.markers import finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves, train_summary
+from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.synth.generations import read_generations
 from potstill.synth.traces import Chat, Traces, check_traces
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers.live import LiveTeacher
-from potstill.train.loop import train
 from potstill.train.onpolicy import OnPolicyChats
 from potstill.util.errors import PotstillError
 from potstill.util.fingerprint import fingerprint
@@ -337,64 +337,57 @@ def _train(
     tokenizer: Any,
 ) -> dict[str, Any]:
     """Train a copy of the untrained student ``base`` on ``chats`` (responses only) and
-    save it; ``base`` itself is left as it is."""
+    save it (`train_student`); ``base`` itself is left as it is."""
     recipe = ctx.recipe
     rows = ChatRows.build(tokenizer, chats, max_length=recipe.data.block_size)
-    print_ = fingerprint(
-        "reason-student",
-        name,
-        recipe.student.model_dump(mode="json"),
-        [[t.loss, t.weight, t.temperature, dict(t.params)] for t in recipe.terms],
-        recipe.train.identity(),
-        recipe.teacher,
-        rows.ids,
-        recipe.reason.on_policy.model_dump() if name == "on-policy" else None,
-        recipe.generate.max_tokens if name == "on-policy" else None,
-    )
-    done = finished(ctx.run_dir, name, print_)
-    if done is not None and (folder / "config.json").is_file():
-        log(f"{name}: already trained, skipping")
-        return done
-    log(f"{name}: {len(rows)} chats, {rows.response_tokens():,} response tokens")
-    torch.manual_seed(recipe.train.seed)
-    model = wrap_adapter(copy.deepcopy(base), recipe.student)
-    cfg = recipe.train
-    if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
-        cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
-    terms = (
-        recipe.terms if name != "answers" else [t for t in recipe.terms if not t.spec.needs_teacher]
-    )
-    data: ChatRows | OnPolicyChats = rows
-    if name == "on-policy":
-        assert recipe.reason.on_policy is not None
-        settings = recipe.reason.on_policy
-        data = OnPolicyChats(
-            rows,
-            model,
-            tokenizer,
-            fraction=settings.fraction,
-            temperature=settings.temperature,
-            max_tokens=settings.max_tokens or recipe.generate.max_tokens,
-            max_length=recipe.data.block_size,
-            seed=recipe.train.seed,
-        )
-    result = train(
-        model,
-        data,
-        CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens),
-        cfg,
-        teacher=LiveTeacher(ctx.teacher) if recipe.needs_teacher_logits else None,
+    # The answers-only student learns the answers' text: no term that needs the teacher.
+    terms = [t for t in recipe.terms if name != "answers" or not t.spec.needs_teacher]
+    on_policy = recipe.reason.on_policy if name == "on-policy" else None
+
+    def build() -> Trainee:
+        log(f"{name}: {len(rows)} chats, {rows.response_tokens():,} response tokens")
+        model = wrap_adapter(copy.deepcopy(base), recipe.student)
+        data: ChatRows | OnPolicyChats = rows
+        if on_policy is not None:
+            data = OnPolicyChats(
+                rows,
+                model,
+                tokenizer,
+                fraction=on_policy.fraction,
+                temperature=on_policy.temperature,
+                max_tokens=on_policy.max_tokens or recipe.generate.max_tokens,
+                max_length=recipe.data.block_size,
+                seed=recipe.train.seed,
+            )
+        teacher = LiveTeacher(ctx.teacher) if recipe.needs_teacher_logits else None
+        task = CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens)
+        return Trainee(model, data, task, tokenizer, teacher=teacher)
+
+    def save(trainee: Trainee) -> dict[str, int]:
+        save_student(trainee.model, trainee.tokenizer, folder)
+        data = trainee.data
+        if not isinstance(data, OnPolicyChats):
+            return {}
+        # Counted in this process only (a resumed training: from where it resumed).
+        return {"sampled_batches": data.sampled_batches, "sampled_tokens": data.sampled_tokens}
+
+    return train_student(
+        ctx,
         name=name,
-        checkpoint_dir=ctx.run_dir / "checkpoints" / name,
-        metrics_path=ctx.run_dir / "metrics.jsonl",
-        resume=True,
+        folder=folder,
+        terms=terms,
+        inputs={
+            "student": recipe.student.model_dump(mode="json"),
+            "teacher": recipe.teacher,
+            "chats": rows.ids,
+            "on_policy": None if on_policy is None else on_policy.model_dump(),
+            "reply_tokens": None if on_policy is None else recipe.generate.max_tokens,
+        },
+        build=build,
+        save=save,
+        cfg=train_config(recipe, recipe.student.adapter),
         device=ctx.device,
     )
-    save_student(model, tokenizer, folder)
-    sampled = {}
-    if isinstance(data, OnPolicyChats):  # counted in this process only (resume: from here)
-        sampled = {"sampled_batches": data.sampled_batches, "sampled_tokens": data.sampled_tokens}
-    return mark_finished(ctx.run_dir, name, print_, seconds=result.seconds, **sampled)
 
 
 def _solve_cached(

@@ -37,13 +37,13 @@ from potstill.models.quantize import (
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
 from potstill.pipeline.markers import finished, forget, mark_finished
+from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.tasks.causal_lm import CausalLM, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
-from potstill.train.loop import read_metrics, train
+from potstill.train.loop import read_metrics
 from potstill.util.distributed import launched_world, on_main
 from potstill.util.errors import PotstillError
 from potstill.util.fingerprint import fingerprint
-from potstill.util.io import atomic_write_text
 from potstill.util.log import log
 
 CE_ONLY = [LossTerm("cross_entropy")]
@@ -166,96 +166,60 @@ def distill_stage(
     source: TeacherSource | None,
     source_print: str,
 ) -> tuple[float, str]:
-    """Train one student (``name`` = "student" or "baseline") and save it.
-
-    Returns the training seconds and the stage's fingerprint. Skipped when the stage
-    finished with the same inputs; a checkpoint made from other inputs is discarded.
-    """
-    recipe, run_dir = ctx.recipe, ctx.run_dir
-    out = run_dir / name
-    train_keys = recipe.train.identity()
-    if source is None:
-        train_keys["curriculum"] = "none"
-    print_ = fingerprint(
-        name,
-        recipe.student.model_dump(mode="json"),
-        [[t.loss, t.weight, t.temperature, dict(t.params)] for t in terms],
-        train_keys,
-        recipe.data.model_dump(mode="json"),
-        recipe.teacher,
-        source_print,
-    )
-    checkpoints = run_dir / "checkpoints" / name
-    owner = run_dir / "checkpoints" / f"{name}.fingerprint"
-
-    def claim() -> dict[str, Any] | None:  # rank 0 decides and tidies; the others follow
-        done = finished(run_dir, name, print_)
-        if done is not None and (out / "config.json").is_file():
-            return done
-        forget(run_dir, name)
-        if checkpoints.exists() and (not owner.is_file() or owner.read_text() != print_):
-            log(f"{name}: its checkpoint was made from other inputs; starting again")
-            shutil.rmtree(checkpoints)
-        return None
-
-    done = on_main(claim)
-    if done is not None:
-        log(f"{name}: already trained, skipping ({out})")
-        return float(done["train_seconds"]), print_
-    student, student_tokenizer = build_student(
-        recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
-    )
-    # Hidden-state and attention terms: layer maps resolved, projections trained beside
-    # the student (checkpointed with it, never saved in student/).
-    terms, projections = prepare_inside(terms, student, ctx.teacher, kept=kept_layers(recipe))
-    # Under FSDP the whole student stays on the host; only its shards go to the device.
-    home = "cpu" if recipe.train.parallel == "fsdp" and launched_world().distributed else ctx.device
-    projections.to(home)
-    if ctx.qat is not None:  # quantization-aware: trains through fake-quantized weights
-        prepare_qat(student, ctx.qat)
-    model = wrap_adapter(student.to(home), recipe.student)
-    cfg = recipe.train
+    """Train one student (``name`` = "student" or "baseline") and save it
+    (`train_student`); returns the training seconds and the stage's fingerprint."""
+    recipe, out = ctx.recipe, ctx.run_dir / name
+    cfg = train_config(recipe, recipe.student.adapter)
     if source is None:  # no teacher (the baseline): no entropy to order by, random order
         cfg = cfg.model_copy(update={"curriculum": "none"})
-    if recipe.student.adapter != "full" and recipe.student.lora.lr is not None:
-        cfg = cfg.model_copy(update={"lr": recipe.student.lora.lr})
 
-    def own() -> None:  # the checkpoints about to be written are this fingerprint's
-        owner.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(owner, print_)
-
-    on_main(own)
-    try:
-        result = train(
-            model,
-            ctx.data.train,
-            CausalLM(terms, chunk_tokens=recipe.train.chunk_tokens, projections=projections),
-            cfg,
-            teacher=source,
-            name=name,
-            checkpoint_dir=checkpoints,
-            metrics_path=run_dir / "metrics.jsonl",
-            resume=True,
-            extra=projections or None,
-            device=ctx.device,
-            autocast_dtype=ctx.autocast_dtype,
+    def build() -> Trainee:
+        student, tokenizer = build_student(
+            recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
         )
-    except PotstillError:  # refused before a first checkpoint: leave no owner behind
-        if not checkpoints.exists():
-            owner.unlink(missing_ok=True)
-        raise
+        # Hidden-state and attention terms: layer maps resolved, projections trained beside
+        # the student (checkpointed with it, never saved in student/).
+        inside, projections = prepare_inside(terms, student, ctx.teacher, kept=kept_layers(recipe))
+        # Under FSDP the whole student stays on the host; only its shards go to the device.
+        fsdp = recipe.train.parallel == "fsdp" and launched_world().distributed
+        home = "cpu" if fsdp else ctx.device
+        projections.to(home)
+        if ctx.qat is not None:  # quantization-aware: trains through fake-quantized weights
+            prepare_qat(student, ctx.qat)
+        return Trainee(
+            wrap_adapter(student.to(home), recipe.student),
+            ctx.data.train,
+            CausalLM(inside, chunk_tokens=recipe.train.chunk_tokens, projections=projections),
+            tokenizer,
+            teacher=source,
+            extra=projections or None,
+        )
 
-    def save() -> None:  # every process holds the same weights: rank 0 writes them
+    def save(trainee: Trainee) -> None:
         if ctx.qat is not None:  # saved as the integers it trained towards
-            save_quantized(convert_qat(model, ctx.qat), student_tokenizer, out, ctx.qat)
+            model = convert_qat(trainee.model, ctx.qat)
+            save_quantized(model, trainee.tokenizer, out, ctx.qat)
         else:
-            save_student(model, student_tokenizer, out)
-        mark_finished(run_dir, name, print_, train_seconds=result.seconds, steps=result.steps)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        owner.unlink(missing_ok=True)
+            save_student(trainee.model, trainee.tokenizer, out)
 
-    on_main(save)
-    return result.seconds, print_
+    marker = train_student(
+        ctx,
+        name=name,
+        folder=out,
+        terms=terms,
+        inputs={
+            "student": recipe.student.model_dump(mode="json"),
+            "data": recipe.data.model_dump(mode="json"),
+            "teacher": recipe.teacher,
+            "teacher_signal": source_print,
+        },
+        build=build,
+        save=save,
+        cfg=cfg,
+        device=ctx.device,
+        autocast_dtype=ctx.autocast_dtype,
+    )
+    return float(marker["seconds"]), marker["fingerprint"]
 
 
 # --- quantize -----------------------------------------------------------------------------------
