@@ -49,7 +49,9 @@ def test_import_graph_is_acyclic():
     graph = import_graph()
     assert set(graph) >= {"__init__", "schema", "build", "format", "plots", "html", "write"}
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises on a cycle
-    assert order.index("schema") < order.index("format") < order.index("plots")
+    assert max(order.index("schema"), order.index("units")) < order.index("plots")
+    assert order.index("kinds") < order.index("format") < order.index("html")
+    assert order.index("caveats") < order.index("terminal") < order.index("__init__")
     assert order.index("plots") < order.index("html") < order.index("write")
     assert order[-1] == "__init__"
 
@@ -58,7 +60,8 @@ def test_import_graph_has_the_expected_edges():
     graph = import_graph()
     assert graph["schema"] == set()
     assert graph["write"] >= {"html", "markdown", "plots", "schema"}
-    assert "plots" in graph["html"] and "format" in graph["plots"]
+    assert "plots" in graph["html"] and "units" in graph["plots"]
+    assert graph["health"] == {"schema"}  # a pure function of the curve
     assert all("__init__" not in imports for name, imports in graph.items() if name != "__init__")
 
 

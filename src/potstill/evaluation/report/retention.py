@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from potstill.evaluation.report.format import DASH, fmt_number, fmt_percent
 from potstill.evaluation.report.schema import FrequencyBand, ModelEntry, Report
+from potstill.evaluation.report.units import DASH, fmt_number, fmt_percent
 
 BANDS_NOTE = (
     "Held-out positions grouped by how often their true next token occurs in the training "
