@@ -194,7 +194,7 @@ def test_run_through_the_cache_or_live(recipe, tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "runs" / "tiny" / "report.json").read_text())
     signal = report["recipe"]["teacher_signal"]
-    assert signal["from"] == "cache" and signal["top_k"] == 64 and signal["bytes_per_token"] > 0
+    assert signal["from"] == "cache" and signal["samples"] == 192 and signal["bytes_per_token"] > 0
     live = ("name=live", "teach.enabled=false")
     code, _out, err = potstill("run", str(recipe), *live, capsys=capsys)
     assert code == 0, err

@@ -96,3 +96,77 @@ def test_recipe_terms_are_the_losses_terms():
     (term,) = recipe.terms
     assert (term.loss, term.temperature, dict(term.params)) == ("jsd", 2.0, {"beta": 0.3})
     assert recipe.loss[0].alpha is None  # a parameter another loss takes reads None
+
+
+def test_a_recipe_file_gets_the_embedded_defaults_tuned_settings(tmp_path):
+    """A recipe naming only name and data.path trains as `potstill run data.path=...`
+    does: the same loss, optimiser and teacher-cache settings; only the embedded
+    default's time budget is its own."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\ndata: {path: notes.txt}\n")
+    from_file = load_recipe(path)
+    embedded = load_recipe(None, ["name=mine", "data.path=notes.txt"])
+    assert embedded.budget_minutes is not None and from_file.budget_minutes is None
+    assert from_file == embedded.model_copy(update={"budget_minutes": None})
+    assert [(t.loss, t.weight, t.temperature, t.layers) for t in from_file.loss] == [
+        ("forward_kl", 0.5, 1.0, None),
+        ("cross_entropy", 0.5, 1.0, None),
+        ("hidden_mse", 1.0, 1.0, "auto"),
+    ]
+    assert (from_file.train.lr, from_file.train.adam_eps) == (2.0e-3, 1.0e-6)
+    assert (from_file.teach.top_k, from_file.teach.samples) == (0, 192)
+
+
+def test_the_resolved_defaults_are_written_into_config_yaml(tmp_path):
+    recipe = load_recipe({"name": "mine", "loss": [{"loss": "reverse_kl"}]})
+    path = tmp_path / "config.yaml"
+    path.write_text(recipe.to_yaml())
+    text = path.read_text()
+    assert "top_k: 64" in text and "samples: 0" in text  # the rule, made visible
+    assert load_recipe(path) == recipe
+
+
+@pytest.mark.parametrize(
+    ("raw", "cache"),
+    [
+        ({}, (0, 192)),  # forward KL at one temperature: the unbiased sampled cache
+        ({"loss": [{"loss": "jsd", "beta": 0.5}]}, (64, 0)),  # a sampled cache can't serve jsd
+        ({"loss": [{"loss": "forward_kl", "temperature": 2.0}, {"loss": "reverse_kl"}]}, (64, 0)),
+        ({"loss": [{"loss": "cross_entropy"}]}, (0, 192)),  # nothing to teach; left as is
+        ({"teach": {"top_k": 32}}, (32, 0)),  # naming top_k alone asks for top-k
+        ({"teach": {"top_k": 8, "samples": 16}}, (8, 16)),  # named: kept
+    ],
+)
+def test_the_cache_follows_the_loss_terms_unless_the_recipe_names_it(raw, cache):
+    recipe = load_recipe({"name": "x", **raw})
+    assert (recipe.teach.top_k, recipe.teach.samples) == cache
+
+
+@pytest.mark.parametrize(
+    ("kind", "first"),
+    [("lm", "forward_kl"), ("classify", "forward_kl"), ("reason", "cross_entropy")],
+)
+def test_the_default_loss_is_chosen_by_task_kind(kind, first):
+    raw = {"task": {"kind": kind, "labels": ["a", "b"] if kind == "classify" else []}}
+    recipe = load_recipe(raw)
+    assert recipe.loss[0].loss == first
+    assert any(t.loss == "hidden_mse" for t in recipe.loss) == (kind == "lm")
+
+
+def test_task_kind_is_the_one_switch_for_context_distillation():
+    context = {"system": "talk like a pirate"}
+    recipe = load_recipe({"task": {"kind": "context"}, "context": context})
+    assert [t.loss for t in recipe.loss] == ["forward_kl"]
+    with pytest.raises(PotstillError, match=r"context is set but task\.kind is lm"):
+        load_recipe({"context": context})
+    with pytest.raises(PotstillError, match=r"task\.kind is context but the recipe has no context"):
+        load_recipe({"task": {"kind": "context"}})
+
+
+@pytest.mark.parametrize("verb", ["teach", "distill"])
+def test_teach_and_distill_refuse_another_kind_in_one_line(verb):
+    import potstill
+
+    recipe = {"task": {"kind": "classify", "labels": ["a", "b"]}}
+    with pytest.raises(PotstillError, match=rf"potstill {verb} is for task\.kind lm"):
+        getattr(potstill, verb)(recipe)

@@ -30,6 +30,7 @@ name: tiny-context
 runs_dir: {tmp_path / "runs"}
 teacher: {teacher}
 device: cpu
+task: {{kind: context}}
 context:
   system: answer as the ghost of hamlet's father, in old words.
   examples: [{{prompt: "who art thou?", response: "i am thy father's spirit."}}]

@@ -21,30 +21,11 @@ from potstill.util.errors import PotstillError
 # The embedded default run (`potstill run` with no recipe) fits its steps to this many
 # minutes on the machine it runs on (README: the time range measured).
 DEFAULT_BUDGET_MINUTES = 14.0
-# What the embedded default sets beyond the sections' own defaults (issue 10's
-# measurements, bench/results/stability.md and cache_sampled.txt):
-# - a cache of 192 draws per token, an unbiased estimate of the teacher (its students
-#   match the live teacher's within 0.6%, where top-64 students are 7% worse);
-# - AdamW eps 1e-6: the tied 49k embedding's gradients sit near 1e-7, and with eps 1e-8
-#   Adam moved every row by about lr on noise, so the cross-entropy baseline spiked and
-#   ended anywhere between 143 and 175 perplexity by seed;
-# - lr 2e-3: the distilled student gains from a larger step where the cross-entropy
-#   baseline does not (seed 0: student 103.6 / 94.8 / 93.4 at 1e-3 / 2e-3 / 3e-3, baseline
-#   129.2 / 130.3 / 130.0), and at 4e-3 the baseline breaks (148.4): 2e-3 keeps a margin;
-# - FitNets on the cut student: each kept block's input matched to the input it had in
-#   the teacher (the auto layer map), the teacher's states read from the cache;
-# - half cross-entropy: 0.5 KD + 0.5 CE beat 0.7 + 0.3 (92.8 against 94.8 at 2e-3), and
-#   KD alone was far worse (119.5 at 1e-3): the teacher does not know this text perfectly.
-DEFAULT_RECIPE: dict[str, Any] = {
-    "budget_minutes": DEFAULT_BUDGET_MINUTES,
-    "loss": [
-        {"loss": "forward_kl", "weight": 0.5, "temperature": 1.0},
-        {"loss": "cross_entropy", "weight": 0.5},
-        {"loss": "hidden_mse", "weight": 1.0, "layers": "auto"},
-    ],
-    "teach": {"top_k": 0, "samples": 192},
-    "train": {"lr": 2.0e-3, "adam_eps": 1.0e-6},
-}
+# What the embedded default adds to the schema's defaults: only its time budget. Its
+# models (the bundled SmolLM2 and a student cut from it) and data (the shipped
+# Shakespeare) are the schema's own defaults, and so are the tuned loss, optimiser and
+# teacher-cache settings (`potstill.config.schema`), which every recipe gets.
+DEFAULT_RECIPE: dict[str, Any] = {"budget_minutes": DEFAULT_BUDGET_MINUTES}
 
 
 def load_recipe(

@@ -90,7 +90,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         # refused (without --resume) before the teacher is loaded.
         prepare_run_dir(recipe, resume=resume)
         generate_only(recipe)
-    if recipe.context is not None:
+    if recipe.task.kind == "context":
         report, run_dir = run_context_distillation(recipe, resume=resume)
         return RunResult(report, run_dir)
     if "report" in stages and "evaluate" not in stages:
@@ -126,9 +126,20 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     return RunResult(report, ctx.run_dir)
 
 
+def _lm_only(recipe: Recipe, verb: str) -> None:
+    """``teach`` and ``distill`` are the language-model flow's stages; another kind's
+    stages are planned by its own flow, which ``potstill run`` performs."""
+    if recipe.task.kind != "lm":
+        raise PotstillError(
+            f"potstill {verb} is for task.kind lm; this recipe is task.kind "
+            f"{recipe.task.kind}: run it with potstill run RECIPE (and --resume to go on)"
+        )
+
+
 def teach_only(recipe: Recipe) -> TeacherCache:
     """Fill (or finish) the recipe's teacher cache; return it. Under ``torchrun`` each
     process teaches its share of the shards (`potstill.cache.teach.teach`)."""
+    _lm_only(recipe, "teach")
     # An existing cache of the same recipe is always continued: it is verified shard by
     # shard, and teaching is deterministic, so that is the same as starting again.
     if not recipe.needs_teacher_logits:
@@ -145,6 +156,7 @@ def teach_only(recipe: Recipe) -> TeacherCache:
 def distill_only(recipe: Recipe, *, resume: bool = False) -> Path:
     """Train the recipe's student from its cache (or a live teacher); return its folder.
     Under ``torchrun`` / ``accelerate launch`` it trains data parallel (`potstill.train`)."""
+    _lm_only(recipe, "distill")
     ctx = RunContext(recipe, on_main(lambda: prepare_run_dir(recipe, resume=resume)), resume)
     source, source_print = teacher_signal(ctx, teach_now=False)
     distill_stage(ctx, name="student", terms=recipe.terms, source=source, source_print=source_print)

@@ -54,7 +54,10 @@ class TaskConfig(Strict):
     ['yes', 'no']
     """
 
-    kind: Literal["lm", "classify", "reason"] = "lm"
+    # The one switch between flows: next-token distillation on text (lm), the teacher's
+    # labels into a classifier (classify), checked chain-of-thought traces (reason), or a
+    # context only the teacher reads distilled into an adapter (context).
+    kind: Literal["lm", "classify", "reason", "context"] = "lm"
     labels: list[str | LabelConfig] = Field(default_factory=list)
     instruction: str | None = None
     examples: list[ExampleConfig] = Field(default_factory=list)
