@@ -7,7 +7,7 @@ previous checkpoint. Loaded with ``weights_only=True``: nothing in it can run co
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,9 @@ class TrainState:
     step: int  # optimizer steps completed
     tokens: int  # valid training tokens consumed
     elapsed: float  # seconds of training so far
+    # The last steps' gradient norms and the updates skipped as spikes (`train.spikes`).
+    grad_norms: list[float] = field(default_factory=list)
+    skipped: int = 0
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

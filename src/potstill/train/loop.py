@@ -1,7 +1,8 @@
 """One readable training loop for any task: the distilled student and the no-KD baseline.
 
 AdamW, linear warm-up + cosine decay, gradient accumulation normalised by the global count
-of valid tokens (so accumulation is exact), clipping, seeds, checkpoints every
+of valid tokens (so accumulation is exact), clipping, updates skipped on gradient spikes
+(`potstill.train.spikes`), seeds, checkpoints every
 ``checkpoint_every`` steps and resume from the last one. The task (`potstill.tasks`)
 supplies the loss of a micro-batch; the teacher source supplies the teacher's outputs;
 ``extra`` modules (projections for feature losses) train beside the student and are
@@ -36,6 +37,7 @@ from potstill.train.curriculum import curriculum_order
 from potstill.train.parallel import Objective, spread
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
+from potstill.train.spikes import is_spike, remember
 from potstill.util.distributed import (
     all_sum,
     all_sum_dict,
@@ -228,7 +230,13 @@ def train(
             parts_sum = all_sum_dict(parts_sum)
             scaler.unscale_(optimizer)
             grad_norm = _clip(parallel.trained, cfg.clip)
-            scaler.step(optimizer)
+            # Every process sees the same summed gradients, so they all decide alike.
+            skip = is_spike(grad_norm, state.grad_norms, cfg.spike_skip)
+            state.grad_norms = remember(state.grad_norms, grad_norm)
+            if skip:
+                state.skipped += 1
+            else:
+                scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -249,6 +257,7 @@ def train(
                         **parts_sum,
                         "lr": scheduler.get_last_lr()[0],
                         "grad_norm": grad_norm,
+                        **({"skipped": True} if skip else {}),
                         "tokens": state.tokens,
                         "tokens_per_second": tokens_per_second,
                         "elapsed": state.elapsed,

@@ -23,6 +23,10 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     warmup: int = Field(10, ge=0)
     clip: float | None = Field(1.0, gt=0.0)
+    # Skip an update whose gradient norm (before clipping) is over this many times the
+    # median of the last 32 steps', or not finite; the step counts, its change does not
+    # (`potstill.train.spikes`). null: never skip a finite one.
+    spike_skip: float | None = Field(10.0, gt=1.0)
     seed: int = 0
     freeze_embeddings: bool = False
     # The input embedding's learning rate as a multiple of lr (with tied embeddings, the

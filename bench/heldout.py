@@ -1,0 +1,129 @@
+"""The default settings, unchanged, on text nobody tuned them on (issue 22, item 7).
+
+For each corpus of `heldout_corpora` (news, prose, code) and each seed, one
+``potstill run`` with no recipe: the embedded default's models and every schema default,
+``data.path`` the corpus, ``train.seed`` the seed, and no time budget (the default's 130
+steps on any machine, so the numbers do not depend on how fast the box is). Each run's
+report gives the student's, the baseline's and the teacher's held-out perplexity, the share
+of the teacher–baseline log-perplexity gap the student closed, and whether each model
+trained healthily (and how many updates were skipped as gradient spikes).
+
+    python bench/heldout.py --out bench/results/heldout --seeds 0 1 2
+    python bench/heldout.py --corpora news --seeds 0      # one row
+
+Runs already finished in ``--runs`` are read back, not redone (``potstill run --resume``
+semantics), so the script can be stopped and started again. Writes ``OUT.json`` (every
+run) and ``OUT.md`` (per corpus: mean ± sd over the seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import heldout_corpora
+
+import potstill
+from potstill.evaluation.report import Report
+from potstill.util.io import atomic_write_text
+
+
+def run_one(corpus: Path, name: str, seed: int, runs: Path) -> dict[str, Any]:
+    """One default run on ``corpus`` at ``seed`` (read back if it finished before)."""
+    report_path = runs / name / "report.json"
+    started = time.perf_counter()
+    if not report_path.is_file():
+        potstill.run(
+            None,
+            resume=True,
+            verbose=True,
+            name=name,
+            runs_dir=str(runs),
+            data__path=str(corpus),
+            train__seed=seed,
+            budget_minutes=None,
+        )
+    report = Report.load(report_path)
+    models = report.models
+    row: dict[str, Any] = {
+        "corpus": corpus.stem,
+        "seed": seed,
+        "steps": report.recipe.get("steps"),
+        "train_tokens": report.data.get("train_tokens"),
+        "heldout_tokens": report.data.get("heldout_tokens"),
+        "gap_closed": report.summary.gap_closed,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    for role in ("teacher", "student", "baseline"):
+        entry = models[role]
+        row[role] = entry.perplexity
+        training = getattr(entry, "training", None)
+        if training is not None:
+            row[f"{role}_training"] = training.model_dump()
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per corpus, mean ± sd over its seeds."""
+    lines = [
+        "| corpus | seeds | teacher | student | baseline | gap closed | broken runs | "
+        "skipped updates (student / baseline) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for corpus in dict.fromkeys(r["corpus"] for r in rows):
+        mine = [r for r in rows if r["corpus"] == corpus]
+        broken = sum(
+            r.get(f"{role}_training", {}).get("status", "ok") != "ok"
+            for r in mine
+            for role in ("student", "baseline")
+        )
+        skipped = [
+            "+".join(str(r.get(f"{role}_training", {}).get("skipped_steps", 0)) for r in mine)
+            for role in ("student", "baseline")
+        ]
+        lines.append(
+            f"| {corpus} | {len(mine)} | {_mean_sd([r['teacher'] for r in mine], '.2f')} | "
+            f"{_mean_sd([r['student'] for r in mine], '.2f')} | "
+            f"{_mean_sd([r['baseline'] for r in mine], '.2f')} | "
+            f"{_mean_sd([r['gap_closed'] for r in mine], '.1%')} | {broken} | "
+            f"{' / '.join(skipped)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _mean_sd(values: list[float | None], spec: str) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "–"
+    if len(known) == 1:
+        return format(known[0], spec)
+    return f"{format(statistics.mean(known), spec)} ± {format(statistics.stdev(known), spec)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpora", nargs="+", default=list(heldout_corpora.CORPORA))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--data", type=Path, default=Path("bench/corpora"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/heldout"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/heldout"))
+    args = parser.parse_args()
+    args.data.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for corpus in args.corpora:
+        path = heldout_corpora.write(args.data, corpus)
+        for seed in args.seeds:
+            rows.append(run_one(path, f"{corpus}-s{seed}", seed, args.runs))
+            print(json.dumps(rows[-1]), flush=True)
+            atomic_write_text(args.out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+    table = summarise(rows)
+    atomic_write_text(args.out.with_suffix(".md"), table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
