@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from potstill.data import Blocks
 from potstill.models.student import layer_subset
-from potstill.tasks.causal_lm import CausalLM
+from potstill.tasks.causal_lm import CausalLM, heldout_loss
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import read_metrics, train
 from potstill.train.settings import TrainConfig
@@ -41,11 +41,24 @@ def _setup() -> tuple[Blocks, torch.nn.Module, torch.nn.Module]:
 def _train(
     folder: Path, *, until: int | None, resume: bool, parallel: str = "ddp"
 ) -> torch.nn.Module:
-    """test_loop's 4 steps of 4 examples, in 2 micro-batches, checkpointed every 2."""
+    """test_loop's 4 steps of 4 examples, in 2 micro-batches, checkpointed every 2, with
+    the held-out loss of 3 blocks every 2 steps (every process evaluates; FSDP needs them
+    all for a forward)."""
     blocks, teacher, student = _setup()
     # clip 0.3: below the gradient norms, so clipping acts (on the whole norm) at every step
     accumulated = {"grad_accum": 2, "checkpoint_every": 2, "clip": 0.3, "parallel": parallel}
-    _run(student, blocks, teacher, folder, resume=resume, until=until, **accumulated)
+    evaluate = heldout_loss(blocks.input_ids[-3:], blocks.labels[-3:], batch_size=2)
+    _run(
+        student,
+        blocks,
+        teacher,
+        folder,
+        resume=resume,
+        until=until,
+        evaluate=evaluate,
+        eval_every=2,
+        **accumulated,
+    )
     return student
 
 
@@ -122,6 +135,10 @@ def test_two_processes_equal_one(straight_run, tmp_path, parallel):
     for got, want in zip(rows, expected, strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+        if "heldout_loss" in want:
+            assert got["heldout_loss"] == pytest.approx(want["heldout_loss"], rel=1e-5)
+    assert [r["step"] for r in rows if "heldout_loss" in r] == [2, 4]
+    assert [r["step"] for r in expected if "heldout_loss" in r] == [2, 4]
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])

@@ -1,13 +1,15 @@
 import itertools
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from potstill.data import Blocks
 from potstill.losses import LossTerm
 from potstill.models.student import layer_subset
-from potstill.tasks.causal_lm import CausalLM
+from potstill.tasks.causal_lm import CausalLM, heldout_loss
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.train.schedule import warmup_cosine
@@ -39,7 +41,17 @@ def _student(teacher):
     return layer_subset(teacher, [0, 2])
 
 
-def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, until=None, **cfg):
+def _run(
+    student,
+    blocks,
+    teacher,
+    tmp_path,
+    terms=HINTON,
+    resume=False,
+    until=None,
+    evaluate=None,
+    **cfg,
+):
     config = TrainConfig(**{"steps": 4, "batch_size": 4, "warmup": 1, "lr": 1e-2, **cfg})
     return train(
         student,
@@ -52,6 +64,7 @@ def _run(student, blocks, teacher, tmp_path, terms=HINTON, resume=False, until=N
         metrics_path=tmp_path / "metrics.jsonl",
         resume=resume,
         until=until,
+        evaluate=evaluate,
     )
 
 
@@ -214,3 +227,97 @@ def test_a_kill_mid_write_resumes_to_the_same_weights(blocks, teacher, tmp_path,
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def _heldout(blocks):
+    """A held-out slice of its own: the blocks reversed (other batches than training's)."""
+    return Blocks(blocks.input_ids.flip(0)[:3], blocks.labels.flip(0)[:3])
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_heldout_loss_is_logged_every_eval_every_steps_and_at_the_last(blocks, teacher, tmp_path):
+    heldout = _heldout(blocks)
+    student = _student(teacher)
+    evaluate = heldout_loss(heldout.input_ids, heldout.labels, batch_size=2)
+    _run(student, blocks, teacher, tmp_path, steps=5, eval_every=2, evaluate=evaluate)
+    rows = _rows(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows if "heldout_loss" in r] == [2, 4, 5]
+    # the last: the trained model's mean next-token cross-entropy, computed here directly
+    with torch.no_grad():
+        logits = student(input_ids=heldout.input_ids).logits.double()  # (N, L, V)
+    expected = F.cross_entropy(
+        logits[:, :-1].reshape(-1, VOCAB), heldout.labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    assert rows[-1]["heldout_loss"] == pytest.approx(float(expected), rel=1e-5)
+    # null turns it off; a step that is evaluated but not a logging step still gets its row
+    _run(_student(teacher), blocks, teacher, tmp_path / "off", evaluate=evaluate, eval_every=None)
+    assert not any("heldout_loss" in r for r in _rows(tmp_path / "off" / "metrics.jsonl"))
+    _run(
+        _student(teacher), blocks, teacher, tmp_path / "sparse", steps=6, log_every=4,
+        eval_every=3, evaluate=evaluate,
+    )  # fmt: skip
+    logged = _rows(tmp_path / "sparse" / "metrics.jsonl")
+    assert [(r["step"], "heldout_loss" in r) for r in logged] == [(3, True), (4, False), (6, True)]
+
+
+def _with_dropout(student):
+    """Dropout in attention: training draws from the RNG at every forward, so an
+    evaluation that drew from it, or left the model in eval mode, would change the weights."""
+    for layer in student.model.layers:
+        layer.self_attn.attention_dropout = 0.2
+    return student
+
+
+def test_heldout_evaluation_leaves_the_weights_bitwise_alone(blocks, teacher, tmp_path):
+    heldout = _heldout(blocks)
+    score = heldout_loss(heldout.input_ids, heldout.labels, batch_size=2)
+
+    def careless(model):  # draws from the RNG and leaves the model in eval mode
+        torch.rand(3)
+        model.eval()
+        return score(model)
+
+    plain = _with_dropout(_student(teacher))
+    _run(plain, blocks, teacher, tmp_path / "plain", eval_every=None)
+    for label, evaluate in (("score", score), ("careless", careless)):
+        watched = _with_dropout(_student(teacher))
+        folder = tmp_path / label
+        _run(watched, blocks, teacher, folder, eval_every=1, evaluate=evaluate)
+        for name, weight in _params(plain).items():
+            assert torch.equal(weight, _params(watched)[name]), (label, name)
+        rows = _rows(folder / "metrics.jsonl")
+        assert [r["loss"] for r in rows] == [
+            r["loss"] for r in _rows(tmp_path / "plain" / "metrics.jsonl")
+        ]
+        assert all(math.isfinite(r["heldout_loss"]) for r in rows)
+    # and a run killed midway resumes to the same weights and held-out losses
+    resumed = _with_dropout(_student(teacher))
+    _run(
+        resumed,
+        blocks,
+        teacher,
+        tmp_path / "killed",
+        until=2,
+        checkpoint_every=2,
+        eval_every=1,
+        evaluate=score,
+    )
+    resumed = _with_dropout(_student(teacher))
+    _run(
+        resumed,
+        blocks,
+        teacher,
+        tmp_path / "killed",
+        resume=True,
+        checkpoint_every=2,
+        eval_every=1,
+        evaluate=score,
+    )
+    for name, weight in _params(plain).items():
+        assert torch.equal(weight, _params(resumed)[name]), name
+    assert [r["heldout_loss"] for r in _rows(tmp_path / "killed" / "metrics.jsonl")] == [
+        r["heldout_loss"] for r in _rows(tmp_path / "score" / "metrics.jsonl")
+    ]

@@ -6,7 +6,8 @@ of valid tokens (so accumulation is exact), clipping, updates skipped on gradien
 ``checkpoint_every`` steps and resume from the last one. The task (`potstill.tasks`)
 supplies the loss of a micro-batch; the teacher source supplies the teacher's outputs;
 ``extra`` modules (projections for feature losses) train beside the student and are
-checkpointed with it, but never saved with it.
+checkpointed with it, but never saved with it. An optional ``evaluate`` (the held-out loss)
+is logged every ``eval_every`` steps without touching the weights or the RNG.
 
 Under ``torchrun`` / ``accelerate launch`` the same loop is data parallel, DDP or FSDP
 (``train.parallel``, `potstill.train.parallel`): each micro-batch of ``batch_size``
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from potstill.signals import SignalRequest, TeacherOutputs
 from potstill.teachers import TeacherSource
 from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from potstill.train.curriculum import curriculum_order
-from potstill.train.parallel import Objective, spread
+from potstill.train.parallel import Objective, Spread, spread
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
 from potstill.train.spikes import is_spike, remember
@@ -119,6 +121,7 @@ def train(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     until: int | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with ``task``'s loss.
 
@@ -129,6 +132,9 @@ def train(
     teacher outputs are moved there. ``autocast_dtype`` runs forward passes
     under ``torch.autocast`` (bf16/fp16 on a GPU). ``until`` stops after that step with a
     checkpoint there (as a preempted job would); training again with ``resume`` goes on.
+    ``evaluate`` (the held-out loss of the model handed to it) runs every
+    ``cfg.eval_every`` steps and at the last, in every process, and goes into that step's
+    metrics row as ``heldout_loss``; it leaves the weights and every RNG as they were.
     """
     processes = launched_world().size
     if cfg.batch_size % processes:
@@ -247,7 +253,13 @@ def train(
             state.elapsed += seconds
             loss_value = all_sum(float(total))
             tokens_per_second = num_tokens / seconds
-            if world.main and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
+            heldout = None
+            if evaluate is not None and _eval_due(state.step, cfg):
+                heldout = _held_out(parallel, evaluate, device)
+                modules.train()
+                parallel.trained.train()
+            logged = state.step % cfg.log_every == 0 or state.step == cfg.steps
+            if world.main and (logged or heldout is not None):
                 _append_metrics(
                     metrics_path,
                     {
@@ -258,6 +270,7 @@ def train(
                         "lr": scheduler.get_last_lr()[0],
                         "grad_norm": grad_norm,
                         **({"skipped": True} if skip else {}),
+                        **({"heldout_loss": heldout} if heldout is not None else {}),
                         "tokens": state.tokens,
                         "tokens_per_second": tokens_per_second,
                         "elapsed": state.elapsed,
@@ -275,6 +288,23 @@ def train(
     parallel.gather()
     modules.eval()
     return TrainResult(state.step, state.tokens, state.elapsed, loss_value)
+
+
+def _eval_due(step: int, cfg: TrainConfig) -> bool:
+    return cfg.eval_every is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
+
+
+def _held_out(
+    parallel: Spread, evaluate: Callable[[nn.Module], float], device: torch.device | str
+) -> float:
+    """``evaluate`` on the student as it is now, with no gradients and every RNG put back
+    (a forked generator), so the weights trained are the same with or without it."""
+    where = torch.device(device)
+    devices = []
+    if where.type == "cuda":
+        devices = [where.index if where.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        return float(parallel.call(evaluate))
 
 
 def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -19,6 +19,7 @@ Checkpoints hold full tensors in one format, so they resume under any mode and c
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,8 +48,13 @@ class Objective(nn.Module):
         self.task = task
 
     def forward(
-        self, batch: Any, teacher: Any, num_tokens: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, batch: Any, teacher: Any, num_tokens: int, *, call: Callable | None = None
+    ) -> Any:
+        """The task's loss of a micro-batch; or, given ``call``, ``call(student)``: a
+        read-only pass (held-out loss) that goes through this forward so that FSDP gathers
+        the parameters this module holds itself (embeddings, final norm)."""
+        if call is not None:
+            return call(self.trained["student"])
         return self.task.loss(self.trained["student"], batch, teacher, num_tokens=num_tokens)
 
 
@@ -64,6 +70,10 @@ class Spread:
         if last or not hasattr(self.objective, "no_sync"):
             return nullcontext()
         return self.objective.no_sync()
+
+    def call(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """``fn`` on the student as it trains now, in every process (no gradients)."""
+        return fn(self.trained["student"])
 
     def gather(self) -> None:
         """Bring the trained weights into the caller's modules (already there)."""
@@ -92,6 +102,11 @@ class Sharded(Spread):
 
     def no_sync(self, *, last: bool) -> AbstractContextManager[object]:
         return _gradient_sync(self.objective, enabled=last)
+
+    def call(self, fn: Callable[[nn.Module], Any]) -> Any:
+        # Through the root's forward: each block gathers its own shards as it runs, but the
+        # root's parameters are gathered only by the root's hooks. Every process must come.
+        return self.objective(None, None, 0, call=fn)
 
     def gather(self) -> None:
         from torch.distributed.tensor import DTensor

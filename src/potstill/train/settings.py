@@ -44,6 +44,11 @@ class TrainConfig(Strict):
     # read from the cache (`potstill.train.curriculum`); none = the random order.
     curriculum: Literal["none", "easy_first", "hard_first"] = "none"
     log_every: int = Field(1, ge=1)
+    # The language-model flow's held-out loss (`heldout_loss` in metrics.jsonl): every
+    # eval_every steps and at the last, on the first eval_blocks held-out blocks. Read
+    # only, so neither decides the weights; null: never.
+    eval_every: int | None = Field(10, ge=1)
+    eval_blocks: int = Field(8, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)
     # Under torchrun / accelerate launch: ddp keeps the whole student in every process;
@@ -60,6 +65,15 @@ class TrainConfig(Strict):
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the trained weights, for a stage's fingerprint: not
-        threads, logging, checkpoint cadence or the parallel mode, so changing those
-        resumes a checkpoint instead of starting again."""
-        return self.model_dump(exclude={"threads", "log_every", "checkpoint_every", "parallel"})
+        threads, logging, held-out evaluation, checkpoint cadence or the parallel mode, so
+        changing those resumes a checkpoint instead of starting again."""
+        return self.model_dump(
+            exclude={
+                "threads",
+                "log_every",
+                "eval_every",
+                "eval_blocks",
+                "checkpoint_every",
+                "parallel",
+            }
+        )

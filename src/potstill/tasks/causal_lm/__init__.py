@@ -8,7 +8,7 @@ KL to the teacher).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "FusedHead",
     "LMScores",
     "find_fused_head",
+    "heldout_loss",
     "prepare_inside",
     "resolve_inside",
     "score_models",
@@ -107,3 +108,21 @@ class CausalLM:
             attention_mask=None if batch.packed else batch.attention_mask,
             projections=self.projections,
         )
+
+
+def heldout_loss(
+    input_ids: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 8
+) -> Callable[[nn.Module], float]:
+    """The mean next-token cross-entropy (nats) of a model on these blocks, as a function
+    of the model: the training loop's ``evaluate``. The report's scorer (`score_models`),
+    so it is the log of the report's held-out perplexity, on these blocks only.
+
+    input_ids, labels: (N, L) long, labels aligned with input_ids (-100 = not scored).
+    """
+
+    def evaluate(model: nn.Module) -> float:
+        return score_models(
+            {"model": model}, input_ids, labels, teacher=None, batch_size=batch_size
+        )["model"].loss
+
+    return evaluate
