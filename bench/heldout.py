@@ -113,16 +113,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/heldout"))
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
+    paths = {corpus: heldout_corpora.write(args.data, corpus) for corpus in args.corpora}
     rows = []
-    for corpus in args.corpora:
-        path = heldout_corpora.write(args.data, corpus)
-        for seed in args.seeds:
+    # Seed by seed, so a stopped bench has every corpus at its first seeds.
+    for seed in args.seeds:
+        for corpus, path in paths.items():
             rows.append(run_one(path, f"{corpus}-s{seed}", seed, args.runs))
             print(json.dumps(rows[-1]), flush=True)
             atomic_write_text(args.out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
-    table = summarise(rows)
-    atomic_write_text(args.out.with_suffix(".md"), table)
-    print(table)
+            atomic_write_text(args.out.with_suffix(".md"), summarise(rows))
+    print(summarise(rows))
 
 
 if __name__ == "__main__":
