@@ -75,6 +75,62 @@ def test_skipped_steps_are_counted_and_left_out_of_the_verdict():
     assert "2 update(s) skipped" in health.reason
 
 
+def with_heldout(losses: list[float], heldout: dict[int, float]) -> list[dict]:
+    """A healthy training curve with held-out losses at the given steps."""
+    rows = curve(losses)
+    for step, value in heldout.items():
+        rows[step - 1]["heldout_loss"] = value
+    return rows
+
+
+def test_a_heldout_loss_that_ends_far_above_its_lowest_diverged():
+    # Training loss still falls; the held-out loss bottoms out at step 40 and climbs.
+    rows = with_heldout(falling(60), {20: 5.0, 40: 4.4, 50: 4.6, 60: 4.9})
+    health = training_health(rows)
+    assert health.status == "diverged"
+    assert health.reason == (
+        "held-out loss ended at 4.90 nats (step 60), 0.50 above its lowest 4.40 (step 40)"
+    )
+    # the report says which model and why
+    curves = plausible_curves()
+    curves["student"] = rows
+    report = build_report(
+        kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models(), curves=curves
+    )
+    assert report.summary.gap_closed is None
+    label, value, sentence = headline(report)[0]
+    assert (label, value) == ("training broke", "student diverged")
+    assert sentence.startswith("The student's held-out loss ended at 4.90 nats")
+
+
+@pytest.mark.parametrize(
+    ("heldout", "status"),
+    [
+        ({20: 5.0, 40: 4.4, 60: 4.69}, "ok"),  # 0.29 nats up: within the 0.3-nat margin
+        ({20: 11.0, 40: 10.0, 60: 10.45}, "ok"),  # 0.45 nats up but 4.5%: within 5%
+        ({20: 11.0, 40: 10.0, 60: 10.6}, "diverged"),  # 0.6 nats and 6%
+        ({40: 4.4, 60: 6.0}, "ok"),  # two points: not judged
+        ({20: 5.0, 40: 4.4, 60: 4.3}, "ok"),  # the last is the lowest
+        ({20: 5.0, 40: 4.4, 60: float("nan")}, "diverged"),  # not finite at the end
+        ({20: float("nan"), 40: 4.4, 60: 4.5}, "ok"),  # earlier non-finite: left out
+    ],
+)
+def test_heldout_margins_and_minimum_points(heldout, status):
+    health = training_health(with_heldout(falling(60), heldout))
+    assert health.status == status, health.reason
+    if status == "ok" and len(heldout) >= 3:
+        assert "held-out loss did not end above its lowest" in health.reason
+
+
+def test_heldout_losses_of_skipped_steps_count():
+    """A skipped update leaves the weights as they were: its held-out loss still measures
+    them, so it is judged (unlike its training loss)."""
+    rows = with_heldout(falling(60), {20: 5.0, 40: 4.4, 60: 5.0})
+    rows[59]["skipped"] = True
+    health = training_health(rows)
+    assert health.status == "diverged" and "step 60" in health.reason
+
+
 def broken_report(role: str = "baseline"):
     curves = plausible_curves()
     curves[role] = curve(falling(40) + [float("nan")] * 3)

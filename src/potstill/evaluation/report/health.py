@@ -20,6 +20,13 @@ that no healthy run gives back at its end. The relative 5% keeps a high-loss run
 model near ln(vocab) ≈ 10 nats, whose noise is larger) from being called broken on a
 0.3-nat wobble. A run that broke gives back far more (a collapse to the unigram or
 uniform distribution is nats).
+
+(c) the held-out loss ended high → diverged: when at least ``MIN_HELDOUT_POINTS`` rows
+    carry a ``heldout_loss`` (the loop logs one every ``train.eval_every`` steps, skipped
+    or not: it measures the weights as they are), the last is not finite, or is above
+    the lowest earlier one by more than both margins of (b). The held-out blocks are the
+    same at every point, so a single value is not noisy the way a training step's is;
+    a run whose training loss still falls while this rises is overfitting or broken.
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ ABSOLUTE_MARGIN = 0.3  # nats
 RELATIVE_MARGIN = 0.05  # of the best earlier window's mean
 TAIL_SHARE = 0.1  # the end of the run: the last 10% of its logged rows
 MIN_WINDOW = 3  # rows; a mean over fewer is one noisy step
+MIN_HELDOUT_POINTS = 3  # held-out losses logged before their end is judged
 
 
 def training_health(rows: Sequence[dict[str, Any]]) -> TrainingHealth:
     """The verdict on one run's metrics rows (dicts with ``step`` and ``loss``, optionally
-    ``skipped``): diverged by rule (a) or (b) of the module docstring, else ok.
+    ``skipped`` and ``heldout_loss``): diverged by rule (a), (b) or (c) of the module
+    docstring, else ok.
 
     >>> rows = [{"step": s, "loss": 5.0 - 0.1 * s} for s in range(1, 21)]
     >>> training_health(rows).status
@@ -49,10 +58,12 @@ def training_health(rows: Sequence[dict[str, Any]]) -> TrainingHealth:
     """
     skipped = sum(_skipped(row) for row in rows)
     kept = [row for row in rows if not _skipped(row)]
-    verdict = _non_finite(kept) or _ended_broken(kept)
+    verdict = _non_finite(kept) or _ended_broken(kept) or _heldout_ended_high(rows)
     if verdict is not None:
         return TrainingHealth(status="diverged", reason=verdict, skipped_steps=skipped)
     reason = "training loss stayed finite and did not end above its best"
+    if len(_heldout(rows)) >= MIN_HELDOUT_POINTS:
+        reason += "; held-out loss did not end above its lowest"
     if skipped:
         reason += f"; {skipped} update(s) skipped on gradient spikes"
     return TrainingHealth(status="ok", reason=reason, skipped_steps=skipped)
@@ -92,4 +103,34 @@ def _ended_broken(rows: Sequence[dict[str, Any]]) -> str | None:
         f"training loss ended at {last:.2f} nats (mean of the last {window} logged steps), "
         f"{last - best:.2f} above its best {best:.2f} (steps {rows[best_at]['step']}–"
         f"{rows[best_at + window - 1]['step']})"
+    )
+
+
+def _heldout(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, float]]:
+    """(step, held-out loss) of the rows that logged one, in order."""
+    return [
+        (row.get("step"), float(row["heldout_loss"]))
+        for row in rows
+        if isinstance(row.get("heldout_loss"), (int, float))
+        and not isinstance(row.get("heldout_loss"), bool)
+    ]
+
+
+def _heldout_ended_high(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Rule (c): the last held-out loss against the lowest earlier one."""
+    points = _heldout(rows)
+    if len(points) < MIN_HELDOUT_POINTS:
+        return None
+    last_step, last = points[-1]
+    if not math.isfinite(last):
+        return f"held-out loss was not finite ({last}) at step {last_step}"
+    earlier = [(step, loss) for step, loss in points[:-1] if math.isfinite(loss)]
+    if not earlier:
+        return None
+    best_step, best = min(earlier, key=lambda point: point[1])
+    if last - best <= ABSOLUTE_MARGIN or last - best <= RELATIVE_MARGIN * abs(best):
+        return None
+    return (
+        f"held-out loss ended at {last:.2f} nats (step {last_step}), {last - best:.2f} above "
+        f"its lowest {best:.2f} (step {best_step})"
     )

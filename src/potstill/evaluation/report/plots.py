@@ -18,6 +18,7 @@ from potstill.evaluation.report.schema import ModelEntry, Report
 from potstill.evaluation.report.units import fmt_params
 
 ROLE_COLORS = {"teacher": "#4d4d4d", "student": "#1f77b4", "baseline": "#ff7f0e"}
+HELDOUT_TITLE = "held-out loss (dashed: train CE)"
 OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
 
 
@@ -46,13 +47,16 @@ def training_curves(curves: dict[str, list[dict]]) -> Plot | None:
 
     The cross-entropy term on the hard labels is what the KD student and the baseline
     share, so it gets its own panel; the total loss and (when logged) the held-out loss
-    follow. The baseline trains on hard labels only, so its total loss is its CE.
+    follow, the held-out loss with each run's training cross-entropy dashed beside it (the
+    same quantity on seen and unseen text: a widening gap is overfitting). The baseline
+    trains on hard labels only, so its total loss is its CE.
     """
     panels: list[tuple[str, dict[str, tuple[list[float], list[float]]]]] = []
     ce = {run: _series(rows, _ce_key(run, rows)) for run, rows in curves.items()}
     panels.append(("cross-entropy on hard labels (train)", ce))
     panels.append(("total training loss", {run: _series(r, "loss") for run, r in curves.items()}))
-    panels.append(("held-out loss", {run: _series(r, "heldout_loss") for run, r in curves.items()}))
+    heldout = {run: _series(r, "heldout_loss") for run, r in curves.items()}
+    panels.append((HELDOUT_TITLE, heldout))
     panels = [(title, {r: s for r, s in runs.items() if s[0]}) for title, runs in panels]
     panels = [(title, runs) for title, runs in panels if runs]
     if not panels:
@@ -69,6 +73,16 @@ def training_curves(curves: dict[str, list[dict]]) -> Plot | None:
                 ax.plot(steps, _ema(values, span=max(5, len(values) // 20)), color=color, label=run)
             else:
                 ax.plot(steps, values, color=color, label=run, marker="o", markersize=3)
+            if title == HELDOUT_TITLE and ce[run][0]:  # the training CE beside it
+                train_steps, train_ce = ce[run]
+                ax.plot(
+                    train_steps,
+                    _ema(train_ce, span=max(5, len(train_ce) // 20)),
+                    color=color,
+                    linestyle="--",
+                    linewidth=0.9,
+                    alpha=0.7,
+                )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/token)")
@@ -84,7 +98,9 @@ def training_curves(curves: dict[str, list[dict]]) -> Plot | None:
         + ".",
         wide=True,
         caption="Training curves. Cross-entropy on the hard labels is comparable across runs; "
-        "the total loss includes each run's own loss terms.",
+        "the total loss includes each run's own loss terms. The held-out loss is the same "
+        "cross-entropy on the first train.eval_blocks held-out blocks, every "
+        "train.eval_every steps: rising while the training loss falls means overfitting.",
     )
 
 
