@@ -4,7 +4,8 @@
 `score_labels_naive` runs the whole sequence once per text and label. Both use the same
 ids (`potstill.synth.prompt`), so they agree to float rounding; the naive path is the
 tests' reference and the benchmark's baseline. The soft label is the softmax over the
-labels' log-likelihoods.
+labels' log-likelihoods, calibrated as `potstill.synth.calibration` says (its functions
+are exported here too).
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from potstill.synth.calibration import (
+    Calibration,
+    apply_calibration,
+    class_prior,
+    em_prior,
+    fit_calibration,
+    label_shift,
+    softmax,
+)
 from potstill.synth.prompt import (
     DEFAULT_INSTRUCTION,
     Example,
@@ -29,6 +39,7 @@ from potstill.util.modes import eval_mode
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
+    "Calibration",
     "Example",
     "Label",
     "LabelPrompt",
@@ -37,6 +48,10 @@ __all__ = [
     "apply_calibration",
     "build_prompt",
     "calibrate",
+    "class_prior",
+    "em_prior",
+    "fit_calibration",
+    "label_shift",
     "score_labels",
     "score_labels_naive",
 ]
@@ -55,7 +70,7 @@ class LabelScores:
 
     def softmax(self) -> np.ndarray:
         """The soft labels: (N, L), each row sums to 1."""
-        return _softmax(self.logprobs)
+        return softmax(self.logprobs)
 
     def argmax(self) -> np.ndarray:
         """The teacher's hard label per text: (N,) indices into ``label_names``."""
@@ -123,20 +138,8 @@ def calibrate(
     rows = [prompt.text_ids(text) for text in content_free]
     with torch.inference_mode(), eval_mode(model):
         logprobs = _score_with_prefix_cache(model, prompt, rows, batch_size)
-    prior = _softmax(logprobs).mean(axis=0)
+    prior = softmax(logprobs).mean(axis=0)
     return prior / prior.sum()
-
-
-def apply_calibration(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Divide the prior (L,) out of the label distribution given by ``logprobs`` (N, L):
-    the calibrated log-distribution, (N, L), each row's exp summing to 1.
-
-    >>> scores = np.log([[0.6, 0.4]])
-    >>> np.exp(apply_calibration(scores, np.array([0.6, 0.4]))).round(3)
-    array([[0.5, 0.5]])
-    """
-    z = np.asarray(logprobs, dtype=np.float64) - np.log(np.asarray(prior, dtype=np.float64))
-    return z - _logsumexp(z)
 
 
 # --- the fast path ---------------------------------------------------------------------
@@ -249,12 +252,3 @@ def _pad(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, tor
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _logsumexp(z: np.ndarray) -> np.ndarray:
-    top = z.max(axis=1, keepdims=True)
-    return top + np.log(np.exp(z - top).sum(axis=1, keepdims=True))
-
-
-def _softmax(logprobs: np.ndarray) -> np.ndarray:
-    return np.exp(logprobs - _logsumexp(logprobs))
