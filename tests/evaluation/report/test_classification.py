@@ -97,3 +97,69 @@ def test_no_confusion_plot_without_the_label_names(labels):
     report = _report()
     report.recipe["labels"] = labels
     assert "confusion" not in {plot.name for plot in make_plots(report, {})}
+
+
+def _floor_report(teacher: float, majority: float, student: float, **recipe) -> Report:
+    """A classify report with a ``majority`` row and hand-set accuracies."""
+    models = {
+        "teacher": _model(teacher, 500_000_000, {"1": 4.0, "8": 5.0}),
+        "student-full": _model(student, 22_000_000, {"1": 100.0}, agreement={"top1": 0.6}),
+        "majority": {"accuracy": majority, "f1": 0.1, "ref": "always 'politics'"},
+    }
+    return build_report(
+        kind="classify",
+        run={"name": "news"},
+        data={"name": "test"},
+        recipe={
+            "task": "classify",
+            "labels": [f"topic{i}" for i in range(8)],
+            "train_texts": 200,
+            "steps": 60,
+            "batch_size": 8,
+            "calibrate": "content_free",
+            "majority": {"label": "politics", "from": "train gold labels"},
+            **recipe,
+        },
+        models=models,
+    )
+
+
+def test_a_teacher_no_better_than_the_constant_answer_is_said_first():
+    lines = headline(_floor_report(teacher=0.32, majority=0.65, student=0.30))
+    label, value, sentence = lines[0]
+    assert label == "teacher vs a constant answer" and value == "32.0% vs 65.0%"
+    assert "zero-shot accuracy 32.0%" in sentence
+    assert "not above always answering 'politics' (65.0%, the commonest of the train gold" in (
+        sentence
+    )
+    assert "task.examples, or task.shots" in sentence and "a stronger teacher" in sentence
+    assert "task.calibrate: prior (this run: content_free)" in sentence
+    # A teacher above the floor has no such line.
+    above = headline(_floor_report(teacher=0.70, majority=0.65, student=0.71))
+    assert "teacher vs a constant answer" not in {label for label, _, _ in above}
+
+
+def test_the_majority_row_names_its_answer_and_its_labels():
+    header, rows = metrics_table(_floor_report(teacher=0.32, majority=0.65, student=0.30))
+    row = next(dict(zip(header, r, strict=True)) for r in rows if r[0].startswith("majority"))
+    assert row["model"] == "majority ('politics', train gold labels)"
+    assert row["accuracy"] == "65.0%" and row["params"] == "–"
+
+
+def test_a_student_well_below_its_teacher_is_said_with_the_likely_causes():
+    lines = {label: (v, s) for label, v, s in headline(_floor_report(0.80, 0.5, 0.70))}
+    value, sentence = lines["students below teacher"]
+    assert value == "10.0 points"
+    assert "(student-full) scores 70.0%, 10.0 points below the teacher's 80.0%" in sentence
+    assert "few train texts (200 for 8 labels" in sentence
+    assert "low agreement with the teacher (60.0%" in sentence
+    # 60 steps of 8 is 480 examples: more than one pass over 200 texts, not a cause.
+    assert "less than one pass" not in sentence
+    short = _floor_report(0.80, 0.5, 0.70, steps=10)
+    assert (
+        "less than one pass"
+        in dict((label, s) for label, _, s in headline(short))["students below teacher"]
+    )
+    # Within 2 points, nothing is said.
+    close = {label for label, _, _ in headline(_floor_report(0.80, 0.5, 0.785))}
+    assert "students below teacher" not in close

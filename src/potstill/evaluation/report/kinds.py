@@ -18,8 +18,14 @@ from potstill.evaluation.report.units import (
 CLASSIFICATION_NOTE = (
     "Accuracy, macro-F1 and ECE (15 bins) are on the labelled test set; agreement is the "
     "share of test texts where the model's answer is the teacher's; examples/s is measured "
-    "on this machine (the teacher scores every label's full token sequence)."
+    "on this machine (the teacher scores every label's full token sequence). The majority "
+    "row is a reference, not a model: always answering the commonest label of the train "
+    "gold labels (of the test labels when the train texts have none)."
 )
+# A student more than this many points below its teacher is said, with the likely cause.
+STUDENT_SHORTFALL_POINTS = 2.0
+FEW_TEXTS_PER_LABEL = 50  # fewer train texts a label than this is "few"
+LOW_AGREEMENT = 0.8  # a student agreeing with its teacher less often has not learned it
 
 
 REASONING_NOTE = (
@@ -165,15 +171,17 @@ def best_student(report: Report) -> tuple[str, ModelEntry] | None:
 
 
 def classification_headline(report: Report) -> list[tuple[str, str, str]]:
-    """The findings of a classification run: the best student against the teacher (accuracy,
-    size, speed), soft against hard labels, and when the distillation pays for itself."""
+    """The findings of a classification run: a teacher no better than a constant answer,
+    the best student against the teacher (accuracy, size, speed; why, when it is well
+    below), soft against hard labels, and when the distillation pays for itself."""
     best = best_student(report)
     teacher = report.models.get("teacher")
     if best is None or teacher is None or teacher.accuracy is None:
         return []
     name, student = best
     points = (student.accuracy - teacher.accuracy) * 100
-    lines = [
+    lines = [] if (floor := majority_line(report)) is None else [floor]
+    lines += [
         (
             "best student",
             f"{fmt_percent(student.accuracy)} vs {fmt_percent(teacher.accuracy)}",
@@ -183,6 +191,9 @@ def classification_headline(report: Report) -> list[tuple[str, str, str]]:
             f"{fmt_percent(student.f1)} against {fmt_percent(teacher.f1)}).",
         )
     ]
+    shortfall = shortfall_line(report, name, student, teacher)
+    if shortfall is not None:
+        lines.append(shortfall)
     if student.params and teacher.params:
         fraction = student.params / teacher.params
         lines.append(
@@ -221,6 +232,81 @@ def classification_headline(report: Report) -> list[tuple[str, str, str]]:
     if repay is not None:
         lines.append(("break-even", *repay))
     return lines
+
+
+def majority_line(report: Report) -> tuple[str, str, str] | None:
+    """(label, value, sentence) when the teacher's zero-shot accuracy is not above always
+    answering the commonest label (the report's ``majority`` row); None otherwise."""
+    teacher, majority = report.models.get("teacher"), report.models.get("majority")
+    if teacher is None or majority is None or None in (teacher.accuracy, majority.accuracy):
+        return None
+    if teacher.accuracy > majority.accuracy:
+        return None
+    about = report.recipe.get("majority") or {}
+    answer = f"{about['label']!r}" if about.get("label") else "the commonest label"
+    source = f", the commonest of the {about['from']}" if about.get("from") else ""
+    calibrate = report.recipe.get("calibrate")
+    prior = (
+        ""
+        if calibrate in (None, "prior")
+        else f"; task.calibrate: prior (this run: {calibrate}) stops assuming balanced classes"
+    )
+    return (
+        "teacher vs a constant answer",
+        f"{fmt_percent(teacher.accuracy)} vs {fmt_percent(majority.accuracy)}",
+        f"The teacher's zero-shot accuracy {fmt_percent(teacher.accuracy)} (macro-F1 "
+        f"{fmt_percent(teacher.f1)}) is not above always answering {answer} "
+        f"({fmt_percent(majority.accuracy)}{source}): its labels teach the students less "
+        "than a constant answer would. Give labelled examples (task.examples, or task.shots "
+        f"with task.train_label_field) or a stronger teacher{prior}.",
+    )
+
+
+def shortfall_line(
+    report: Report, name: str, student: ModelEntry, teacher: ModelEntry
+) -> tuple[str, str, str] | None:
+    """(label, value, sentence) when the best student ``name`` is more than
+    `STUDENT_SHORTFALL_POINTS` below its teacher: the numbers and the likely causes the
+    report holds (few train texts, little agreement, too few steps, a diverged run)."""
+    if student.accuracy is None or teacher.accuracy is None:
+        return None
+    points = (teacher.accuracy - student.accuracy) * 100
+    if points <= STUDENT_SHORTFALL_POINTS:
+        return None
+    recipe = report.recipe
+    causes = []
+    texts, labels = recipe.get("train_texts"), recipe.get("labels") or []
+    steps, batch = recipe.get("steps"), recipe.get("batch_size")
+    if isinstance(texts, int) and labels and texts < FEW_TEXTS_PER_LABEL * len(labels):
+        causes.append(
+            f"few train texts ({texts:,} for {len(labels)} labels, under "
+            f"{FEW_TEXTS_PER_LABEL} a label: give more in task.train)"
+        )
+    seen = steps * batch if isinstance(steps, int) and isinstance(batch, int) else None
+    if isinstance(texts, int) and seen is not None and seen < texts:
+        causes.append(
+            f"less than one pass over the train texts ({steps} steps × {batch} = "
+            f"{seen:,} of {texts:,}: raise train.steps)"
+        )
+    top1 = (student.agreement or Agreement()).top1
+    if top1 is not None and top1 < LOW_AGREEMENT:
+        causes.append(
+            f"low agreement with the teacher ({fmt_percent(top1)} of test texts: the student "
+            "has not learned its labels)"
+        )
+    if student.training is not None and student.training.status == "diverged":
+        causes.append(f"its training diverged ({student.training.reason})")
+    why = (
+        "likely " + "; ".join(causes)
+        if causes
+        else "nothing the report holds explains it; try more train texts or train.steps"
+    )
+    return (
+        "students below teacher",
+        f"{points:.1f} points",
+        f"The best student ({name}) scores {fmt_percent(student.accuracy)}, {points:.1f} "
+        f"points below the teacher's {fmt_percent(teacher.accuracy)}: {why}.",
+    )
 
 
 def break_even_line(report: Report) -> tuple[str, str] | None:
@@ -270,11 +356,16 @@ def classification_table(report: Report) -> tuple[list[str], list[list[str]]]:
         "train s",
     ]
     rows = []
+    about = report.recipe.get("majority") or {}
     for name, entry in report.models.items():
         agreement = entry.agreement or Agreement()
+        shown = name
+        if name == "majority" and about.get("label"):  # which constant, from which labels
+            source = f", {about['from']}" if about.get("from") else ""
+            shown = f"majority ({about['label']!r}{source})"
         rows.append(
             [
-                name,
+                shown,
                 fmt_params(entry.params),
                 fmt_params(entry.trainable_params),
                 fmt_megabytes(entry.size_bytes),
