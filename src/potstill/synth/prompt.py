@@ -8,6 +8,8 @@ each text with the prompt's closing part, and each label's tokens plus an end to
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,7 @@ from potstill.util.errors import PotstillError
 # Stands in for the text while the chat template is rendered; the prompt is split around it.
 _SENTINEL = "@@POTSTILL_TEXT@@"
 DEFAULT_INSTRUCTION = "Classify the text."
+SHOT_CHARS = 400  # a few-shot example's text is cut here (~100 tokens) to keep the prefix short
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,39 @@ class LabelPrompt:
             )
         budget = max_length - fixed
         return body[:budget] + self.tail_ids, len(body) > budget
+
+
+def choose_examples(
+    texts: Sequence[str], labels: Sequence[str], names: Sequence[str], shots: int, seed: int
+) -> list[Example]:
+    """``shots`` few-shot examples drawn from gold-labelled ``texts`` (``labels[i]`` is
+    the label of ``texts[i]``): one of each label in ``names`` first (as many labels as
+    ``shots`` allows, chosen at random when it allows fewer than all), the rest from the
+    remaining texts; shuffled, and each text cut to `SHOT_CHARS` characters. The same
+    ``seed`` always gives the same examples.
+
+    >>> [e.label for e in choose_examples(["a", "b", "c"], ["x", "y", "x"], ["x", "y"], 2, 0)]
+    ['y', 'x']
+    """
+    rng = random.Random(seed)
+    by_label = {name: [i for i, label in enumerate(labels) if label == name] for name in names}
+    present = [name for name in names if by_label[name]]
+    first = rng.sample(present, min(shots, len(present)))
+    chosen = [rng.choice(by_label[name]) for name in first]
+    taken = set(chosen)
+    rest = [i for i in range(len(texts)) if i not in taken]
+    chosen += rng.sample(rest, min(shots - len(chosen), len(rest)))
+    rng.shuffle(chosen)
+    return [Example(_cut(texts[i]), labels[i]) for i in chosen]
+
+
+def _cut(text: str) -> str:
+    """``text`` stripped and cut to `SHOT_CHARS` characters, at a space when there is one."""
+    text = text.strip()
+    if len(text) <= SHOT_CHARS:
+        return text
+    cut = text[:SHOT_CHARS]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + " …"
 
 
 def build_prompt(tokenizer: Any, spec: LabelSpec) -> LabelPrompt:
