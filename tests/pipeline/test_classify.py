@@ -1,15 +1,22 @@
 """`potstill run` with `task: classify` end to end on tiny models: the teacher labels the
 texts, a student per adapter and a hard-label baseline train, every model is scored on the
-labelled test set, and the report holds accuracy, macro-F1 and speed."""
+labelled test set beside the constant commonest label, and the report holds accuracy,
+macro-F1 and speed. A resume redoes only the steps whose own inputs changed."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from potstill.config import load_recipe
 from potstill.evaluation.report import Report, summary_table
+from potstill.evaluation.report.format import metrics_table
+from potstill.pipeline.label import label_spec, read_train_texts
+from potstill.synth.prompt import build_prompt
+from potstill.synth.store import read_labels
 from tests.conftest import run_cli
 from tests.models.test_encoders import WORDS, make_bert_folder
 from tests.test_cli_label import chat_teacher_dir  # noqa: F401 (a fixture)
@@ -67,10 +74,17 @@ def test_classify_run_trains_every_adapter_and_scores_them(
     assert code == 0, err
     run_dir = tmp_path / "runs" / "tiny-classify"
     report = Report.load(run_dir / "report.json")
-    assert set(report.models) == {"teacher", "student-full", "student-lora", "baseline"}
+    assert set(report.models) == {
+        "teacher",
+        "student-full",
+        "student-lora",
+        "baseline",
+        "majority",
+    }
     for name, entry in report.models.items():
         assert 0.0 <= entry.accuracy <= 1.0 and 0.0 <= entry.f1 <= 1.0, name
-        assert entry.ece is not None and entry.params > 0
+        if name != "majority":  # a constant answer: no size, speed or confidence
+            assert entry.ece is not None and entry.params > 0
     assert (
         report.models["student-lora"].trainable_params
         < report.models["student-full"].trainable_params
@@ -81,8 +95,10 @@ def test_classify_run_trains_every_adapter_and_scores_them(
     assert report.recipe["labels"] == LABELS
     teacher = report.models["teacher"]
     assert set(teacher.examples_per_second) == {"1", "4"} and teacher.size_bytes > 0
-    for entry in report.models.values():
-        assert sum(map(sum, entry.confusion)) == len(rows) and len(entry.per_class_f1) == 2
+    for name, entry in report.models.items():
+        assert len(entry.per_class_f1) == 2
+        if name != "majority":
+            assert sum(map(sum, entry.confusion)) == len(rows)
     even = report.break_even
     assert even.student in {"student-full", "student-lora"}
     assert even.distill_seconds > report.models[even.student].train_seconds
@@ -94,6 +110,13 @@ def test_classify_run_trains_every_adapter_and_scores_them(
     }
     markdown = (run_dir / "report.md").read_text()
     assert "**best student:" in markdown and "## Break-even" in markdown
+    # The floor: always 'sleep' (tied with 'death' in the test labels, the first wins).
+    majority = report.models["majority"]
+    assert majority.accuracy == 0.5 and majority.f1 == pytest.approx((2 / 3 + 0) / 2)
+    assert majority.params is None and majority.examples_per_second is None
+    assert report.recipe["majority"] == {"label": "sleep", "from": "test labels"}
+    _header, table_rows = metrics_table(report)
+    assert "majority ('sleep', test labels)" in [row[0] for row in table_rows]
 
     # A rerun with --resume trains nothing again and scores the same models the same way.
     code, _out, err = run_cli(
@@ -118,13 +141,110 @@ def test_gold_train_labels_add_a_reference_and_can_be_the_hard_labels(
 ):
     student = make_bert_folder(tmp_path / "bert")
     rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "death"}]
-    extra = "  train_label_field: gold\n  hard_labels: gold\n"
+    extra = "  train_label_field: gold\n  hard_labels: gold\n  shots: 2\n"
     recipe = _recipe(tmp_path, chat_teacher_dir, student, rows, extra)
     code, _out, err = run_cli("run", str(recipe), "student.adapters=[full]", capsys=capsys)
     assert code == 0, err
     report = Report.load(tmp_path / "runs" / "tiny-classify" / "report.json")
-    assert set(report.models) == {"teacher", "student-full", "baseline", "gold"}
-    assert report.recipe["hard_labels"] == "gold"
+    assert set(report.models) == {"teacher", "student-full", "baseline", "gold", "majority"}
+    assert report.recipe["hard_labels"] == "gold" and report.recipe["shots"] == 2
+    # The floor comes from the train gold labels (4 and 4: the first label wins).
+    assert report.recipe["majority"] == {"label": "sleep", "from": "train gold labels"}
+    assert report.models["majority"].accuracy == 0.5
+
+
+def test_shots_put_labelled_train_texts_in_the_prompt(tmp_path, chat_teacher_dir):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "death"}]
+    extra = "  train_label_field: gold\n  shots: 3\n"
+    path = _recipe(tmp_path, chat_teacher_dir, tmp_path / "bert", rows, extra)
+    recipe = load_recipe(path)
+    train = read_train_texts(recipe)
+    spec = label_spec(recipe, train)
+    assert len(spec.examples) == 3 and {e.label for e in spec.examples} == set(LABELS)
+    for example in spec.examples:  # train texts with their gold labels, never test texts
+        assert train.labels[train.texts.index(example.text)] == example.label
+        assert example.text not in {r["text"] for r in rows}
+    assert label_spec(recipe, train).examples == spec.examples  # deterministic
+    seeds = {
+        tuple(label_spec(load_recipe(path, [f"train.seed={seed}"]), train).examples)
+        for seed in range(6)
+    }
+    assert len(seeds) > 1  # train.seed chooses them
+    tokenizer = AutoTokenizer.from_pretrained(chat_teacher_dir)
+    prefix = tokenizer.decode(build_prompt(tokenizer, spec).prefix_ids)
+    for example in spec.examples:
+        assert f"text: {example.text.lower()}" in prefix
+
+
+def _count_teacher_calls(monkeypatch) -> list[int]:
+    """The rows of every teacher forward that scores labels: train or test texts, or the
+    content-free inputs."""
+    from potstill.synth import label as label_module
+
+    calls: list[int] = []
+    real = label_module._score_with_prefix_cache
+
+    def counting(model, prompt, rows, batch_size):
+        calls.append(len(rows))
+        return real(model, prompt, rows, batch_size)
+
+    monkeypatch.setattr(label_module, "_score_with_prefix_cache", counting)
+    return calls
+
+
+def test_a_resume_redoes_only_the_steps_whose_inputs_changed(
+    tmp_path,
+    capsys,
+    monkeypatch,
+    chat_teacher_dir,  # noqa: F811
+):
+    student = make_bert_folder(tmp_path / "bert")
+    rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "death"}]
+    extra = "  train_label_field: gold\n"
+    recipe = str(_recipe(tmp_path, chat_teacher_dir, student, rows, extra))
+    run_dir = tmp_path / "runs" / "tiny-classify"
+    calls = _count_teacher_calls(monkeypatch)
+    fast = ["student.adapters=[full]", "eval.baseline=false"]
+
+    def run(*overrides: str, resume: bool = True) -> str:
+        calls.clear()
+        flags = ["--resume"] if resume else []
+        code, _out, err = run_cli("run", recipe, *flags, *fast, *overrides, capsys=capsys)
+        assert code == 0, err
+        return err
+
+    run(resume=False)
+    assert sum(calls) >= 8 + len(rows)  # the train texts and the test texts
+    before = read_labels(run_dir / "labels.parquet")
+
+    # A new calibration: the kept raw scores calibrated again, no teacher call at all.
+    err = run("task.calibrate=prior")
+    assert calls == [], err
+    after = read_labels(run_dir / "labels.parquet")
+    assert after.calibration.mode == "prior" and before.calibration.mode == "none"
+    assert after.calibration.target_from == "train gold labels"
+    np.testing.assert_array_equal(after.logprobs, before.logprobs)
+    assert not np.allclose(after.probs, before.probs)
+    assert "student-full: already trained" not in err  # its soft labels changed
+    assert "gold: already trained, skipping" in err  # the gold labels did not
+    report = Report.load(run_dir / "report.json")
+    assert report.recipe["calibrate"] == "prior"
+
+    # A new learning rate: the students train again, the teacher scores nothing.
+    err = run("task.calibrate=prior", "train.lr=0.0005")
+    assert calls == [], err
+    assert "student-full: already trained" not in err
+    assert "its scores on the 2 test texts were kept" in err
+
+    # A new label description: the teacher labels and scores everything again.
+    labels = "task.labels=[{name: sleep, description: about slumber}, death]"
+    err = run("task.calibrate=prior", "train.lr=0.0005", labels)
+    assert sum(calls) >= 8 + len(rows), err
+    assert "labelling every text again" in err
+    assert "student-full: already trained" not in err
+    assert read_labels(run_dir / "labels.parquet").fingerprint != after.fingerprint
 
 
 def test_a_teacher_without_a_chat_template_runs_with_a_plain_prompt(

@@ -1,5 +1,7 @@
-"""labels.parquet on a tiny Llama: its rows are `score_labels`' soft labels; a killed run
-resumes without scoring a finished shard again; a table of other labels is refused."""
+"""labels.parquet on a tiny Llama: its rows are `score_labels`' raw scores and soft labels;
+a killed run resumes without scoring a finished shard again; a new calibration is applied
+to the kept raw scores without the teacher; a table of other labels is refused (labelled
+again when a resumed run asks)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 
 from potstill.data.texts import TextSet, text_sha256
 from potstill.synth import store
+from potstill.synth.calibration import fit_calibration
 from potstill.synth.label import (
     LabelSpec,
     apply_calibration,
@@ -56,24 +59,23 @@ def _label(model, tokenizer, path, spec=SPEC, texts=TEXTS, **kwargs):
     return label_texts(model, tokenizer, "tiny", sha, texts, spec, path=path, **kwargs)
 
 
-@pytest.mark.parametrize("calibrated", [False, True], ids=["raw", "calibrated"])
-def test_rows_are_the_soft_labels_of_score_labels(
-    model, tokenizer, tmp_path, calibrated, one_thread
-):
-    table = _label(model, tokenizer, tmp_path / "labels.parquet", calibrate=calibrated)
+@pytest.mark.parametrize("mode", ["none", "content_free"])
+def test_rows_are_the_soft_labels_of_score_labels(model, tokenizer, tmp_path, mode, one_thread):
+    table = _label(model, tokenizer, tmp_path / "labels.parquet", calibrate=mode)
     prompt = build_prompt(tokenizer, SPEC)
     scores = score_labels(model, prompt, TEXTS.texts, batch_size=4)
     prior = calibrate(model, prompt)
-    logprobs = apply_calibration(scores.logprobs, prior) if calibrated else scores.logprobs
+    logprobs = apply_calibration(scores.logprobs, prior) if mode != "none" else scores.logprobs
     expected = np.exp(logprobs) / np.exp(logprobs).sum(axis=1, keepdims=True)
 
     read = read_labels(tmp_path / "labels.parquet")
     for got in (table, read):
         np.testing.assert_allclose(got.probs, expected, atol=1e-6)
+        np.testing.assert_allclose(got.logprobs, scores.logprobs, atol=1e-6)
         np.testing.assert_allclose(got.prior, prior, atol=1e-9)
         assert got.text_ids == TEXTS.ids
         assert got.text_sha256 == [text_sha256(t) for t in TEXTS.texts]
-        assert got.label_names == SPEC.names and got.calibrated == calibrated
+        assert got.label_names == SPEC.names and got.calibration.mode == mode
         assert got.truncated == 0 and got.teacher_sha256 == "abc"
     assert table.scored == len(TEXTS)
 
@@ -81,6 +83,7 @@ def test_rows_are_the_soft_labels_of_score_labels(
     assert arrow.column_names == [
         "text_id",
         "text_sha256",
+        "logprobs",
         "probs",
         "label",
         "truncated",
@@ -157,3 +160,65 @@ def test_truncated_texts_are_counted(model, tokenizer, tmp_path, one_thread):
     expected = score_labels(model, prompt, TEXTS.texts, max_length=limit).truncated
     assert 0 < table.truncated == expected
     assert read_labels(tmp_path / "labels.parquet").truncated == expected
+
+
+def _count_teacher_calls(monkeypatch) -> list[int]:
+    """Every teacher forward that scores labels (texts or content-free inputs): the
+    number of rows of each call."""
+    from potstill.synth import label as label_module
+
+    calls: list[int] = []
+    real = label_module._score_with_prefix_cache
+
+    def counting(model, prompt, rows, batch_size):
+        calls.append(len(rows))
+        return real(model, prompt, rows, batch_size)
+
+    monkeypatch.setattr(label_module, "_score_with_prefix_cache", counting)
+    return calls
+
+
+def test_a_new_calibration_recalibrates_the_kept_scores_without_the_teacher(
+    model, tokenizer, tmp_path, monkeypatch, one_thread
+):
+    path = tmp_path / "labels.parquet"
+    raw = _label(model, tokenizer, path, calibrate="none")
+    calls = _count_teacher_calls(monkeypatch)
+    gold = np.array([0.5, 0.3, 0.2])
+    for mode in ("content_free", "prior"):
+        table = _label(model, tokenizer, path, calibrate=mode, gold_prior=gold)
+        assert calls == [] and table.scored == 0, mode
+        expected = fit_calibration(mode, raw.logprobs, raw.prior, gold).apply(raw.logprobs)
+        read = read_labels(path)
+        np.testing.assert_allclose(read.logprobs, raw.logprobs, atol=0)
+        np.testing.assert_allclose(read.probs, expected, atol=1e-12)
+        assert read.calibration.mode == mode
+        assert not np.allclose(read.probs, raw.probs)
+    assert read.calibration.target_from == "train gold labels"
+    np.testing.assert_allclose(read.calibration.target, gold)
+    np.testing.assert_allclose(read.calibration.source, raw.probs.mean(axis=0), atol=1e-12)
+
+
+def test_a_resumed_run_labels_again_what_another_prompt_made(model, tokenizer, tmp_path):
+    path = tmp_path / "labels.parquet"
+    _label(model, tokenizer, path)
+    other = LabelSpec(["yes", "no"])
+    table = _label(model, tokenizer, path, spec=other, replace=True)
+    assert table.scored == len(TEXTS) and read_labels(path).label_names == ["yes", "no"]
+
+
+def test_a_table_of_the_older_format_is_one_line(model, tokenizer, tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    path = tmp_path / "labels.parquet"
+    _label(model, tokenizer, path)
+    arrow = pq.read_table(path)
+    meta = json.loads(arrow.schema.metadata[b"potstill.labels"])
+    meta["version"] = 1
+    old = arrow.replace_schema_metadata({b"potstill.labels": json.dumps(meta).encode()})
+    pq.write_table(pa.table(old), path)
+    with pytest.raises(PotstillError, match=r"format 1.*delete it to label again"):
+        _label(model, tokenizer, path)
+    assert _label(model, tokenizer, path, replace=True).scored == len(TEXTS)

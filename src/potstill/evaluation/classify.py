@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from potstill.data.examples import ClassExamples
+from potstill.util.log import bar
 from potstill.util.modes import eval_mode
 
 ECE_BINS = 15
@@ -42,8 +44,15 @@ class ClassScores:
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, examples: ClassExamples, batch_size: int = 32) -> torch.Tensor:
-    """The model's class probabilities for every example, ``(N, C)`` float32, on the CPU."""
+def predict_probs(
+    model: nn.Module,
+    examples: ClassExamples,
+    batch_size: int = 32,
+    *,
+    advance: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The model's class probabilities for every example, ``(N, C)`` float32, on the CPU;
+    ``advance(n)`` is called after every batch of ``n`` examples (a progress bar)."""
     device = _device(model)
     out = []
     with eval_mode(model):
@@ -54,6 +63,8 @@ def predict_probs(model: nn.Module, examples: ClassExamples, batch_size: int = 3
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask.long()
             ).logits  # (B, C)
             out.append(logits.float().softmax(-1).cpu())
+            if advance is not None:
+                advance(len(index))
     return torch.cat(out)
 
 
@@ -178,16 +189,18 @@ def score_classifiers(
     """Every model's `ClassScores` on ``examples`` against ``gold`` ``(N,)`` long.
 
     ``teacher_probs`` ``(N, C)``: the teacher's distributions, for agreement. Speed is
-    measured at each of ``speed_batch_sizes`` (none when empty).
+    measured at each of ``speed_batch_sizes`` (none when empty). A progress bar counts the
+    test texts scored, every model's.
     """
     scores = {}
-    for name, model in models.items():
-        probs = predict_probs(model, examples, batch_size)
-        score = class_scores(probs, gold, teacher_probs)
-        score.examples_per_second = {
-            b: examples_per_second(model, examples, b) for b in speed_batch_sizes
-        }
-        scores[name] = score
+    with bar("models on the test set", total=len(models) * len(examples)) as shown:
+        for name, model in models.items():
+            probs = predict_probs(model, examples, batch_size, advance=shown.advance)
+            score = class_scores(probs, gold, teacher_probs)
+            score.examples_per_second = {
+                b: examples_per_second(model, examples, b) for b in speed_batch_sizes
+            }
+            scores[name] = score
     return scores
 
 

@@ -21,13 +21,12 @@ from potstill.evaluation.size import count_params, size_on_disk
 from potstill.losses import LossTerm
 from potstill.models.classifier import save_classifier, wrap_classifier_adapter
 from potstill.models.load import load_sequence_classifier, resolve
+from potstill.pipeline.classify_teacher import majority_entry, teacher_test_scores
 from potstill.pipeline.context import RunContext
-from potstill.pipeline.label import label_only, train_source
+from potstill.pipeline.label import label_ids, label_only, label_spec, read_train_texts
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import read_curves, train_summary
 from potstill.pipeline.student_stage import Trainee, train_config, train_student
-from potstill.synth.label import apply_calibration, score_labels
-from potstill.synth.prompt import build_prompt
 from potstill.tasks.classify import Classify
 from potstill.teachers.labels import SoftLabels
 from potstill.util.errors import PotstillError
@@ -36,12 +35,16 @@ from potstill.util.log import log
 DEFAULT_CLASSIFIER = "bundled:all-minilm-l6-v2"
 ADAPTERS = ("full", "lora", "pissa")
 CE_ONLY = [LossTerm("cross_entropy")]
-TEACHER_SPEED_TEXTS = 8  # texts timed at batch 1
 
 
 def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]:
-    """label → one student per adapter → hard-label baseline (→ gold reference) →
-    test-set scores → report."""
+    """label → teacher on the test set → one student per adapter → hard-label baseline
+    (→ gold reference) → test-set scores, beside the constant commonest label → report.
+
+    With ``resume`` each step is redone only when its own inputs changed: a new
+    ``task.calibrate`` calibrates the kept raw scores again, a new training setting
+    trains the students again, and neither scores a text with the teacher again.
+    """
     started = time.perf_counter()
     task = recipe.task
     if task.test is None or task.label_field is None:
@@ -51,24 +54,23 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
         )
     names = task.label_names
     test = read_texts(task.test, task.text_field, task.label_field, limit=task.max_test)
-    gold = _label_ids(test.labels or [], names, "task.test", test.name)
-    train_texts = read_texts(
-        train_source(recipe), task.text_field, task.train_label_field, limit=task.max_train
-    )
-    train_gold = (
+    gold = torch.as_tensor(label_ids(test.labels or [], names, "task.test", test.name))
+    train_texts = read_train_texts(recipe)
+    gold_hard = (
         None
-        if task.train_label_field is None
-        else _label_ids(train_texts.labels or [], names, "task.train", train_texts.name)
+        if train_texts.labels is None
+        else label_ids(train_texts.labels, names, "task.train", train_texts.name)
     )
     run_dir = prepare_run_dir(recipe, resume=resume)
     ctx = RunContext(recipe, run_dir)
-    table = label_only(recipe, ctx, train_texts)  # the texts read once
-    soft = np.asarray(table.probs, dtype=np.float64)  # calibrated by `label` when asked
+    table = label_only(recipe, ctx, train_texts, replace=resume)  # the texts read once
+    soft = np.asarray(table.probs, dtype=np.float64)  # calibrated as task.calibrate says
     teacher_hard = soft.argmax(-1)
-    gold_hard = None if train_gold is None else train_gold.numpy()
     hard = teacher_hard if gold_hard is None or task.hard_labels == "teacher" else gold_hard
 
-    teacher_probs, teacher_speed = _score_teacher(ctx, test.texts, table.prior)
+    spec = label_spec(recipe, train_texts)
+    raw_test, teacher_speed = teacher_test_scores(ctx, spec, test)
+    teacher_probs = torch.as_tensor(table.calibration.apply(raw_test))  # as the train labels
     ref = recipe.student.model or DEFAULT_CLASSIFIER
     if recipe.student.model is None:
         log(f"student: {ref} (set student.model to choose another classifier)")
@@ -95,6 +97,11 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
     scores = score_classifiers(
         models, test_examples, gold, teacher_probs=teacher_probs, batch_size=32
     )
+    # The floor: the commonest label of the labelled data the run has, always answered.
+    reference = (
+        (gold_hard, "train gold labels") if gold_hard is not None else (gold.numpy(), "test labels")
+    )
+    majority, majority_info = majority_entry(*reference, names, gold)
     entries: dict[str, dict[str, Any]] = {
         "teacher": {
             **_entry(class_scores(teacher_probs, gold)),
@@ -114,6 +121,8 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
             "size_bytes": size_on_disk(run_dir / name),
             "train_seconds": info["seconds"],
         }
+    entries["majority"] = majority
+    calibration = table.calibration
     report = build_report(
         kind="classify",
         curves=read_curves(run_dir / "metrics.jsonl"),
@@ -123,9 +132,16 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
             "task": "classify",
             "labels": names,
             "train_texts": len(train_texts),
-            "hard_labels": "teacher" if train_gold is None else task.hard_labels,
+            "hard_labels": "teacher" if gold_hard is None else task.hard_labels,
             "teacher_prior": [round(float(p), 4) for p in table.prior],
-            "calibrated": task.calibrate,
+            "calibrate": calibration.mode,
+            "calibration": {
+                "divided_out": [round(float(p), 4) for p in calibration.source],
+                "multiplied_in": [round(float(p), 4) for p in calibration.target],
+                "target_from": calibration.target_from,
+            },
+            "shots": len(spec.examples),
+            "majority": majority_info,
             "truncated": int(sum(table.truncated_rows)),
             "student": ref,
             "adapters": adapters,
@@ -136,39 +152,6 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
     )
     write_report(run_dir, report, read_curves(run_dir / "metrics.jsonl"))
     return report, run_dir
-
-
-def _label_ids(labels: list[str], names: list[str], field: str, source: str) -> torch.Tensor:
-    """Label names as class indices ``(N,)`` long; a name outside ``names`` is refused."""
-    unknown = sorted({label for label in labels if label not in names})
-    if unknown:
-        raise PotstillError(
-            f"{field} {source}: label {unknown[0]!r} is not one of task.labels "
-            f"({', '.join(names)}); fix the file or add the label"
-        )
-    return torch.tensor([names.index(label) for label in labels], dtype=torch.long)
-
-
-def _score_teacher(
-    ctx: RunContext, texts: list[str], prior: np.ndarray
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The teacher's label distributions on the test texts ``(N, C)``, and its speed:
-    examples/s over the whole pass at ``task.batch_size`` and on the first few texts at
-    batch 1 (the teacher answering one request at a time)."""
-    task = ctx.recipe.task
-    prompt = build_prompt(ctx.tokenizer, task.to_spec())
-
-    def score(chunk: list[str], batch_size: int) -> tuple[np.ndarray, float]:
-        begun = time.perf_counter()
-        scores = score_labels(
-            ctx.teacher, prompt, chunk, batch_size=batch_size, max_length=task.max_length
-        )
-        return scores.softmax(), len(chunk) / max(time.perf_counter() - begun, 1e-9)
-
-    probs, batched = score(texts, task.batch_size)
-    _, single = score(texts[:TEACHER_SPEED_TEXTS], 1)
-    calibrated = _soft_labels(probs, prior if task.calibrate else None)
-    return torch.as_tensor(calibrated), {"1": single, str(task.batch_size): batched}
 
 
 def _break_even(
@@ -198,13 +181,6 @@ def _break_even(
         "student_seconds_per_1k": 1000 * student_call,
         "calls_to_repay": distill / saving if saving > 0 else None,
     }
-
-
-def _soft_labels(probs: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
-    """The teacher's label distributions, with the prior divided out when calibrating."""
-    if prior is None:
-        return np.asarray(probs, dtype=np.float64)
-    return np.exp(apply_calibration(np.log(np.clip(probs, 1e-300, None)), prior))
 
 
 def _train_student(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
+from potstill.synth.calibration import CalibrateMode
 from potstill.synth.prompt import Example, Label, LabelSpec
 from potstill.util.schema import Strict
 
@@ -19,6 +20,17 @@ def _non_empty_system(system: str | None) -> str | None:
 
 # A system prompt: text, or None for none (never blank).
 SystemPrompt = Annotated[str | None, AfterValidator(_non_empty_system)]
+
+
+def _calibrate_mode(value: Any) -> Any:
+    """Old recipes' booleans: true was content-free calibration, false none."""
+    if isinstance(value, bool):
+        return "content_free" if value else "none"
+    return value
+
+
+# task.calibrate: none | content_free | prior (true and false still read, as before).
+Calibrate = Annotated[CalibrateMode, BeforeValidator(_calibrate_mode)]
 
 
 class LabelConfig(Strict):
@@ -47,6 +59,12 @@ class TaskConfig(Strict):
     gold labels). ``train_label_field`` names gold labels in ``train`` when the user has
     them: a gold-trained reference student is then trained too, and ``hard_labels: gold``
     makes the students' cross-entropy term use them instead of the teacher's argmax.
+    ``calibrate`` is how the teacher's scores become soft labels
+    (`potstill.synth.calibration.fit_calibration`): ``none``, ``content_free`` (Zhao et
+    al. 2021; assumes balanced classes) or ``prior`` (label shift, Saerens et al. 2002,
+    towards the train gold label frequencies, else their EM estimate). ``shots`` takes that
+    many few-shot examples for the labelling prompt from the gold-labelled train texts (at
+    least one per label where it can, chosen by ``train.seed``) when ``examples`` is empty.
     ``max_train`` / ``max_test`` keep only the first texts of each file.
     ``shard_texts`` texts are labelled between two atomic saves.
 
@@ -65,7 +83,10 @@ class TaskConfig(Strict):
     label_field: str | None = None
     train_label_field: str | None = None
     hard_labels: Literal["teacher", "gold"] = "teacher"
-    calibrate: bool = False
+    calibrate: Calibrate = "none"
+    # 0: a zero-shot prompt, as before; few-shot prompts are longer, and a recipe's
+    # task.max_length sized for zero-shot would no longer fit its texts.
+    shots: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1)
     max_length: int | None = Field(None, ge=1)
     train: str | None = None
@@ -94,6 +115,16 @@ class TaskConfig(Strict):
             raise ValueError(
                 "task.hard_labels is gold but task.train_label_field is not set; name the "
                 "train file's gold-label field, or use hard_labels: teacher"
+            )
+        if self.shots and self.train_label_field is None:
+            raise ValueError(
+                f"task.shots is {self.shots} but task.train_label_field is not set; name the "
+                "train file's gold-label field to take examples from, or set shots: 0"
+            )
+        if self.shots and self.examples:
+            raise ValueError(
+                "task.shots and task.examples are both set; give your own examples or let "
+                "shots choose them from the labelled train texts, not both"
             )
         if names:
             for example in self.examples:
