@@ -8,12 +8,14 @@ import json
 import math
 
 import pytest
+import torch
 
 from potstill.data import load_data
 from potstill.data.settings import DataConfig
-from potstill.evaluation.lm import CONTEXT_TOKENS, evaluate_models
+from potstill.evaluation.lm import CONTEXT_TOKENS, continuations, evaluate_models, sample_blocks
 from potstill.evaluation.report import build_report
 from potstill.evaluation.report.schema import json_ready
+from potstill.models.load import load_causal_lm
 from potstill.tasks.causal_lm.metrics import WORST
 from tests.conftest import make_llama
 
@@ -84,3 +86,27 @@ def test_without_a_tokenizer_or_a_teacher(setting):
     )["student"]
     assert math.isfinite(alone["ece"])
     assert all(b["top1"] is None for b in alone["frequency_bands"])
+
+
+def test_continuations_are_each_models_greedy_text_after_the_same_prompts(setting, tiny_tokenizer):
+    refs, data = setting
+    models = {name: load_causal_lm(ref)[0] for name, ref in refs.items()}
+    models["student"].train()  # handed back in the mode it had
+    samples = continuations(models, data.heldout, tiny_tokenizer, new_tokens=5, prompt_tokens=6)
+    assert models["student"].training and not models["teacher"].training
+    last = len(data.heldout) - 1
+    assert len(samples) == 3 and sample_blocks(len(data.heldout)) == [0, last // 2, last]
+    for sample, block in zip(samples, [0, last // 2, last], strict=True):
+        prompt = data.heldout.input_ids[block, :6]
+        assert sample["prompt"] == tiny_tokenizer.decode(prompt.tolist())
+        for name, model in models.items():
+            # the reference: argmax after argmax on the whole sequence, no cache (the tiny
+            # models' end-of-text id 0 is not among the tokens they write here)
+            ids = prompt.tolist()
+            with torch.no_grad():
+                for _ in range(5):
+                    ids.append(
+                        int(model.eval()(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+                    )
+            assert 0 not in ids[6:]
+            assert sample["continuations"][name] == tiny_tokenizer.decode(ids[6:]), name

@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from potstill.config import Recipe, load_recipe
+from potstill.data import load_data
 from potstill.evaluation.report import Report
+from potstill.models.load import load_causal_lm
 from potstill.pipeline import RunResult, plan, run, student_stage
 from potstill.pipeline import stages as pipeline_stages
 from potstill.util.errors import PotstillError
@@ -152,6 +155,46 @@ def test_a_run_leaves_a_marker_per_stage_and_a_cpu_report(first_run):
     ]
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert {t.device.type for t in weights(run_dir / "student").values()} == {"cpu"}
+
+
+def test_the_report_shows_heldout_losses_and_continuations(first_run):
+    """The last step's held-out loss is the saved model's mean next-token cross-entropy on
+    the first train.eval_blocks held-out blocks; the report holds three held-out prompts
+    with the teacher's, the student's and the baseline's continuations."""
+    run_dir, report = first_run.run_dir, first_run.report
+    recipe = load_recipe(run_dir / "config.yaml")
+    data = load_data(recipe.data, load_causal_lm(str(run_dir / "student"))[1])
+    first = data.heldout.input_ids[: recipe.train.eval_blocks]
+    labels = data.heldout.labels[: recipe.train.eval_blocks]
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for name in ("student", "baseline"):
+        logged = [r for r in rows if r["model"] == name and "heldout_loss" in r]
+        assert [r["step"] for r in logged] == [2]  # eval_every 10: the last step only
+        model = load_causal_lm(str(run_dir / name))[0].eval()
+        with torch.no_grad():
+            logits = model(input_ids=first).logits.double()  # (N, L, V)
+        expected = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+        )
+        assert logged[0]["heldout_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+    assert len(data.heldout) >= 3 and len(report.samples) == 3
+    tokenizer = load_causal_lm(str(run_dir / "student"))[1]
+    blocks = [0, (len(data.heldout) - 1) // 2, len(data.heldout) - 1]
+    for sample, block in zip(report.samples, blocks, strict=True):
+        assert sample.prompt == tokenizer.decode(data.heldout.input_ids[block, :32].tolist())
+        assert list(sample.continuations) == ["teacher", "student", "baseline"]
+    assert Report.load(run_dir / "report.json").samples == report.samples
+    markdown = (run_dir / "report.md").read_text()
+    assert "## Continuations of held-out prompts" in markdown
+    assert "| prompt | teacher | student | baseline |" in markdown
+
+
+def test_changing_how_often_the_heldout_loss_is_logged_retrains_nothing(resumed, trained):
+    run_dir, resume = resumed
+    before = fingerprints(run_dir)
+    resume("train.eval_every=1", "train.eval_blocks=2")
+    assert trained == [] and fingerprints(run_dir) == before
 
 
 def test_resuming_the_same_recipe_redoes_nothing(resumed, first_run, monkeypatch):

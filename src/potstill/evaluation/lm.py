@@ -1,20 +1,25 @@
 """Evaluate language models side by side: held-out scores, calibration, where the students
-part from the teacher, size and generation speed."""
+part from the teacher, size, generation speed, and what each writes after the same
+held-out prompts."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from potstill.data import Blocks, LMData
 from potstill.evaluation.size import count_params, size_on_disk
-from potstill.evaluation.speed import generation_tokens_per_second
+from potstill.evaluation.speed import generation_tokens_per_second, pad_token_id
 from potstill.models.load import load_causal_lm, resolve
 from potstill.tasks.causal_lm.metrics import Disagreement, LMScores, TokenBands, score_models
 from potstill.util.log import bar
+from potstill.util.modes import eval_mode
 
 CONTEXT_TOKENS = 12  # tokens of context shown before a worst disagreement
+SAMPLES = 3  # held-out prompts the report shows each model's continuation of
+PROMPT_TOKENS = 32  # the first tokens of a held-out block, as a prompt
 
 
 def evaluate_models(
@@ -117,3 +122,62 @@ def disagreement_text(where: Disagreement, heldout: Blocks, tokenizer: Any) -> d
         "model_top": tokenizer.decode([where.model_top]),
         "kl": where.kl,
     }
+
+
+def sample_blocks(blocks: int, count: int = SAMPLES) -> list[int]:
+    """``count`` held-out blocks spread over ``blocks`` of them: the first, the last and
+    evenly between (fewer when there are fewer blocks).
+
+    >>> sample_blocks(10), sample_blocks(2), sample_blocks(0)
+    ([0, 4, 9], [0, 1], [])
+    """
+    if blocks < 1:
+        return []
+    if count < 2 or blocks == 1:
+        return [0]
+    return sorted({(i * (blocks - 1)) // (count - 1) for i in range(count)})
+
+
+@torch.no_grad()
+def continuations(
+    models: Mapping[str, torch.nn.Module],
+    heldout: Blocks,
+    tokenizer: Any,
+    *,
+    new_tokens: int,
+    count: int = SAMPLES,
+    prompt_tokens: int = PROMPT_TOKENS,
+) -> list[dict[str, Any]]:
+    """Each model's greedy continuation of the same held-out prompts, as text: the first
+    ``prompt_tokens`` tokens of ``count`` blocks spread over the held-out set
+    (`sample_blocks`), continued by up to ``new_tokens`` tokens (less where a model ends
+    the text). The report's ``samples``: ``[{"prompt", "continuations": {model: text}}]``.
+    Models are put in eval mode and handed back in the mode they had."""
+    samples = []
+    with eval_mode(*models.values()):
+        for block in sample_blocks(len(heldout), count):
+            prompt = heldout.input_ids[block : block + 1, :prompt_tokens]  # (1, P)
+            samples.append(
+                {
+                    "prompt": tokenizer.decode(prompt[0].tolist()),
+                    "continuations": {
+                        name: tokenizer.decode(greedy(model, prompt, new_tokens))
+                        for name, model in models.items()
+                    },
+                }
+            )
+    return samples
+
+
+def greedy(model: torch.nn.Module, prompt_ids: torch.Tensor, new_tokens: int) -> list[int]:
+    """The ids ``model`` writes after ``prompt_ids`` (1, P), greedily, at most ``new_tokens``."""
+    device = next(model.parameters()).device
+    prompt_ids = prompt_ids.to(device)
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=torch.ones_like(prompt_ids),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        pad_token_id=pad_token_id(model),
+    )  # (1, P + n)
+    return out[0, prompt_ids.shape[-1] :].tolist()

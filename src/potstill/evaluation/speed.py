@@ -10,7 +10,7 @@ import torch
 from potstill.util.modes import eval_mode
 
 
-def _pad_token_id(model: torch.nn.Module) -> int:
+def pad_token_id(model: torch.nn.Module) -> int:
     """A pad id for generate(): the model's own, else its end-of-sequence id, else 0."""
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         for attr in ("pad_token_id", "eos_token_id"):
@@ -48,7 +48,7 @@ def generation_tokens_per_second(
     device = param.device if param is not None else torch.device("cpu")
     prompt_ids = prompt_ids.to(device)
     attention_mask = torch.ones_like(prompt_ids)  # (1, P)
-    pad_token_id = _pad_token_id(model)
+    pad_id = pad_token_id(model)
 
     def generate(n: int) -> int:
         out = model.generate(
@@ -57,7 +57,7 @@ def generation_tokens_per_second(
             do_sample=False,
             min_new_tokens=n,
             max_new_tokens=n,
-            pad_token_id=pad_token_id,
+            pad_token_id=pad_id,
         )  # (1, P + n)
         return out.shape[-1] - prompt_ids.shape[-1]
 

@@ -77,6 +77,9 @@ def _decide(ctx: RunContext, started: float) -> dict[str, Any]:
     kd_step = step * (KD_STEP_FACTOR if recipe.needs_teacher_logits else 1.0)
     baseline_step = step if recipe.eval.baseline else 0.0
     heldout_blocks = len(data.heldout)
+    # The held-out loss logged while training (train.eval_every), per step and model.
+    watch = _heldout_seconds_per_step(recipe, step, heldout_blocks)
+    trained_models = 2 if recipe.eval.baseline else 1
     # evaluation: teacher + two students forward over the held-out blocks
     evaluate = heldout_blocks * teacher_block * 1.8
     spent = time.perf_counter() - started
@@ -95,7 +98,8 @@ def _decide(ctx: RunContext, started: float) -> dict[str, Any]:
         teach = blocks * teacher_block * TEACH_FACTOR if cached else 0.0
         live = 0.0 if cached or not recipe.needs_teacher_logits else steps * cfg.batch_size
         live *= teacher_block
-        train = steps * cfg.grad_accum * (kd_step + baseline_step) + live
+        train = steps * (cfg.grad_accum * (kd_step + baseline_step) + trained_models * watch)
+        train += live
         return spent + teach + train + evaluate + OVERHEAD_SECONDS
 
     budget = recipe.budget_minutes * 60
@@ -103,6 +107,7 @@ def _decide(ctx: RunContext, started: float) -> dict[str, Any]:
     while steps > MIN_STEPS and estimate(steps) > budget:
         steps = max(MIN_STEPS, int(steps * 0.95))
     train_seconds_per_step = recipe.train.grad_accum * (kd_step + baseline_step)
+    train_seconds_per_step += trained_models * watch
     return {
         "minutes": recipe.budget_minutes,
         "requested_steps": recipe.train.steps,
@@ -173,6 +178,17 @@ def refit_after_teach(ctx: RunContext, started: float, teach_seconds: float) -> 
             f"{recipe.train.steps} → {steps}"
         )
     return recipe.model_copy(update={"train": recipe.train.model_copy(update={"steps": steps})})
+
+
+def _heldout_seconds_per_step(recipe: Recipe, step: float, heldout_blocks: int) -> float:
+    """The held-out loss's cost averaged over the steps: ``eval_blocks`` forward passes
+    every ``eval_every`` steps, a forward taken as a third of a block's training step
+    (forward and backward)."""
+    cfg = recipe.train
+    if cfg.eval_every is None:
+        return 0.0
+    block_forward = step / (3 * cfg.batch_size * cfg.grad_accum)
+    return min(cfg.eval_blocks, heldout_blocks) * block_forward / cfg.eval_every
 
 
 def _teacher_seconds_per_block(ctx: RunContext) -> float:

@@ -118,10 +118,14 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         trained |= quantize_stage(ctx, trained["student"])
     report = None
     if "evaluate" in stages:
-        models = evaluate_stage(ctx, trained)
+        models, samples = evaluate_stage(ctx, trained)
         if "report" in stages:
             report = report_stage(
-                ctx, models, source=source, wall_seconds=time.perf_counter() - started
+                ctx,
+                models,
+                source=source,
+                wall_seconds=time.perf_counter() - started,
+                samples=samples,
             )
     return RunResult(report, ctx.run_dir)
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from potstill.cache.store import TeacherCache
 from potstill.cache.teach import cache_source, plan_blocks, teach
 from potstill.config import Recipe
 from potstill.data.order import scheduled_blocks
-from potstill.evaluation.lm import evaluate_models
+from potstill.evaluation.lm import continuations, evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
-from potstill.evaluation.report.schema import json_ready
+from potstill.evaluation.report.schema import ROLES, json_ready
 from potstill.evaluation.worth import generation_break_even
 from potstill.losses import LossTerm
 from potstill.models.load import load_causal_lm
@@ -38,9 +39,10 @@ from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
 from potstill.pipeline.markers import finished, forget, mark_finished
 from potstill.pipeline.student_stage import Trainee, train_config, train_student
-from potstill.tasks.causal_lm import CausalLM, prepare_inside
+from potstill.tasks.causal_lm import CausalLM, heldout_loss, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
 from potstill.train.loop import read_metrics
+from potstill.train.settings import TrainConfig
 from potstill.util.distributed import launched_world, on_main
 from potstill.util.errors import PotstillError
 from potstill.util.fingerprint import fingerprint
@@ -193,6 +195,7 @@ def distill_stage(
             tokenizer,
             teacher=source,
             extra=projections or None,
+            evaluate=_heldout_loss(ctx, cfg),
         )
 
     def save(trainee: Trainee) -> None:
@@ -220,6 +223,18 @@ def distill_stage(
         autocast_dtype=ctx.autocast_dtype,
     )
     return float(marker["seconds"]), marker["fingerprint"]
+
+
+def _heldout_loss(ctx: RunContext, cfg: TrainConfig) -> Callable[[torch.nn.Module], float] | None:
+    """The student's loss on the first ``train.eval_blocks`` held-out blocks, logged as it
+    trains; None when ``train.eval_every`` is null or there is no held-out block."""
+    heldout = ctx.data.heldout
+    count = min(cfg.eval_blocks, len(heldout))
+    if cfg.eval_every is None or count == 0:
+        return None
+    return heldout_loss(
+        heldout.input_ids[:count], heldout.labels[:count], batch_size=ctx.recipe.eval.batch_size
+    )
 
 
 # --- quantize -----------------------------------------------------------------------------------
@@ -255,11 +270,14 @@ def quantize_stage(ctx: RunContext, student: tuple[float, str]) -> dict[str, tup
 
 def evaluate_stage(
     ctx: RunContext, trained: dict[str, tuple[float, str]]
-) -> dict[str, dict[str, Any]]:
-    """Score the teacher and every trained model; cached in the stage marker.
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Score the teacher and every trained model; cached in the stage marker. Returns the
+    models' entries and the report's ``samples``.
 
     Besides perplexity and agreement, each entry holds the next-token ECE, the scores by
     training-split frequency band and (students) the worst disagreements with the teacher.
+    The samples are the teacher's, the student's and the baseline's greedy continuations
+    of three held-out prompts (`continuations`).
     """
     recipe = ctx.recipe
     print_ = fingerprint(
@@ -267,27 +285,40 @@ def evaluate_stage(
         recipe.data.model_dump(mode="json"),
         recipe.teacher,
         {name: p for name, (_, p) in trained.items()},
-        "ece, frequency bands, worst disagreements",  # an evaluation made without them is redone
+        # an evaluation made without one of them is redone
+        "ece, frequency bands, worst disagreements, continuations",
     )
     done = finished(ctx.run_dir, "evaluate", print_)
     if done is not None:
         log("evaluate: already done for these models, skipping")
-        return done["models"]
+        return done["models"], done.get("samples", [])
     refs = {"teacher": recipe.teacher, **{k: str(ctx.run_dir / k) for k in trained}}
+    loaded = {
+        "teacher": ctx.teacher,
+        **{k: load_causal_lm(refs[k])[0].to(ctx.device) for k in trained},
+    }
     models = evaluate_models(
         refs,
         ctx.data,
         teacher_key="teacher",
         batch_size=recipe.eval.batch_size,
         generate_tokens=recipe.eval.generate_tokens,
-        preloaded={"teacher": ctx.teacher},
+        preloaded=loaded,
         device=ctx.device,
         tokenizer=ctx.tokenizer,
     )
     for key, (seconds, _) in trained.items():
         models[key]["train_seconds"] = seconds
-    mark_finished(ctx.run_dir, "evaluate", print_, models=json_ready(models))
-    return models
+    samples = continuations(
+        {name: loaded[name] for name in ROLES if name in loaded},
+        ctx.data.heldout,
+        ctx.tokenizer,
+        new_tokens=recipe.eval.generate_tokens,
+    )
+    mark_finished(
+        ctx.run_dir, "evaluate", print_, models=json_ready(models), samples=json_ready(samples)
+    )
+    return models, samples
 
 
 def report_stage(
@@ -296,6 +327,7 @@ def report_stage(
     *,
     source: TeacherSource | None,
     wall_seconds: float,
+    samples: list[dict[str, Any]] | None = None,
 ) -> Report:
     """Build the report from the evaluation and write it: the break-even weighs the
     teacher's pass into the cache plus the student's training against the student's
@@ -330,6 +362,7 @@ def report_stage(
         budget=_budget(ctx.run_dir),
         break_even=generation_break_even(models, teach_seconds=taught),
         curves=curves,
+        samples=samples,
     )
     write_report(ctx.run_dir, report, curves)
     return report

@@ -38,7 +38,8 @@ from potstill.util.log import log
 class Trainee:
     """What a flow's ``build`` hands the stage: the model (on its home device), what it
     learns from, and the tokenizer it is saved with. ``extra`` modules (feature-loss
-    projections) train and are checkpointed beside it, never saved with it."""
+    projections) train and are checkpointed beside it, never saved with it. ``evaluate``
+    (the model's held-out loss) is logged as it trains (`potstill.train.loop.train`)."""
 
     model: nn.Module
     data: Dataset
@@ -46,6 +47,7 @@ class Trainee:
     tokenizer: Any
     teacher: TeacherSource | None = None
     extra: nn.ModuleDict | None = None
+    evaluate: Callable[[nn.Module], float] | None = None
 
 
 def loss_identity(terms: list[LossTerm]) -> list[dict[str, Any]]:
@@ -142,6 +144,7 @@ def train_student(
             extra=trainee.extra,
             device=device,
             autocast_dtype=autocast_dtype,
+            evaluate=trainee.evaluate,
         )
     except PotstillError:  # refused before a first checkpoint: leave no owner behind
         if not checkpoints.exists():

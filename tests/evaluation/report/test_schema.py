@@ -61,6 +61,7 @@ def test_schema_version_is_written_first(tmp_path):
         "budget",
         "seeds",
         "break_even",
+        "samples",
     ]
     # The typed sections carry every field, null where unknown.
     assert raw["models"]["teacher"]["agreement"] is None

@@ -21,6 +21,7 @@ from potstill.evaluation.report.schema import (
     ModelEntry,
     Report,
     RunInfo,
+    Sample,
     Summary,
     TrainingHealth,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "ModelEntry",
     "Report",
     "RunInfo",
+    "Sample",
     "Summary",
     "TrainingHealth",
     "build_report",

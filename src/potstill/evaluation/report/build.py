@@ -3,7 +3,7 @@ model's training health and the summary."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +16,7 @@ from potstill.evaluation.report.schema import (
     ModelEntry,
     Report,
     RunInfo,
+    Sample,
     json_ready,
 )
 from potstill.evaluation.report.summary import summarize
@@ -32,6 +33,7 @@ def build_report(
     seeds: Mapping[str, Any] | None = None,
     break_even: BreakEven | Mapping[str, Any] | None = None,
     curves: Mapping[str, list[dict]] | None = None,
+    samples: Sequence[Sample | Mapping[str, Any]] | None = None,
 ) -> Report:
     """The report of a run, from typed sections or plain dicts.
 
@@ -42,7 +44,8 @@ def build_report(
     are unpacked and non-finite floats become None. An unknown key in a typed section
     raises `pydantic.ValidationError`. `curves` maps a trained model's name to its
     metrics.jsonl rows: each such model gets its `training` health, and a broken student
-    or baseline leaves the gap closed unknown (`summarize`).
+    or baseline leaves the gap closed unknown (`summarize`). `samples` are held-out
+    prompts with each model's continuation (`potstill.evaluation.lm.continuations`).
 
     >>> report = build_report(
     ...     kind="lm",
@@ -72,4 +75,5 @@ def build_report(
         budget=json_ready(budget),
         seeds=json_ready(seeds),
         break_even=json_ready(break_even),
+        samples=json_ready(samples),
     )

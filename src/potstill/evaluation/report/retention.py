@@ -1,6 +1,7 @@
 """Where the student kept the teacher and where not, as tables: by how often the true next
-token occurs in the training split, and the held-out positions of largest KL(teacher ‖
-student). The markdown and HTML views both render these."""
+token occurs in the training split, the held-out positions of largest KL(teacher ‖
+student), and what each model writes after the same held-out prompts. The markdown and
+HTML views both render these."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ WORST_NOTE = (
     "it; text is shown as a JSON string, so spaces and newlines are visible."
 )
 
+SAMPLES_NOTE = (
+    "Each model's greedy continuation (up to eval.generate_tokens new tokens; shorter where "
+    "it ended the text) of the first 32 tokens of held-out blocks spread over the held-out "
+    "set; text is shown as a JSON string, so spaces and newlines are visible."
+)
+
 
 @dataclass
 class TextTable:
@@ -38,10 +45,11 @@ class TextTable:
 
 def retention_tables(report: Report) -> list[TextTable]:
     """The retention profile of a language-model run's student, where the report has one:
-    the band table and the worst disagreements (either may be missing)."""
+    the band table, the worst disagreements and the continuations side by side (any may
+    be missing)."""
     if report.kind != "lm":
         return []
-    tables = [band_table(report), worst_table(report)]
+    tables = [band_table(report), worst_table(report), samples_table(report)]
     return [table for table in tables if table is not None]
 
 
@@ -86,6 +94,21 @@ def worst_table(report: Report) -> TextTable | None:
     return TextTable(
         "Where the student disagrees most", [*header, "KL"], rows, WORST_NOTE, text_columns=4
     )
+
+
+def samples_table(report: Report) -> TextTable | None:
+    """A row per held-out prompt: the prompt, then each model's continuation (the roles
+    first, in the report's order)."""
+    if not report.samples:
+        return None
+    names = [name for name in report.models if any(name in s.continuations for s in report.samples)]
+    names += sorted({n for s in report.samples for n in s.continuations} - set(names))
+    rows = [
+        [_quoted(sample.prompt), *(_quoted(sample.continuations.get(n)) for n in names)]
+        for sample in report.samples
+    ]
+    header = ["prompt", *names]
+    return TextTable("Continuations of held-out prompts", header, rows, SAMPLES_NOTE, len(header))
 
 
 def _losses(entry: ModelEntry) -> dict[str | None, float | None]:

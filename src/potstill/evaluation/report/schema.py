@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 
-# 3: `kind` (the task) and each trained model's `training` health.
+# 3: `kind` (the task) and each trained model's `training` health; later within 3, the
+# optional `samples` (a reader of 3 that does not know it finds it missing).
 SCHEMA_VERSION = 3
 ROLES = ("teacher", "student", "baseline")
 
@@ -187,6 +188,14 @@ class BreakEven(Section):
     calls_to_repay: Number = None
 
 
+class Sample(Section):
+    """A held-out prompt (the first tokens of a held-out block) and each model's greedy
+    continuation of it, decoded (`potstill.evaluation.lm.continuations`)."""
+
+    prompt: Text = None
+    continuations: dict[str, Text] = {}  # model name -> the text it wrote
+
+
 FreeDict = Annotated[dict[str, Any], BeforeValidator(json_ready)]
 
 
@@ -206,6 +215,7 @@ class Report(Section):
     budget: FreeDict | None = None
     seeds: FreeDict | None = None
     break_even: BreakEven | None = None
+    samples: list[Sample] | None = None  # language models: continuations side by side
 
     @field_validator("models", mode="after")
     @classmethod
