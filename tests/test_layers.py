@@ -96,3 +96,72 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from potstill.pipeline import run\n")
     assert imports_of(bad) == [(2, "potstill.pipeline")]
     assert LAYERS[layer_of("potstill.pipeline")] > LAYERS["losses"]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the potstill modules it imports (``from a.b import c`` names ``a.b.c``
+    when that is a module, else ``a.b``), imports inside functions included."""
+    known = {_module_name(p) for p in modules()}
+    graph: dict[str, set[str]] = {}
+    for path in modules():
+        tree = ast.parse(path.read_text())
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    targets.add(full if full in known else node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+        name = _module_name(path)
+        graph[name] = {t for t in targets if t in known and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle between two modules that are not a package and its own
+    ``__init__`` re-exporting it (Tarjan's strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    packages = {_module_name(p) for p in modules() if p.name == "__init__.py"}
+    # A package's __init__ re-exports its modules, and they may read a name from it.
+    return [c for c in found if not any(m in packages for m in c)]
+
+
+def test_no_import_circles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_circle_finder_finds_one():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]

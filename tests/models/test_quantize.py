@@ -1,5 +1,4 @@
 import copy
-import dataclasses
 import json
 
 import pytest
@@ -193,7 +192,7 @@ def test_int4_file_is_at_most_a_fifth_of_float32(tiny_tokenizer, tmp_path, group
 @pytest.mark.parametrize("spec", QAT_SPECS, ids=QAT_IDS)
 def test_qat_prepare_train_convert(model, ids, tiny_tokenizer, tmp_path, spec):
     reference = logits(model, ids)
-    ptq_spec = dataclasses.replace(spec, learn_scales=False)
+    ptq_spec = spec.model_copy(update={"learn_scales": False})
     ptq = logits(quantize_model(copy.deepcopy(model), ptq_spec), ids)
 
     student = prepare_qat(copy.deepcopy(model), spec)

@@ -20,18 +20,22 @@ embeddings, nor the head's inputs. The converted model computes exactly what the
 fake-quantized one did, and, before any training step, what `quantize_model` gives.
 
 A quantized model is saved and loaded by `potstill.models.quantized_io` (`save_quantized`,
-`load_quantized`); this module re-exports those names.
+`load_quantized`) and the spec lives in `potstill.models.quant_spec`; this module
+re-exports those names.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from potstill.models.quant_spec import (
+    DEFAULT_INT4_GROUP_SIZE,
+    QuantizationSpec,
+    QuantLayers,
+)
 from potstill.models.quantized_io import (
     FORMAT_VERSION,
     SPEC_FILE,
@@ -60,66 +64,6 @@ __all__ = [
     "unpack_int4",
 ]
 
-DEFAULT_INT4_GROUP_SIZE = 32
-
-
-@dataclass(frozen=True)
-class QuantizationSpec:
-    """How to quantize: weight width, activation width, group size.
-
-    ``group_size`` input features share one scale; it must divide the input width of
-    every quantized layer. int4 defaults to groups of 32; int8 defaults to ``None``, one
-    scale per output channel (per row of the weight).
-
-    >>> QuantizationSpec("int4")
-    QuantizationSpec(weights='int4', activations='none', group_size=32, learn_scales=False)
-    """
-
-    weights: Literal["int8", "int4"] = "int4"
-    activations: Literal["none", "int8"] = "none"
-    group_size: int | None = None
-    # QAT only: each group's scale is a trained parameter (torchao range learning, as in
-    # LSQ), initialised from the weights, instead of recomputed from them at every step;
-    # the converted model stores the learned scales.
-    learn_scales: bool = False
-
-    def __post_init__(self) -> None:
-        if self.weights not in ("int8", "int4"):
-            raise PotstillError(
-                f"quantization weights {self.weights!r} unknown: choose 'int8' or 'int4'"
-            )
-        if self.activations not in ("none", "int8"):
-            raise PotstillError(
-                f"quantization activations {self.activations!r} unknown: choose 'none' "
-                "(weight-only) or 'int8' (dynamic, per token)"
-            )
-        group = self.group_size
-        if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
-            raise PotstillError(f"quantization group_size {group!r} must be an integer")
-        if group is not None and group < 1:
-            raise PotstillError(f"quantization group_size {group} must be at least 1")
-        if group is None and self.weights == "int4":
-            object.__setattr__(self, "group_size", DEFAULT_INT4_GROUP_SIZE)
-        if not isinstance(self.learn_scales, bool):
-            raise PotstillError(
-                f"quantization learn_scales {self.learn_scales!r} must be true or false"
-            )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> QuantizationSpec:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PotstillError(f"quantization keys {unknown} unknown: use {sorted(known)}")
-        return cls(**values)
-
-    def describe(self) -> str:
-        """One line for messages, e.g. ``int4 weights in groups of 32, float activations``."""
-        grouping = f"in groups of {self.group_size}" if self.group_size else "per channel"
-        acts = "int8 activations" if self.activations == "int8" else "float activations"
-        learned = ", learned scales" if self.learn_scales else ""
-        return f"{self.weights} weights {grouping}{learned}, {acts}"
-
 
 def quantize_model(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Module:
     """Quantize ``model`` in place (post-training) and return it.
@@ -128,7 +72,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.M
     """
     from torchao.quantization import quantize_
 
-    layers = _Layers.of(model)
+    layers = QuantLayers.of(model)
     _check_quantizable(model, layers, spec, verb="quantize")
     if spec.learn_scales:
         raise PotstillError(
@@ -139,7 +83,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.M
     quantize_(model, body_config, filter_fn=_named(layers.body))
     # A tied head is not quantized on its own: it takes the embedding's quantized tensor.
     quantize_(model, weight_only_config, filter_fn=_named(layers.weight_only(tied_head=False)))
-    _retie(model, layers)
+    layers.retie(model)
     return model
 
 
@@ -152,7 +96,7 @@ def prepare_qat(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Modu
     (STE), so training learns weights that survive rounding. A tied head and embedding
     keep sharing one float weight. Finish with `convert_qat` and the same ``spec``.
     """
-    layers = _Layers.of(model)
+    layers = QuantLayers.of(model)
     _check_quantizable(model, layers, spec, verb="prepare for QAT")
     _qat_step(model, layers, spec, "prepare")
     if spec.learn_scales:
@@ -168,7 +112,7 @@ def convert_qat(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Modu
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    layers = _Layers.of(model)
+    layers = QuantLayers.of(model)
     prepared = _prepared_spec(model, layers)
     if prepared is None:
         raise PotstillError("model is not prepared for QAT: call prepare_qat before training")
@@ -180,55 +124,13 @@ def convert_qat(model: torch.nn.Module, spec: QuantizationSpec) -> torch.nn.Modu
     _qat_step(model, layers, spec, "convert")
     if layers.tied:  # back to a plain Linear, then onto the embedding's quantized tensor
         quantize_(model, QATConfig(step="convert"), filter_fn=_named([layers.head or ""]))
-    _retie(model, layers)
+    layers.retie(model)
     return model
 
 
-@dataclass(frozen=True)
-class _Layers:
-    """The names of the layers to quantize, by role."""
-
-    body: list[str]  # every Linear but the head: the spec's weights and activations
-    embedding: str
-    head: str | None
-    tied: bool  # the head's weight is the embedding's
-    widths: dict[str, int]  # input features (the grouped dimension) of each layer
-
-    @classmethod
-    def of(cls, model: torch.nn.Module) -> _Layers:
-        if hasattr(model, "peft_config"):
-            raise PotstillError(
-                "quantization takes a plain model, not a PEFT adapter model: merge the "
-                "adapters first (merge_and_unload), or train with adapter: full"
-            )
-        names = {id(module): name for name, module in model.named_modules()}
-        embed = model.get_input_embeddings()
-        head = model.get_output_embeddings()
-        head_name = names.get(id(head)) if head is not None else None
-        linears = {
-            name: module.in_features
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear)
-        }
-        return cls(
-            body=[name for name in linears if name != head_name],
-            embedding=names[id(embed)],
-            head=head_name,
-            tied=head is not None and head.weight is embed.weight,
-            widths={**linears, names[id(embed)]: embed.embedding_dim},
-        )
-
-    def weight_only(self, *, tied_head: bool) -> list[str]:
-        """The embedding, and the head unless it is tied and ``tied_head`` is False."""
-        if self.head is None or (self.tied and not tied_head):
-            return [self.embedding]
-        return [self.embedding, self.head]
-
-    def all(self) -> list[str]:
-        return [*self.body, *self.weight_only(tied_head=False)]
-
-
-def _qat_step(model: torch.nn.Module, layers: _Layers, spec: QuantizationSpec, step: str) -> None:
+def _qat_step(
+    model: torch.nn.Module, layers: QuantLayers, spec: QuantizationSpec, step: str
+) -> None:
     """torchao's QAT ``prepare`` or ``convert`` over the body (the linears, with int8
     activations when asked) and the weight-only layers (embedding, head). A tied head is
     prepared with its embedding, and converted on its own (then re-tied by the caller)."""
@@ -273,7 +175,7 @@ def _learned_scale_configs(spec: QuantizationSpec) -> tuple[Any, Any]:
     return body, QATConfig(weight_config=weights, step="prepare")
 
 
-def _init_learned_scales(model: torch.nn.Module, layers: _Layers) -> None:
+def _init_learned_scales(model: torch.nn.Module, layers: QuantLayers) -> None:
     """Give every learned-scale fake quantizer its first scales (from the weights), and a
     tied head its embedding's quantizer: one table, one set of scales."""
     from torchao.quantization.qat import initialize_fake_quantizers
@@ -309,13 +211,8 @@ def _named(names: list[str]) -> Any:
     return lambda module, name: name in chosen
 
 
-def _retie(model: torch.nn.Module, layers: _Layers) -> None:
-    if layers.tied:
-        model.get_output_embeddings().weight = model.get_input_embeddings().weight
-
-
 def _check_quantizable(
-    model: torch.nn.Module, layers: _Layers, spec: QuantizationSpec, *, verb: str
+    model: torch.nn.Module, layers: QuantLayers, spec: QuantizationSpec, *, verb: str
 ) -> None:
     """Refuse a model already quantized or prepared, not float32, or ungroupable."""
     from torchao.utils import TorchAOBaseTensor
@@ -345,7 +242,7 @@ def _check_quantizable(
         )
 
 
-def _prepared_spec(model: torch.nn.Module, layers: _Layers) -> QuantizationSpec | None:
+def _prepared_spec(model: torch.nn.Module, layers: QuantLayers) -> QuantizationSpec | None:
     """The spec a model was prepared for QAT with, read off its fake quantizers; None if
     it was not prepared."""
     from torchao.quantization import PerGroup

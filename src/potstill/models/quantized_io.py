@@ -5,25 +5,22 @@ pickle; torchao's layout, with int4 values packed two to a byte (`pack_int4`) an
 all-zero zero points of symmetric quantization left out) and ``potstill_quantization.json``
 (the spec, the torchao version, the format version). Only `load_quantized` reads it back.
 
-`potstill.models.quantize` re-exports every public name here, so this module imports it
-only inside the functions that need it.
+`potstill.models.quantize` re-exports every public name here; the spec and the layer
+roles come from `potstill.models.quant_spec`, so neither module imports the other back.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from potstill.models.quant_spec import QuantizationSpec, QuantLayers
 from potstill.util.errors import PotstillError, first_line
 from potstill.util.io import atomic_dir, atomic_write_json
-
-if TYPE_CHECKING:
-    from potstill.models.quantize import QuantizationSpec, _Layers
 
 SPEC_FILE = "potstill_quantization.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,9 +41,7 @@ def save_quantized(
     from safetensors.torch import save_file
     from torchao import __version__ as torchao_version
 
-    from potstill.models.quantize import _Layers
-
-    layers = _Layers.of(model)
+    layers = QuantLayers.of(model)
     state = model.state_dict()
     _check_layout(state, layers, spec, source="the model")
     if layers.tied:
@@ -62,7 +57,7 @@ def save_quantized(
             tmp / SPEC_FILE,
             {
                 "format_version": FORMAT_VERSION,
-                "spec": dataclasses.asdict(spec),
+                "spec": spec.model_dump(),
                 "torchao_version": torchao_version,
             },
         )
@@ -77,8 +72,6 @@ def load_quantized(folder: str | Path) -> tuple[torch.nn.Module, Any]:
     from safetensors import safe_open
     from torchao import __version__ as torchao_version
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from potstill.models.quantize import QuantizationSpec, _Layers, _retie
 
     folder = Path(folder)
     if not is_quantized(folder):
@@ -112,7 +105,7 @@ def load_quantized(folder: str | Path) -> tuple[torch.nn.Module, Any]:
 
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    layers = _Layers.of(model)
+    layers = QuantLayers.of(model)
     _check_layout(state, layers, spec, source=str(folder / WEIGHTS_FILE))
     expected = set(model.state_dict()) - ({f"{layers.head}.weight"} if layers.tied else set())
     if set(state) != expected:
@@ -131,7 +124,7 @@ def load_quantized(folder: str | Path) -> tuple[torch.nn.Module, Any]:
     modules = dict(model.named_modules())
     for name in layers.all():
         modules[name].weight.requires_grad_(False)  # as quantize_ leaves them
-    _retie(model, layers)
+    layers.retie(model)
     model.eval()
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -225,7 +218,7 @@ def _is_quantized_tensor(tensor: torch.Tensor) -> bool:
 
 
 def _check_layout(
-    state: dict[str, torch.Tensor], layers: _Layers, spec: QuantizationSpec, *, source: str
+    state: dict[str, torch.Tensor], layers: QuantLayers, spec: QuantizationSpec, *, source: str
 ) -> None:
     """Every layer's weight in ``state`` is quantized as ``spec`` says, or one error line."""
     dtype = torch.int4 if spec.weights == "int4" else torch.int8

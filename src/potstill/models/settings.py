@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from potstill.models.quant_spec import QuantizationSpec
 from potstill.util.schema import Strict
 
 
@@ -35,17 +36,9 @@ class LoraConfig(Strict):
     lr: float | None = Field(None, gt=0.0)
 
 
-class QatConfig(Strict):
-    """Quantization-aware training: the student trains through fake-quantized weights (and
-    activations), and is saved converted to those integers (`potstill.models.quantize`)."""
-
-    weights: Literal["int8", "int4"] = "int4"
-    activations: Literal["none", "int8"] = "none"
-    # Input features sharing one scale (None: int4 groups of 32, int8 one per channel).
-    group_size: int | None = Field(None, ge=1)
-    # student.qat only: train each group's scale (LSQ-style range learning) instead of
-    # recomputing it from the weights at every step.
-    learn_scales: bool = False
+# Quantization-aware training (student.qat) and post-training variants (eval.quantize)
+# take the one quantization type (`potstill.models.quant_spec`).
+QatConfig = QuantizationSpec
 
 
 # On the bundled SmolLM2 (30 layers) keeping the first three and last three layers heals

@@ -43,7 +43,7 @@ def build_student(
 
 def student_qat(cfg: StudentConfig) -> QuantizationSpec | None:
     """The quantization a ``student.qat`` student trains towards; None for a float one."""
-    return None if cfg.qat is None else QuantizationSpec.from_dict(cfg.qat.model_dump())
+    return cfg.qat
 
 
 def layer_subset(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module:

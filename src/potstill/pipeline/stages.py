@@ -7,7 +7,6 @@ resumed run skips what is done and redoes what changed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -245,14 +244,13 @@ def quantize_stage(ctx: RunContext, student: tuple[float, str]) -> dict[str, tup
     ``runs/NAME/student-TAG/`` (``student-int4``, ``student-int8-a8``, ...); returns them as
     trained models (the student's training seconds, a fingerprint of student and spec)."""
     made: dict[str, tuple[float, str]] = {}
-    for cfg in ctx.recipe.eval.quantize:
-        spec = QuantizationSpec.from_dict(cfg.model_dump())
+    for spec in ctx.recipe.eval.quantize:
         name = f"student-{spec.weights}" + ("-a8" if spec.activations == "int8" else "")
         if spec.group_size not in (None, QuantizationSpec(spec.weights).group_size):
             name += f"-g{spec.group_size}"
         if name in made:
             raise PotstillError(f"eval.quantize names {name} twice; list each quantization once")
-        print_ = fingerprint(student[1], dataclasses.asdict(spec))
+        print_ = fingerprint(student[1], spec.model_dump())
         folder = ctx.run_dir / name
         if finished(ctx.run_dir, name, print_) is None or not folder.is_dir():
             forget(ctx.run_dir, name)

@@ -26,17 +26,17 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
 
 from potstill.data.order import block_indices
-from potstill.signals import SignalRequest, TeacherOutputs
+from potstill.signals import TeacherOutputs
 from potstill.teachers import TeacherSource
 from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from potstill.train.curriculum import curriculum_order
 from potstill.train.parallel import Objective, Spread, spread
+from potstill.train.protocols import Dataset, Task
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
 from potstill.train.spikes import is_spike, remember
@@ -52,50 +52,6 @@ from potstill.util.distributed import (
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_text, settle_dir
 from potstill.util.log import bar
-
-
-class MicroBatch(Protocol):
-    """What a dataset hands the loop: a `Batch` (token blocks) or a task's own type
-    (`potstill.data.examples.ClassBatch`); the loop only moves it and keys teachers by
-    ``index``."""
-
-    @property
-    def index(self) -> torch.Tensor: ...
-
-    def to(self, device: torch.device | str) -> MicroBatch: ...
-
-
-class Dataset(Protocol):
-    """What the loop draws micro-batches from (packed blocks, labelled examples, …)."""
-
-    def __len__(self) -> int: ...
-
-    def batch(self, index: torch.Tensor) -> MicroBatch: ...
-
-
-class Task(Protocol):
-    """What the loop asks of a task (see `potstill.tasks.causal_lm.CausalLM`).
-
-    ``unit`` names what ``count`` counts (``tok`` for tokens, ``ex`` for examples).
-    """
-
-    unit: str
-
-    @property
-    def request(self) -> SignalRequest: ...
-
-    def count(self, batch: MicroBatch) -> int: ...
-
-    def prepare(self, model: nn.Module, sample: MicroBatch) -> None: ...
-
-    def loss(
-        self,
-        model: nn.Module,
-        batch: MicroBatch,
-        teacher: TeacherOutputs | None,
-        *,
-        num_tokens: int,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 @dataclass

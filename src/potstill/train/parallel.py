@@ -31,7 +31,7 @@ from potstill.util.errors import PotstillError
 from potstill.util.log import log
 
 if TYPE_CHECKING:
-    from potstill.train.loop import Task
+    from potstill.train.protocols import Task
 
 Mode = Literal["ddp", "fsdp"]
 
