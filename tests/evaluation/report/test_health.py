@@ -67,12 +67,30 @@ def test_the_margins_are_absolute_and_relative():
 
 def test_skipped_steps_are_counted_and_left_out_of_the_verdict():
     rows = curve(falling(40))
-    rows[10] |= {"loss": float("nan"), "skipped": True}  # the loop threw this step away
+    rows[10] |= {"loss": 90.0, "skipped": True}  # the loop threw this step away
     rows[20]["skipped"] = True
     rows[30]["skipped"] = False
     health = training_health(rows)
     assert health.status == "ok" and health.skipped_steps == 2
     assert "2 update(s) skipped" in health.reason
+
+
+def test_a_non_finite_loss_is_a_break_even_when_its_update_was_skipped():
+    """The loss is computed before the update: the weights themselves gave the NaN."""
+    rows = curve(falling(40))
+    rows[10] |= {"loss": float("nan"), "skipped": True}
+    health = training_health(rows)
+    assert health.status == "diverged" and "not finite" in health.reason
+
+
+def test_a_run_that_skips_too_many_updates_is_not_training():
+    rows = curve(falling(40))
+    for row in rows[5:10]:
+        row["skipped"] = True  # 5 of 40: over a tenth
+    health = training_health(rows)
+    assert health.status == "diverged" and health.reason.startswith("5 of 40 updates")
+    rows[5]["skipped"] = False  # 4 of 40: within it
+    assert training_health(rows).status == "ok"
 
 
 def with_heldout(losses: list[float], heldout: dict[int, float]) -> list[dict]:

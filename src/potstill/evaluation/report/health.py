@@ -1,13 +1,14 @@
 """Did a training run end healthy? A verdict from its loss curve (the metrics.jsonl rows),
 so the report can say a run broke instead of comparing a broken model as if it had trained.
 
-The rule, on the logged rows of one run in step order, leaving out rows whose update the
-loop skipped (``skipped``: it threw that step away, so its loss says nothing about the
-weights):
+The rule, on the logged rows of one run in step order:
 
-(a) a loss that is NaN, ±inf or missing at any row → diverged: the weights are garbage
-    from that step on;
-(b) the run ended broken → diverged: with ``w = max(3, ceil(10% of the rows))``, the mean
+(a) a loss that is NaN, ±inf or missing at any row, its update skipped or not → diverged:
+    the loss is computed before the update, so the weights (or the data) gave it; and
+    more than ``MAX_SKIPPED_SHARE`` of the updates skipped on gradient spikes →
+    diverged: a run that throws away that much is not training, whatever its loss says;
+(b) leaving out the rows whose update the loop skipped (it threw that step away): the run
+    ended broken → diverged: with ``w = max(3, ceil(10% of the rows))``, the mean
     loss of the last ``w`` rows is above the lowest mean of any ``w`` consecutive rows
     before them by more than ``ABSOLUTE_MARGIN`` nats *and* by more than
     ``RELATIVE_MARGIN`` of that lowest mean. Judged only with at least ``2 w`` rows.
@@ -43,6 +44,7 @@ RELATIVE_MARGIN = 0.05  # of the best earlier window's mean
 TAIL_SHARE = 0.1  # the end of the run: the last 10% of its logged rows
 MIN_WINDOW = 3  # rows; a mean over fewer is one noisy step
 MIN_HELDOUT_POINTS = 3  # held-out losses logged before their end is judged
+MAX_SKIPPED_SHARE = 0.1  # of the logged steps
 
 
 def training_health(rows: Sequence[dict[str, Any]]) -> TrainingHealth:
@@ -58,7 +60,12 @@ def training_health(rows: Sequence[dict[str, Any]]) -> TrainingHealth:
     """
     skipped = sum(_skipped(row) for row in rows)
     kept = [row for row in rows if not _skipped(row)]
-    verdict = _non_finite(kept) or _ended_broken(kept) or _heldout_ended_high(rows)
+    verdict = (
+        _non_finite(rows)
+        or _skipped_too_often(skipped, len(rows))
+        or _ended_broken(kept)
+        or _heldout_ended_high(rows)
+    )
     if verdict is not None:
         return TrainingHealth(status="diverged", reason=verdict, skipped_steps=skipped)
     reason = "training loss stayed finite and did not end above its best"
@@ -83,6 +90,13 @@ def _non_finite(rows: Sequence[dict[str, Any]]) -> str | None:
         loss = row.get("loss")
         if not isinstance(loss, (int, float)) or not math.isfinite(loss):
             return f"training loss was not finite ({loss}) at step {row.get('step')}"
+    return None
+
+
+def _skipped_too_often(skipped: int, steps: int) -> str | None:
+    """Rule (a), second part: most of what the run saw was thrown away."""
+    if steps and skipped > MAX_SKIPPED_SHARE * steps:
+        return f"{skipped} of {steps} updates were skipped on gradient spikes"
     return None
 
 
