@@ -151,3 +151,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def count_label_scoring(monkeypatch) -> list[int]:
+    """Count the teacher's label-scoring forwards (train or test texts, or the content-free
+    inputs): the number of rows of each call, appended as they happen."""
+    from potstill.synth import label as label_module
+
+    calls: list[int] = []
+    real = label_module._score_with_prefix_cache
+
+    def counting(model, prompt, rows, batch_size):
+        calls.append(len(rows))
+        return real(model, prompt, rows, batch_size)
+
+    monkeypatch.setattr(label_module, "_score_with_prefix_cache", counting)
+    return calls

@@ -17,7 +17,7 @@ from potstill.evaluation.report.format import metrics_table
 from potstill.pipeline.label import label_spec, read_train_texts
 from potstill.synth.prompt import build_prompt
 from potstill.synth.store import read_labels
-from tests.conftest import run_cli
+from tests.conftest import count_label_scoring, run_cli
 from tests.models.test_encoders import WORDS, make_bert_folder
 from tests.test_cli_label import chat_teacher_dir  # noqa: F401 (a fixture)
 
@@ -178,22 +178,6 @@ def test_shots_put_labelled_train_texts_in_the_prompt(tmp_path, chat_teacher_dir
         assert f"text: {example.text.lower()}" in prefix
 
 
-def _count_teacher_calls(monkeypatch) -> list[int]:
-    """The rows of every teacher forward that scores labels: train or test texts, or the
-    content-free inputs."""
-    from potstill.synth import label as label_module
-
-    calls: list[int] = []
-    real = label_module._score_with_prefix_cache
-
-    def counting(model, prompt, rows, batch_size):
-        calls.append(len(rows))
-        return real(model, prompt, rows, batch_size)
-
-    monkeypatch.setattr(label_module, "_score_with_prefix_cache", counting)
-    return calls
-
-
 def test_a_resume_redoes_only_the_steps_whose_inputs_changed(
     tmp_path,
     capsys,
@@ -205,7 +189,7 @@ def test_a_resume_redoes_only_the_steps_whose_inputs_changed(
     extra = "  train_label_field: gold\n"
     recipe = str(_recipe(tmp_path, chat_teacher_dir, student, rows, extra))
     run_dir = tmp_path / "runs" / "tiny-classify"
-    calls = _count_teacher_calls(monkeypatch)
+    calls = count_label_scoring(monkeypatch)
     fast = ["student.adapters=[full]", "eval.baseline=false"]
 
     def run(*overrides: str, resume: bool = True) -> str:

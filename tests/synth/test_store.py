@@ -21,7 +21,7 @@ from potstill.synth.label import (
 )
 from potstill.synth.store import label_texts, read_labels
 from potstill.util.errors import PotstillError
-from tests.conftest import make_llama, make_tokenizer
+from tests.conftest import count_label_scoring, make_llama, make_tokenizer
 from tests.synth.test_label import CHAT_TEMPLATE, SPEC
 
 TEXTS = TextSet(
@@ -162,28 +162,12 @@ def test_truncated_texts_are_counted(model, tokenizer, tmp_path, one_thread):
     assert read_labels(tmp_path / "labels.parquet").truncated == expected
 
 
-def _count_teacher_calls(monkeypatch) -> list[int]:
-    """Every teacher forward that scores labels (texts or content-free inputs): the
-    number of rows of each call."""
-    from potstill.synth import label as label_module
-
-    calls: list[int] = []
-    real = label_module._score_with_prefix_cache
-
-    def counting(model, prompt, rows, batch_size):
-        calls.append(len(rows))
-        return real(model, prompt, rows, batch_size)
-
-    monkeypatch.setattr(label_module, "_score_with_prefix_cache", counting)
-    return calls
-
-
 def test_a_new_calibration_recalibrates_the_kept_scores_without_the_teacher(
     model, tokenizer, tmp_path, monkeypatch, one_thread
 ):
     path = tmp_path / "labels.parquet"
     raw = _label(model, tokenizer, path, calibrate="none")
-    calls = _count_teacher_calls(monkeypatch)
+    calls = count_label_scoring(monkeypatch)
     gold = np.array([0.5, 0.3, 0.2])
     for mode in ("content_free", "prior"):
         table = _label(model, tokenizer, path, calibrate=mode, gold_prior=gold)

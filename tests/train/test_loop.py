@@ -14,27 +14,12 @@ from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
-from tests.conftest import make_llama
+from tests.train.conftest import VOCAB
 
-VOCAB = 64
 HINTON = [
     LossTerm(loss="forward_kl", weight=0.5, temperature=2.0),
     LossTerm(loss="cross_entropy", weight=0.5),
 ]
-
-
-@pytest.fixture
-def blocks():
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, VOCAB, (16, 12), generator=g)
-    labels = ids.clone()
-    labels[::3, :5] = -100  # uneven valid-token counts across samples
-    return Blocks(ids, labels)
-
-
-@pytest.fixture
-def teacher():
-    return make_llama(VOCAB, layers=3, seed=1).eval()
 
 
 def _student(teacher):

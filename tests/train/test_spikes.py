@@ -11,7 +11,7 @@ from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.train.settings import TrainConfig
 from potstill.train.spikes import MIN_HISTORY, WINDOW, is_spike, remember
-from tests.train.test_loop import HINTON, _student, blocks, teacher  # noqa: F401
+from tests.train.test_loop import HINTON, _student
 
 SPIKE_AT = MIN_HISTORY + 2  # the step (1-based) whose gradient is blown up
 
@@ -54,7 +54,7 @@ def _rows(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_spiking_step_is_skipped_and_logged(blocks, teacher, tmp_path):  # noqa: F811
+def test_a_spiking_step_is_skipped_and_logged(blocks, teacher, tmp_path):
     before, after = tmp_path / "before", tmp_path / "after"
     spike = dict(at=SPIKE_AT, scale=1e4)
     _train(_student(teacher), blocks, teacher, before, Spiking(**spike), until=SPIKE_AT - 1)
@@ -69,7 +69,7 @@ def test_a_spiking_step_is_skipped_and_logged(blocks, teacher, tmp_path):  # noq
     assert state["skipped"] == 1 and len(state["grad_norms"]) == SPIKE_AT
 
 
-def test_without_the_guard_the_spike_is_applied(blocks, teacher, tmp_path):  # noqa: F811
+def test_without_the_guard_the_spike_is_applied(blocks, teacher, tmp_path):
     folders = tmp_path / "guarded", tmp_path / "unguarded"
     for folder, factor in zip(folders, (10.0, None), strict=True):
         task = Spiking(at=SPIKE_AT, scale=1e4)
@@ -79,14 +79,14 @@ def test_without_the_guard_the_spike_is_applied(blocks, teacher, tmp_path):  # n
     assert not any(r.get("skipped") for r in _rows(folders[1]))
 
 
-def test_a_non_finite_gradient_is_skipped_even_unguarded(blocks, teacher, tmp_path):  # noqa: F811
+def test_a_non_finite_gradient_is_skipped_even_unguarded(blocks, teacher, tmp_path):
     task = Spiking(at=3, scale=float("nan"))
     _train(_student(teacher), blocks, teacher, tmp_path, task, steps=5, spike_skip=None)
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path).values())
     assert [r["step"] for r in _rows(tmp_path) if r.get("skipped")] == [3]
 
 
-def test_a_resumed_run_skips_what_the_whole_run_skips(blocks, teacher, tmp_path):  # noqa: F811
+def test_a_resumed_run_skips_what_the_whole_run_skips(blocks, teacher, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     _train(_student(teacher), blocks, teacher, whole, Spiking(at=SPIKE_AT, scale=1e4))
     _train(_student(teacher), blocks, teacher, parts, Spiking(at=SPIKE_AT, scale=1e4), until=10)
