@@ -53,10 +53,11 @@ def run_one(corpus: Path, name: str, seed: int, runs: Path) -> dict[str, Any]:
         "corpus": corpus.stem,
         "seed": seed,
         "steps": report.recipe.get("steps"),
-        "train_tokens": report.data.get("train_tokens"),
-        "heldout_tokens": report.data.get("heldout_tokens"),
+        "train_tokens": report.data.train_tokens,
+        "heldout_tokens": report.data.heldout_tokens,
         "gap_closed": report.summary.gap_closed,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        # this call's seconds; a run read back from an earlier call reports its own
+        "wall_seconds": round(report.run.wall_seconds or time.perf_counter() - started, 1),
     }
     for role in ("teacher", "student", "baseline"):
         entry = models[role]

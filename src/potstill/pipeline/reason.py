@@ -186,8 +186,6 @@ def _check_recipe(recipe: Recipe) -> None:
             "task.kind reason asks the teacher reason.train problems of its own; leave "
             "generate.prompts unset (generate sets only how traces are sampled)"
         )
-    if recipe.context is not None:
-        raise PotstillError("task.kind reason takes no context; set reason.system instead")
     if recipe.reason.on_policy is not None and not recipe.needs_teacher_logits:
         raise PotstillError(
             "reason.on_policy trains on the student's own replies, which have no reference: "
