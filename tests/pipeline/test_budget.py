@@ -83,9 +83,9 @@ def test_teaching_slower_than_measured_lowers_the_steps_once(tmp_path):
     ctx = _context_with_decision(tmp_path, teach_estimate=100.0)
     started = time.perf_counter() - 60  # a minute spent: 540 s left of 600
     fitted = refit_after_teach(ctx, started, teach_seconds=300.0)  # 3x slower
-    # (steps · 1 s + 10 s + overhead) · 3 must fit the 540 s left
-    assert (fitted.train.steps + 10 + OVERHEAD_SECONDS) * 3 <= 540
-    assert ((fitted.train.steps / 0.95) + 10 + OVERHEAD_SECONDS) * 3 > 540  # no lower than needed
+    # (steps · 1 s + 10 s) · 3 + the fixed overhead must fit the 540 s left
+    assert (fitted.train.steps + 10) * 3 + OVERHEAD_SECONDS <= 540
+    assert ((fitted.train.steps / 0.95) + 10) * 3 + OVERHEAD_SECONDS > 540  # no lower
     saved = json.loads((ctx.run_dir / "stages" / "budget.json").read_text())
     assert saved["steps"] == fitted.train.steps and saved["refit"]["slowdown"] == 3.0
     # done once: a resumed run keeps the decision
@@ -103,3 +103,17 @@ def test_teaching_as_fast_as_measured_keeps_the_steps(tmp_path):
     assert fitted.train.steps == 200  # within the tolerance: noise, not a slower machine
     saved = json.loads((ctx.run_dir / "stages" / "budget.json").read_text())
     assert saved["refit"]["slowdown"] == 1.0 and saved["refit"]["ratio"] == 1.05
+
+
+def test_a_teach_of_seconds_is_no_sample_of_the_machine(tmp_path):
+    """A tiny run's teach, a second against an estimated hundredth, is a 100x "slowdown"
+    of pure noise: the steps stay (under load this cut a one-hour budget to the floor)."""
+    import time
+
+    from potstill.pipeline.budget import refit_after_teach
+
+    ctx = _context_with_decision(tmp_path, teach_estimate=0.01)
+    fitted = refit_after_teach(ctx, time.perf_counter() - 5, teach_seconds=1.0)
+    assert fitted.train.steps == 200
+    saved = json.loads((ctx.run_dir / "stages" / "budget.json").read_text())
+    assert saved["refit"]["ratio"] == 100.0 and saved["refit"]["slowdown"] == 1.0

@@ -42,6 +42,8 @@ MIN_STEPS = 20
 TEACH_FACTOR = 1.25
 # Teaching this much slower than estimated counts as a slower machine (below: noise).
 SLOWDOWN_TOLERANCE = 1.1
+# ...once teaching (or its estimate) took this long: a shorter one measures nothing.
+MIN_TEACH_SAMPLE_SECONDS = 10.0
 
 
 def fit_budget(ctx: RunContext, started: float) -> Recipe:
@@ -149,12 +151,15 @@ def refit_after_teach(ctx: RunContext, started: float, teach_seconds: float) -> 
         return recipe
     estimated = decision["estimated_seconds"]
     ratio = teach_seconds / max(estimated["teach"], 1e-9)
-    slowdown = ratio if ratio > SLOWDOWN_TOLERANCE else 1.0
+    # A teach that took seconds is no sample of the machine: a one-second hiccup on a
+    # tiny model read as a 500x slowdown and cut a run with an hour to spare.
+    long_enough = max(teach_seconds, estimated["teach"]) >= MIN_TEACH_SAMPLE_SECONDS
+    slowdown = ratio if ratio > SLOWDOWN_TOLERANCE and long_enough else 1.0
     left = recipe.budget_minutes * 60 - (time.perf_counter() - started)
     per_step, evaluate = estimated["train_per_step"], estimated["evaluate"]
 
     def remaining(steps: int) -> float:
-        return (steps * per_step + evaluate + OVERHEAD_SECONDS) * slowdown
+        return (steps * per_step + evaluate) * slowdown + OVERHEAD_SECONDS
 
     steps = recipe.train.steps
     while steps > MIN_STEPS and remaining(steps) > left:
