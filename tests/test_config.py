@@ -170,3 +170,8 @@ def test_teach_and_distill_refuse_another_kind_in_one_line(verb):
     recipe = {"task": {"kind": "classify", "labels": ["a", "b"]}}
     with pytest.raises(PotstillError, match=rf"potstill {verb} is for task\.kind lm"):
         getattr(potstill, verb)(recipe)
+
+
+def test_a_budget_is_refused_where_it_cannot_be_kept():
+    with pytest.raises(PotstillError, match=r"budget_minutes fits the steps of task\.kind lm"):
+        load_recipe({"task": {"kind": "classify", "labels": ["a", "b"]}, "budget_minutes": 15})
