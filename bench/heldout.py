@@ -13,13 +13,16 @@ trained healthily (and how many updates were skipped as gradient spikes).
 
 Runs already finished in ``--runs`` are read back, not redone (``potstill run --resume``
 semantics), so the script can be stopped and started again. Writes ``OUT.json`` (every
-run) and ``OUT.md`` (per corpus: mean ± sd over the seeds).
+run) and ``OUT.md`` (per corpus: mean ± sd over the seeds, with the teacher–baseline gap
+and what the student gained over the baseline in nats per token, log of the perplexity
+ratios, so corpora whose gaps differ can be compared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -71,29 +74,44 @@ def run_one(corpus: Path, name: str, seed: int, runs: Path) -> dict[str, Any]:
 def summarise(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per corpus, mean ± sd over its seeds."""
     lines = [
-        "| corpus | seeds | teacher | student | baseline | gap closed | broken runs | "
-        "skipped updates (student / baseline) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| corpus | healthy seeds | teacher | student | baseline | gap closed | gap (nats) | "
+        "gained (nats) | runs with a broken model | skipped updates (student / baseline) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for corpus in dict.fromkeys(r["corpus"] for r in rows):
-        mine = [r for r in rows if r["corpus"] == corpus]
-        broken = sum(
-            r.get(f"{role}_training", {}).get("status", "ok") != "ok"
-            for r in mine
-            for role in ("student", "baseline")
-        )
+        runs = [r for r in rows if r["corpus"] == corpus]
+        # A run whose student or baseline broke compares nothing: its numbers stay in the
+        # JSON and the per-run table, out of the means.
+        mine = [r for r in runs if _healthy(r)] or runs
+        broken = len(runs) - sum(_healthy(r) for r in runs)
         skipped = [
-            "+".join(str(r.get(f"{role}_training", {}).get("skipped_steps", 0)) for r in mine)
+            "+".join(str(r.get(f"{role}_training", {}).get("skipped_steps", 0)) for r in runs)
             for role in ("student", "baseline")
         ]
         lines.append(
-            f"| {corpus} | {len(mine)} | {_mean_sd([r['teacher'] for r in mine], '.2f')} | "
+            f"| {corpus} | {len(mine)} of {len(runs)} | "
+            f"{_mean_sd([r['teacher'] for r in mine], '.2f')} | "
             f"{_mean_sd([r['student'] for r in mine], '.2f')} | "
             f"{_mean_sd([r['baseline'] for r in mine], '.2f')} | "
-            f"{_mean_sd([r['gap_closed'] for r in mine], '.1%')} | {broken} | "
+            f"{_mean_sd([r['gap_closed'] for r in mine], '.1%')} | "
+            f"{_mean_sd([_nats(r['baseline'], r['teacher']) for r in mine], '.2f')} | "
+            f"{_mean_sd([_nats(r['baseline'], r['student']) for r in mine], '.2f')} | {broken} | "
             f"{' / '.join(skipped)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _healthy(row: dict[str, Any]) -> bool:
+    """Neither the student nor the baseline diverged (the report's health check)."""
+    return all(
+        row.get(f"{role}_training", {}).get("status", "ok") == "ok"
+        for role in ("student", "baseline")
+    )
+
+
+def _nats(higher: float | None, lower: float | None) -> float | None:
+    """log(higher / lower): a perplexity ratio in nats per token (the gap's units)."""
+    return None if not higher or not lower else math.log(higher / lower)
 
 
 def _mean_sd(values: list[float | None], spec: str) -> str:
