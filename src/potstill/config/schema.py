@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from potstill.cache.settings import TeachConfig
 from potstill.data.settings import ContextConfig, DataConfig
@@ -152,8 +152,14 @@ class Recipe(Strict):
         teach = data.get("teach")
         names_cache = isinstance(teach, dict) and ("top_k" in teach or "samples" in teach)
         unnamed = teach is None or (isinstance(teach, dict) and not names_cache)
-        if unnamed and not _sampled_cache_serves(data["loss"], teach):
-            data["teach"] = {**(teach or {}), **TOP_K_CACHE}
+        if unnamed:
+            try:
+                terms = [LossTermConfig.model_validate(t).to_term() for t in data["loss"]]
+            except (ValidationError, ValueError, TypeError):
+                return data  # the loss field's own validation says what is wrong
+            fixed = teach.get("temperature") if isinstance(teach, dict) else None
+            if _sampled_cache_problem(terms, _cache_temperature(terms, fixed)) is not None:
+                data["teach"] = {**(teach or {}), **TOP_K_CACHE}
         return data
 
     @field_validator("name")
@@ -229,25 +235,9 @@ class Recipe(Strict):
         biased, so they are refused."""
         if not (self.teach.enabled and self.teach.samples):
             return self
-        kd = [
-            t
-            for t in self.terms
-            if t.spec.needs_teacher and t.spec.kind == "tokens" and t.weight > 0
-        ]
-        other = sorted({t.loss for t in kd if t.loss != "forward_kl"})
-        if other:
-            raise ValueError(
-                f"teach.samples: a sampled cache is an unbiased estimate for forward_kl only, "
-                f"not {', '.join(other)}; use forward_kl, or a top-k cache "
-                "(teach.samples=0 teach.top_k=64)"
-            )
-        temperatures = {t.temperature for t in kd} | {self.teach_temperature}
-        if len(temperatures) > 1:
-            raise ValueError(
-                "teach.samples: a sampled cache holds draws at one temperature and cannot be "
-                f"re-tempered; the cache and the loss terms use {sorted(temperatures)}: give "
-                "them one temperature"
-            )
+        problem = _sampled_cache_problem(self.terms, self.teach_temperature)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -300,32 +290,39 @@ class Recipe(Strict):
     @property
     def teach_temperature(self) -> float:
         """The temperature the cache is taken at (see `TeachConfig.temperature`)."""
-        if self.teach.temperature is not None:
-            return self.teach.temperature
-        kd = {t.temperature for t in self.terms if t.spec.tempered and t.weight > 0}
-        return kd.pop() if len(kd) == 1 else 1.0
+        return _cache_temperature(self.terms, self.teach.temperature)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _sampled_cache_serves(loss: Any, teach: Any) -> bool:
-    """Whether a sampled cache can train these loss terms (raw, as a recipe wrote them):
-    every weighted token-level KD term is forward_kl, all at one temperature (the cache's,
-    when the recipe fixes it)."""
-    terms = [t if isinstance(t, dict) else t.model_dump() for t in loss or []]
-    kd = [
-        t
-        for t in terms
-        if isinstance(t, dict)
-        and t.get("loss") in REGISTRY
-        and REGISTRY[t["loss"]].needs_teacher
-        and REGISTRY[t["loss"]].kind == "tokens"
-        and isinstance(t.get("weight", 1.0), int | float)
-        and t.get("weight", 1.0) > 0
-    ]
-    temperatures = {t.get("temperature", 1.0) for t in kd}
-    fixed = teach.get("temperature") if isinstance(teach, dict) else None
+def _cache_temperature(terms: list[LossTerm], fixed: float | None) -> float:
+    """The temperature a cache is taken at: ``fixed`` (``teach.temperature``) when set,
+    else the tempered terms' one temperature when they share one, else 1."""
     if fixed is not None:
-        temperatures.add(fixed)
-    return all(t["loss"] == "forward_kl" for t in kd) and len(temperatures) <= 1
+        return fixed
+    kd = {t.temperature for t in terms if t.spec.tempered and t.weight > 0}
+    return kd.pop() if len(kd) == 1 else 1.0
+
+
+def _sampled_cache_problem(terms: list[LossTerm], cache_temperature: float) -> str | None:
+    """Why a sampled cache cannot train ``terms`` without bias, or None when it can: it is
+    an unbiased estimate for forward KL at its own temperature only
+    (`potstill.losses.sampled`). The recipe refuses such a cache when it is named, and
+    takes the top-k cache instead when it is not."""
+    kd = [t for t in terms if t.spec.needs_teacher and t.spec.kind == "tokens" and t.weight > 0]
+    other = sorted({t.loss for t in kd if t.loss != "forward_kl"})
+    if other:
+        return (
+            f"teach.samples: a sampled cache is an unbiased estimate for forward_kl only, "
+            f"not {', '.join(other)}; use forward_kl, or a top-k cache "
+            "(teach.samples=0 teach.top_k=64)"
+        )
+    temperatures = {t.temperature for t in kd} | {cache_temperature}
+    if len(temperatures) > 1:
+        return (
+            "teach.samples: a sampled cache holds draws at one temperature and cannot be "
+            f"re-tempered; the cache and the loss terms use {sorted(temperatures)}: give "
+            "them one temperature"
+        )
+    return None
