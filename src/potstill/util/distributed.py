@@ -13,6 +13,7 @@ world of size 1: the same code runs, and every collective below is then a no-op.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,10 @@ def current_world() -> World:
                 f"WORLD_SIZE={world.size} but the processes could not meet ({first_line(e)}); "
                 "start them with torchrun or accelerate launch"
             ) from e
+        # The group's threads must stop before the interpreter does: left to the C++
+        # destructors at exit, a rank could abort after finishing its work ("terminate
+        # called without an active exception", seen under torchrun in the suite).
+        atexit.register(_leave_group)
     return world
 
 
@@ -162,3 +167,8 @@ def my_share(items: S, world: World) -> S:
     tensor([0, 2])
     """
     return items[world.rank :: world.size]
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
