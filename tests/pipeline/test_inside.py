@@ -43,9 +43,9 @@ def test_projections_train_beside_the_student_and_never_reach_it(
 
     real_save = loop.save_checkpoint
 
-    def spy(directory, model, optimizer, scheduler, state, *, extra=None):
+    def spy(directory, model, optimizer, scheduler, state, *, extra=None, also=None):
         saved.append(sorted(extra) if extra is not None else None)
-        return real_save(directory, model, optimizer, scheduler, state, extra=extra)
+        return real_save(directory, model, optimizer, scheduler, state, extra=extra, also=also)
 
     monkeypatch.setattr(loop, "save_checkpoint", spy)
     code, _, err = run_cli("run", recipe, capsys=capsys)

@@ -190,10 +190,16 @@ def test_the_report_shows_heldout_losses_and_continuations(first_run):
     assert "| prompt | teacher | student | baseline |" in markdown
 
 
-def test_changing_how_often_the_heldout_loss_is_logged_retrains_nothing(resumed, trained):
+def test_the_heldout_cadence_retrains_only_while_rollbacks_can_act(resumed, trained):
+    """The held-out checks decide where a rollback goes (`potstill.train.rollback`), so
+    their cadence and slice are training inputs, unless rollbacks are off."""
     run_dir, resume = resumed
-    before = fingerprints(run_dir)
     resume("train.eval_every=1", "train.eval_blocks=2")
+    assert sorted(trained) == ["baseline", "student"]
+    resume("train.eval_every=1", "train.eval_blocks=2", "train.rollbacks=0")
+    trained.clear()
+    before = fingerprints(run_dir)
+    resume("train.eval_every=3", "train.eval_blocks=1", "train.rollbacks=0")
     assert trained == [] and fingerprints(run_dir) == before
 
 

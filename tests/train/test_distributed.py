@@ -4,6 +4,7 @@ count."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -39,15 +40,29 @@ def _setup() -> tuple[Blocks, torch.nn.Module, torch.nn.Module]:
 
 
 def _train(
-    folder: Path, *, until: int | None, resume: bool, parallel: str = "ddp"
+    folder: Path,
+    *,
+    until: int | None,
+    resume: bool,
+    parallel: str = "ddp",
+    rollback: bool = False,
 ) -> torch.nn.Module:
     """test_loop's 4 steps of 4 examples, in 2 micro-batches, checkpointed every 2, with
     the held-out loss of 3 blocks every 2 steps (every process evaluates; FSDP needs them
-    all for a forward)."""
+    all for a forward). ``rollback``: a check every step that rises once, at step 2, so
+    the run goes back to step 1 at half the lr (`potstill.train.rollback`)."""
     blocks, teacher, student = _setup()
     # clip 0.3: below the gradient norms, so clipping acts (on the whole norm) at every step
     accumulated = {"grad_accum": 2, "checkpoint_every": 2, "clip": 0.3, "parallel": parallel}
     evaluate = heldout_loss(blocks.input_ids[-3:], blocks.labels[-3:], batch_size=2)
+    every = 2
+    if rollback:
+        checks = iter([5.0, 9.0] + [5.0] * 10)
+        every = 1
+
+        def evaluate(model):
+            return next(checks)
+
     _run(
         student,
         blocks,
@@ -56,7 +71,7 @@ def _train(
         resume=resume,
         until=until,
         evaluate=evaluate,
-        eval_every=2,
+        eval_every=every,
         **accumulated,
     )
     return student
@@ -76,10 +91,17 @@ def as_launched(rank: int, size: int, port: int) -> None:
 
 
 def _worker(
-    rank: int, size: int, port: int, folder: str, until: int | None, resume: bool, parallel: str
+    rank: int,
+    size: int,
+    port: int,
+    folder: str,
+    until: int | None,
+    resume: bool,
+    parallel: str,
+    rollback: bool = False,
 ) -> None:
     as_launched(rank, size, port)
-    student = _train(Path(folder), until=until, resume=resume, parallel=parallel)
+    student = _train(Path(folder), until=until, resume=resume, parallel=parallel, rollback=rollback)
     if rank == 0:
         save_file(
             {k: v.clone().contiguous() for k, v in student.state_dict().items()},
@@ -89,9 +111,14 @@ def _worker(
 
 
 def _two_processes(
-    folder: Path, *, until: int | None = None, resume: bool = False, parallel: str = "ddp"
+    folder: Path,
+    *,
+    until: int | None = None,
+    resume: bool = False,
+    parallel: str = "ddp",
+    rollback: bool = False,
 ) -> dict:
-    args = (2, free_port(), str(folder), until, resume, parallel)
+    args = (2, free_port(), str(folder), until, resume, parallel, rollback)
     mp.spawn(_worker, args=args, nprocs=2, join=True)
     return load_file(str(folder / "final.safetensors"))
 
@@ -160,6 +187,18 @@ def test_checkpoint_resumes_in_the_other_mode(straight, tmp_path, first, then):
     FSDP's (gathered from shards) under DDP."""
     _two_processes(tmp_path, until=2, parallel=first)
     _assert_same(straight, _two_processes(tmp_path, resume=True, parallel=then))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_rollback_in_two_processes_equals_one(straight, tmp_path, parallel):
+    """Every process sees the same check and goes back to the same good point: under FSDP
+    that point holds each process's shards."""
+    one = _train(tmp_path / "one", until=None, resume=False, rollback=True)
+    one = {k: v.clone() for k, v in one.state_dict().items()}
+    rows = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").open()]
+    assert [(r["step"], r["from_step"]) for r in rows if "event" in r] == [(1, 2)]
+    assert max(float((one[k] - straight[k]).abs().max()) for k in one) > 100 * ATOL
+    _assert_same(one, _two_processes(tmp_path / "two", parallel=parallel, rollback=True))
 
 
 def test_a_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ previous checkpoint. Loaded with ``weights_only=True``: nothing in it can run co
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,14 @@ class TrainState:
     # The last steps' gradient norms and the updates skipped as spikes (`train.spikes`).
     grad_norms: list[float] = field(default_factory=list)
     skipped: int = 0
+    # Rolling back a run that broke (`train.rollback`): the learning-rate multiplier the
+    # rollbacks left, how many happened, the lowest accepted check, the step of the good
+    # point, and the training losses since the last check.
+    lr_scale: float = 1.0
+    rollbacks: int = 0
+    best: float | None = None
+    good_step: int = 0
+    window: list[float] = field(default_factory=list)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,11 +49,13 @@ def save_checkpoint(
     state: TrainState,
     *,
     extra: torch.nn.ModuleDict | None = None,
+    also: Callable[[Path], None] | None = None,
 ) -> None:
     """Save the student's trainable tensors, ``extra`` modules (projections; in
     ``extra.safetensors``), the optimizer's state (``optimizer``: a
     ``torch.optim.Optimizer.state_dict()`` with full, unsharded tensors), scheduler, RNG and
-    position, atomically."""
+    position, atomically; ``also`` writes more into the folder before it is renamed into
+    place."""
     with atomic_dir(folder) as tmp:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
         if extra:
@@ -58,6 +69,8 @@ def save_checkpoint(
             tmp / "optim.pt",
         )
         (tmp / "state.json").write_text(json.dumps(state.__dict__) + "\n")
+        if also is not None:
+            also(tmp)
 
 
 def load_checkpoint(

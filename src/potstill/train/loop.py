@@ -21,6 +21,7 @@ and resumes in either mode on any number of processes that divides the batch.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -37,6 +38,7 @@ from potstill.train.checkpoint import TrainState, load_checkpoint, save_checkpoi
 from potstill.train.curriculum import curriculum_order
 from potstill.train.parallel import Objective, Spread, spread
 from potstill.train.protocols import Dataset, Task
+from potstill.train.rollback import LR_FACTOR, GoodPoint, apply_lr, rose
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
 from potstill.train.spikes import is_spike, remember
@@ -51,7 +53,7 @@ from potstill.util.distributed import (
 )
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_text, settle_dir
-from potstill.util.log import bar
+from potstill.util.log import bar, log
 
 
 @dataclass
@@ -125,17 +127,24 @@ def train(
     # FSDP a sharded twin of `modules`, gathered back into them for checkpoints and at the end).
     parallel = spread(Objective(modules, task), world, device, cfg.parallel)
     optimizer = _adamw(parallel.trained, cfg)
+    state = TrainState(step=0, tokens=0, elapsed=0.0)
+    # `state` is read when the multiplier is asked for: a rollback rebinds it and lowers
+    # its lr_scale.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: warmup_cosine(s, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio),
+        lambda s: (
+            state.lr_scale
+            * warmup_cosine(s, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
+        ),
     )
-    state = TrainState(step=0, tokens=0, elapsed=0.0)
     on_main(lambda: settle_dir(checkpoint_dir))  # a save killed between its two renames
     if resume and (checkpoint_dir / "state.json").is_file():
         state, saved = load_checkpoint(checkpoint_dir, model, scheduler, extra=extra)
         parallel.scatter()
         parallel.load_optimizer_state(optimizer, saved)
     on_main(lambda: _truncate_metrics(metrics_path, name, after_step=state.step))
+    sharded = cfg.parallel == "fsdp" and world.size > 1
+    good = _good_point(cfg, checkpoint_dir, parallel, optimizer, scheduler, state)
     schedule = curriculum_order(
         len(data),
         micro_batches=cfg.steps * cfg.grad_accum,
@@ -208,9 +217,12 @@ def train(
             state.tokens += num_tokens
             state.elapsed += seconds
             loss_value = all_sum(float(total))
+            if not skip:
+                state.window.append(loss_value)
             tokens_per_second = num_tokens / seconds
             heldout = None
-            if evaluate is not None and _eval_due(state.step, cfg):
+            check = _eval_due(state.step, cfg)
+            if evaluate is not None and check:
                 heldout = _held_out(parallel, evaluate, device)
                 modules.train()
                 parallel.trained.train()
@@ -232,11 +244,54 @@ def train(
                         "elapsed": state.elapsed,
                     },
                 )
+            if good is not None and check:
+                value = heldout if heldout is not None else _mean(state.window)
+                best = math.inf if state.best is None else state.best
+                if value is not None and rose(value, best):
+                    if state.rollbacks < cfg.rollbacks:
+                        went_from = state.step
+                        state = _roll_back(good, parallel, optimizer, scheduler, state)
+                        apply_lr(optimizer, scheduler)  # the multiplier reads the new state
+                        event = {
+                            "model": name,
+                            "step": state.step,
+                            "event": "rollback",
+                            "from_step": went_from,
+                            "checked": "heldout_loss" if heldout is not None else "loss",
+                            "value": value,
+                            "best": state.best,
+                            "lr_scale": state.lr_scale,
+                        }
+                        if world.main:
+                            _record_rollback(metrics_path, name, event)
+                        log(
+                            f"{name}: {event['checked']} {value:.3f} at step {went_from} rose "
+                            f"above its best {state.best:.3f}: back to step {state.step} at "
+                            f"lr x{state.lr_scale:g}"
+                        )
+                        progress.advance(state.step - went_from)
+                        continue
+                    state.window = []
+                elif value is not None:
+                    state.best = min(best, value)
+                    state.good_step, state.window = state.step, []
+                    good = GoodPoint.take(parallel.trained, optimizer, scheduler, state)
             if state.step % cfg.checkpoint_every == 0 or state.step in (cfg.steps, stop):
                 parallel.gather()  # every process takes part; rank 0 writes
                 saved = parallel.optimizer_state(optimizer)
+                # Between checks, the good point goes with the checkpoint (module docstring
+                # of `potstill.train.rollback`); shards under FSDP do not.
+                keep = good if good is not None and state.good_step != state.step else None
                 if world.main:
-                    save_checkpoint(checkpoint_dir, model, saved, scheduler, state, extra=extra)
+                    save_checkpoint(
+                        checkpoint_dir,
+                        model,
+                        saved,
+                        scheduler,
+                        state,
+                        extra=extra,
+                        also=None if keep is None or sharded else keep.save,
+                    )
                 barrier()  # no process reads a checkpoint rank 0 is still writing
             progress.advance(
                 1, loss=f"loss {loss_value:.3f}", rate=f"{tokens_per_second:,.0f} {task.unit}/s"
@@ -244,6 +299,49 @@ def train(
     parallel.gather()
     modules.eval()
     return TrainResult(state.step, state.tokens, state.elapsed, loss_value)
+
+
+def _good_point(
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    parallel: Spread,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    state: TrainState,
+) -> GoodPoint | None:
+    """Where a rollback goes back to, as training starts: the state now (a fresh start, or
+    a checkpoint taken at a check), or the good point a checkpoint between checks kept.
+    None when rollbacks are off (nothing is copied)."""
+    if not cfg.rollbacks or cfg.eval_every is None:
+        return None
+    if state.step != state.good_step and GoodPoint.kept_in(checkpoint_dir):
+        return GoodPoint.load(checkpoint_dir)
+    state.good_step = state.step  # FSDP kept no copy: the checkpoint is the good point
+    return GoodPoint.take(parallel.trained, optimizer, scheduler, state)
+
+
+def _roll_back(
+    good: GoodPoint,
+    parallel: Spread,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    state: TrainState,
+) -> TrainState:
+    """Back to ``good``, one more rollback counted and the rate scaled down for good."""
+    back = good.restore(parallel.trained, optimizer, scheduler)
+    back.rollbacks = state.rollbacks + 1
+    back.lr_scale = state.lr_scale * LR_FACTOR
+    return back
+
+
+def _record_rollback(metrics_path: Path, name: str, event: dict) -> None:
+    """Drop the abandoned steps' rows and log the rollback in their place."""
+    _truncate_metrics(metrics_path, name, after_step=event["step"])
+    _append_metrics(metrics_path, event)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _eval_due(step: int, cfg: TrainConfig) -> bool:

@@ -106,7 +106,13 @@ class Sharded(Spread):
     def call(self, fn: Callable[[nn.Module], Any]) -> Any:
         # Through the root's forward: each block gathers its own shards as it runs, but the
         # root's parameters are gathered only by the root's hooks. Every process must come.
-        return self.objective(None, None, 0, call=fn)
+        # The root keeps its gathered parameters after a forward (they are usually needed
+        # for the backward at once) and, while it does, they are what its modules hold:
+        # reshard, so the parameters seen next (a rollback's good point) are the shards.
+        try:
+            return self.objective(None, None, 0, call=fn)
+        finally:
+            self.objective.reshard()
 
     def gather(self) -> None:
         from torch.distributed.tensor import DTensor

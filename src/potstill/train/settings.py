@@ -27,6 +27,11 @@ class TrainConfig(Strict):
     # median of the last 32 steps', or not finite; the step counts, its change does not
     # (`potstill.train.spikes`). null: never skip a finite one.
     spike_skip: float | None = Field(10.0, gt=1.0)
+    # A run whose check (every eval_every steps: the held-out loss where the flow has one,
+    # else the mean training loss since the last check) rose 0.3 nats and 5% above its
+    # best goes back to its last good check and trains on at half the lr, up to this many
+    # times (`potstill.train.rollback`); 0: never. Every model of a run gets the same.
+    rollbacks: int = Field(3, ge=0)
     seed: int = 0
     freeze_embeddings: bool = False
     # The input embedding's learning rate as a multiple of lr (with tied embeddings, the
@@ -45,8 +50,9 @@ class TrainConfig(Strict):
     curriculum: Literal["none", "easy_first", "hard_first"] = "none"
     log_every: int = Field(1, ge=1)
     # The language-model flow's held-out loss (`heldout_loss` in metrics.jsonl): every
-    # eval_every steps and at the last, on the first eval_blocks held-out blocks. Read
-    # only, so neither decides the weights; null: never.
+    # eval_every steps and at the last, on the first eval_blocks held-out blocks. It
+    # changes no weight, but it is what `rollbacks` checks, at this cadence (in any flow);
+    # null: no held-out loss and no checks.
     eval_every: int | None = Field(10, ge=1)
     eval_blocks: int = Field(8, ge=1)
     checkpoint_every: int = Field(50, ge=1)
@@ -65,15 +71,10 @@ class TrainConfig(Strict):
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the trained weights, for a stage's fingerprint: not
-        threads, logging, held-out evaluation, checkpoint cadence or the parallel mode, so
-        changing those resumes a checkpoint instead of starting again."""
-        return self.model_dump(
-            exclude={
-                "threads",
-                "log_every",
-                "eval_every",
-                "eval_blocks",
-                "checkpoint_every",
-                "parallel",
-            }
-        )
+        threads, logging, checkpoint cadence or the parallel mode, so changing those resumes
+        a checkpoint instead of starting again; the held-out evaluation's cadence and slice
+        only when rollbacks are off (with them on, its checks decide where a run goes back)."""
+        exclude = {"threads", "log_every", "checkpoint_every", "parallel"}
+        if not self.rollbacks:
+            exclude |= {"eval_every", "eval_blocks"}
+        return self.model_dump(exclude=exclude)

@@ -182,6 +182,7 @@ def test_a_broken_run_is_the_headline_and_no_gap_closed_is_given(tmp_path, role)
         "status": "diverged",
         "reason": "training loss was not finite (nan) at step 41",
         "skipped_steps": 0,
+        "rollbacks": 0,
     }
     assert saved["summary"]["gap_closed"] is None
 
@@ -200,6 +201,31 @@ def test_healthy_runs_keep_the_gap_closed_and_note_skipped_updates():
         "gap closed: 50%",
         "skipped updates: student 1",
     ]
+
+
+def test_a_rollback_is_told_and_its_row_is_not_a_loss():
+    """The loop's rollback row (`potstill.train.rollback`) has no loss: it is counted, told
+    in the health reason and a headline line, and the run stays judged on its losses."""
+    curves = plausible_curves()
+    event = {
+        "model": "baseline", "step": 20, "event": "rollback", "from_step": 30,
+        "checked": "heldout_loss", "value": 6.2, "best": 4.4, "lr_scale": 0.5,
+    }  # fmt: skip
+    curves["baseline"].insert(20, event)
+    report = build_report(
+        kind="lm", run=RUN, data=DATA, recipe=RECIPE, models=three_models(), curves=curves
+    )
+    training = report.models["baseline"].training
+    assert (training.status, training.rollbacks) == ("ok", 1)
+    assert training.reason.endswith(
+        "rolled back 1 time(s): heldout_loss 6.20 at step 30 against its best 4.40 sent it "
+        "back to step 20 at lr x0.5"
+    )
+    assert report.summary.gap_closed == pytest.approx(0.5)
+    lines = {label: (value, sentence) for label, value, sentence in headline(report)}
+    assert lines["rollbacks"][0] == "baseline 1"
+    assert "The baseline's training loss stayed finite" in lines["rollbacks"][1]
+    assert summary_table(report).splitlines()[-1] == "rollbacks: baseline 1"
 
 
 def test_a_run_with_a_huge_learning_rate_says_so_end_to_end(

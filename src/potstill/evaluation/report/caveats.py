@@ -92,3 +92,21 @@ def skipped_line(report: Report) -> tuple[str, str] | None:
         f"Updates skipped on gradient spikes (the loop threw those steps away; the runs "
         f"are not broken by them): {parts}.",
     )
+
+
+def rollback_line(report: Report) -> tuple[str, str] | None:
+    """(value, sentence) on runs the loop rolled back to a good point at a lower lr."""
+    rolled = {
+        name: entry.training
+        for name, entry in report.models.items()
+        if entry.training is not None and entry.training.rollbacks
+    }
+    if not rolled:
+        return None
+    parts = ", ".join(f"{name} {training.rollbacks}" for name, training in rolled.items())
+    told = " ".join(f"The {name}'s {training.reason}." for name, training in rolled.items())
+    return (
+        parts,
+        "Training went back to its last good check and on at half the lr each time its "
+        f"check rose 0.3 nats and 5% above its best (potstill.train.rollback). {told}",
+    )

@@ -13,6 +13,7 @@ from potstill.evaluation.report.caveats import (
     budget_cut,
     budget_line,
     gap_caveat,
+    rollback_line,
     skipped_line,
 )
 from potstill.evaluation.report.kinds import (
@@ -148,6 +149,9 @@ def lm_headline(report: Report) -> list[tuple[str, str, str]]:
     skipped = skipped_line(report)
     if skipped is not None:
         lines.append(("skipped updates", *skipped))
+    rolled = rollback_line(report)
+    if rolled is not None:
+        lines.append(("rollbacks", *rolled))
     return lines
 
 

@@ -10,8 +10,10 @@ The rule, on the logged rows of one run in step order:
 (b) leaving out the rows whose update the loop skipped (it threw that step away): the run
     ended broken → diverged: with ``w = max(3, ceil(10% of the rows))``, the mean
     loss of the last ``w`` rows is above the lowest mean of any ``w`` consecutive rows
-    before them by more than ``ABSOLUTE_MARGIN`` nats *and* by more than
-    ``RELATIVE_MARGIN`` of that lowest mean. Judged only with at least ``2 w`` rows.
+    before them by more than 0.3 nats *and* by more than 5% of that lowest mean
+    (`potstill.train.rollback.rose`, the rule the loop's rollbacks use too). Judged only
+    with at least ``2 w`` rows. Rows with an ``event`` (a rollback) are not losses: they
+    are counted and told in the verdict's reason.
 
 (b) also covers a spike that was never recovered (it lifts the last window); a spike the
 run recovered from is not a break. Why both margins: means over ``w >= 3`` rows of a
@@ -38,9 +40,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from potstill.evaluation.report.schema import TrainingHealth
+from potstill.train.rollback import rose
 
-ABSOLUTE_MARGIN = 0.3  # nats
-RELATIVE_MARGIN = 0.05  # of the best earlier window's mean
 TAIL_SHARE = 0.1  # the end of the run: the last 10% of its logged rows
 MIN_WINDOW = 3  # rows; a mean over fewer is one noisy step
 MIN_HELDOUT_POINTS = 3  # held-out losses logged before their end is judged
@@ -58,6 +59,8 @@ def training_health(rows: Sequence[dict[str, Any]]) -> TrainingHealth:
     >>> training_health(rows + [{"step": 21, "loss": float("nan")}]).reason
     'training loss was not finite (nan) at step 21'
     """
+    rollbacks = [row for row in rows if row.get("event") == "rollback"]
+    rows = [row for row in rows if "event" not in row]
     skipped = sum(_skipped(row) for row in rows)
     kept = [row for row in rows if not _skipped(row)]
     verdict = (
@@ -66,14 +69,28 @@ def training_health(rows: Sequence[dict[str, Any]]) -> TrainingHealth:
         or _ended_broken(kept)
         or _heldout_ended_high(rows)
     )
+    counts = {"skipped_steps": skipped, "rollbacks": len(rollbacks)}
     if verdict is not None:
-        return TrainingHealth(status="diverged", reason=verdict, skipped_steps=skipped)
+        return TrainingHealth(status="diverged", reason=verdict + _rolled_back(rollbacks), **counts)
     reason = "training loss stayed finite and did not end above its best"
     if len(_heldout(rows)) >= MIN_HELDOUT_POINTS:
         reason += "; held-out loss did not end above its lowest"
     if skipped:
         reason += f"; {skipped} update(s) skipped on gradient spikes"
-    return TrainingHealth(status="ok", reason=reason, skipped_steps=skipped)
+    return TrainingHealth(status="ok", reason=reason + _rolled_back(rollbacks), **counts)
+
+
+def _rolled_back(events: Sequence[dict[str, Any]]) -> str:
+    """The rollbacks (`potstill.train.rollback`) in words, or nothing."""
+    if not events:
+        return ""
+    said = [
+        f"{event.get('checked', 'loss')} {float(event.get('value', math.nan)):.2f} at step "
+        f"{event.get('from_step')} against its best {float(event.get('best', math.nan)):.2f} "
+        f"sent it back to step {event.get('step')} at lr x{event.get('lr_scale')}"
+        for event in events
+    ]
+    return f"; rolled back {len(events)} time(s): " + "; ".join(said)
 
 
 def _skipped(row: dict[str, Any]) -> int:
@@ -111,7 +128,7 @@ def _ended_broken(rows: Sequence[dict[str, Any]]) -> str | None:
     means = [(totals[i + window] - totals[i]) / window for i in range(len(rows) - 2 * window + 1)]
     best_at = min(range(len(means)), key=means.__getitem__)
     best = means[best_at]
-    if last - best <= ABSOLUTE_MARGIN or last - best <= RELATIVE_MARGIN * abs(best):
+    if not rose(last, best):
         return None
     return (
         f"training loss ended at {last:.2f} nats (mean of the last {window} logged steps), "
@@ -142,7 +159,7 @@ def _heldout_ended_high(rows: Sequence[dict[str, Any]]) -> str | None:
     if not earlier:
         return None
     best_step, best = min(earlier, key=lambda point: point[1])
-    if last - best <= ABSOLUTE_MARGIN or last - best <= RELATIVE_MARGIN * abs(best):
+    if not rose(last, best):
         return None
     return (
         f"held-out loss ended at {last:.2f} nats (step {last_step}), {last - best:.2f} above "

@@ -103,6 +103,7 @@ class TrainingHealth(Section):
     status: Literal["ok", "diverged"]
     reason: str  # one sentence: what was seen, or why the run counts as ok
     skipped_steps: int = 0  # updates the loop skipped (gradient spikes); a note, not a break
+    rollbacks: int = 0  # times the loop went back to a good point at a lower lr
 
 
 class ModelEntry(Section):

@@ -10,6 +10,7 @@ from potstill.evaluation.report.caveats import (
     budget_cut,
     budget_line,
     gap_caveat,
+    rollback_line,
     skipped_line,
 )
 from potstill.evaluation.report.kinds import break_even_line
@@ -110,4 +111,7 @@ def _summary_lines(report: Report) -> list[str]:
     skipped = skipped_line(report)
     if skipped is not None:
         lines.append(f"skipped updates: {skipped[0]}")
+    rolled = rollback_line(report)
+    if rolled is not None:
+        lines.append(f"rollbacks: {rolled[0]}")
     return lines
