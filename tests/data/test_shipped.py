@@ -63,10 +63,19 @@ def test_a_group_subset_and_a_limit(fake_wheels):
     assert got.name == "20newsgroups/test?groups=rec.autos"
 
 
+def test_a_count_caps_a_group(fake_wheels):
+    got = read_texts("shipped:20newsgroups/test?groups=sci.med:1,rec.autos", label_field="x")
+    assert got.texts == ["med post 0", "car post 0", "car post 1"]
+    got = read_texts("shipped:20newsgroups/test?groups=sci.med:3,rec.autos:1", label_field="x")
+    assert got.labels == ["sci.med", "rec.autos", "sci.med", "sci.med"]
+
+
 @pytest.mark.parametrize(
     ("ref", "expected"),
     [
         ("shipped:20newsgroups/test?groups=sci.space", "has no group 'sci.space'; known: rec"),
+        ("shipped:20newsgroups/test?groups=sci.med:0", "'sci.med:0' needs a whole number"),
+        ("shipped:20newsgroups/test?groups=sci.med:x", "'sci.med:x' needs a whole number"),
         ("shipped:20newsgroups/test?group=sci.med", "unknown option 'group=sci.med'"),
         ("shipped:20newsgroups/dev", "is not shipped data; known: shipped:pang-lee"),
         ("shipped:pang-lee-polarity/test?groups=x", "take no ?options"),

@@ -135,3 +135,40 @@ def test_prior_mode_moves_the_mean_towards_the_gold_prior():
     assert (probs.argmax(axis=1) == 1).all() and (after.argmax(axis=1) == 0).all()
     assert abs(after.mean(axis=0)[0] - 0.8) < abs(probs.mean(axis=0)[0] - 0.8)
     assert after[-1, 1] > after[0, 1]  # the texts it was surest of keep the most of class 1
+
+
+def test_auto_keeps_the_candidate_that_agrees_best_with_the_gold_labels():
+    # The teacher over-answers class 1 on texts that are mostly class 0: the gold prior
+    # puts its labels right, content-free calibration (it answers [0.5, 0.5] to nothing)
+    # and none leave them wrong.
+    probs = np.array([[0.45, 0.55]] * 8 + [[0.2, 0.8]] * 2)
+    gold = np.array([0] * 8 + [1] * 2)
+    auto = fit_calibration("auto", np.log(probs), np.array([0.5, 0.5]), gold=gold)
+    assert auto.mode == "prior" and auto.target_from == "train gold labels"
+    assert auto.chosen_by == {"none": 0.2, "prior": 0.8, "content_free": 0.2}
+    explicit = fit_calibration("prior", np.log(probs), np.array([0.5, 0.5]), class_prior(gold, 2))
+    np.testing.assert_allclose(auto.apply(np.log(probs)), explicit.apply(np.log(probs)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_auto_is_never_worse_on_the_gold_labels_than_a_fixed_mode(seed):
+    logprobs = np.log(_random_probs(seed))
+    gold = np.random.default_rng(seed).integers(0, 4, size=len(logprobs))
+    content_free = _random_prior(seed)
+    auto = fit_calibration("auto", logprobs, content_free, gold=gold)
+    for mode in ("none", "prior", "content_free"):
+        fixed = fit_calibration(mode, logprobs, content_free, class_prior(gold, 4))
+        accuracy = (fixed.apply(logprobs).argmax(axis=1) == gold).mean()
+        assert auto.chosen_by[mode] == pytest.approx(accuracy)
+        assert (auto.apply(logprobs).argmax(axis=1) == gold).mean() >= accuracy
+
+
+def test_auto_without_gold_labels_is_none_and_a_tie_goes_to_none():
+    logprobs = np.log(PROBS)
+    alone = fit_calibration("auto", logprobs, np.array([0.2, 0.3, 0.5]))
+    assert (alone.mode, alone.chosen_by) == ("none", {})
+    np.testing.assert_allclose(alone.apply(logprobs), PROBS, atol=1e-12)
+    tie = fit_calibration("auto", logprobs, np.full(3, 1 / 3), gold=np.array([0, 2]))
+    assert tie.mode == "none" and set(tie.chosen_by.values()) == {1.0}
+    with pytest.raises(ValueError, match="gold has 1 labels for 2 rows"):
+        fit_calibration("auto", logprobs, np.full(3, 1 / 3), gold=np.array([0]))

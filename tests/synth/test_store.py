@@ -162,6 +162,26 @@ def test_truncated_texts_are_counted(model, tokenizer, tmp_path, one_thread):
     assert read_labels(tmp_path / "labels.parquet").truncated == expected
 
 
+def test_auto_chooses_on_the_gold_labels_of_the_rows_present(
+    model, tokenizer, tmp_path, one_thread
+):
+    """``gold`` follows the texts; the rows are calibrated in the table's order, and the
+    choice (with each candidate's accuracy) is written with the table and read back."""
+    path = tmp_path / "labels.parquet"
+    raw = _label(model, tokenizer, path, calibrate="none")
+    gold = [i % len(SPEC.names) for i in range(len(TEXTS))]
+    table = _label(model, tokenizer, path, calibrate="auto", gold=gold)
+    expected = fit_calibration("auto", raw.logprobs, raw.prior, gold=np.array(gold))
+    assert table.calibration.chosen_by == expected.chosen_by and len(expected.chosen_by) == 3
+    read = read_labels(path)
+    assert (read.calibration.mode, read.calibration.chosen_by) == (
+        expected.mode,
+        expected.chosen_by,
+    )
+    np.testing.assert_allclose(read.probs, expected.apply(raw.logprobs), atol=1e-12)
+    assert _label(model, tokenizer, path, calibrate="auto").calibration.chosen_by == {}
+
+
 def test_a_new_calibration_recalibrates_the_kept_scores_without_the_teacher(
     model, tokenizer, tmp_path, monkeypatch, one_thread
 ):

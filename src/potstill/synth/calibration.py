@@ -8,12 +8,15 @@ Decaestecker 2002) towards the user's gold label frequencies, or an EM estimate 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-CalibrateMode = Literal["none", "content_free", "prior"]
+CalibrateMode = Literal["auto", "none", "content_free", "prior"]
+# What `auto` chooses from, in this order: a tie goes to the earlier (the one that moves
+# the teacher's labels less).
+CANDIDATES: tuple[CalibrateMode, ...] = ("none", "prior", "content_free")
 # EM stops once no class's prior moves more than EM_TOLERANCE: a few dozen iterations for
 # well separated classes, a few hundred when they overlap (each costs one pass over N × L).
 EM_ITERATIONS = 1000
@@ -86,15 +89,18 @@ class Calibration:
     """How the teacher's label scores become its soft labels: each class's probability is
     multiplied by ``target(c) / source(c)`` and every row renormalised (`label_shift`).
 
-    ``mode`` is ``task.calibrate``; ``source`` and ``target`` are (L,) priors;
-    ``target_from`` says where the target came from (``uniform``, ``train gold labels``,
-    ``EM estimate``, or ``none`` when nothing is changed).
+    ``mode`` is the calibration applied (``task.calibrate``, or what ``auto`` chose);
+    ``source`` and ``target`` are (L,) priors; ``target_from`` says where the target came
+    from (``uniform``, ``train gold labels``, ``EM estimate``, or ``none`` when nothing is
+    changed). ``chosen_by``: when ``auto`` chose, each candidate's accuracy on the
+    gold-labelled train texts (empty: there were none, so ``none``); None otherwise.
     """
 
     mode: CalibrateMode
     source: np.ndarray
     target: np.ndarray
     target_from: str
+    chosen_by: dict[str, float] | None = None
 
     def apply(self, logprobs: np.ndarray) -> np.ndarray:
         """The soft labels (N, L) for raw label log-likelihoods ``logprobs`` (N, L)."""
@@ -108,6 +114,7 @@ class Calibration:
             "source": [float(p) for p in self.source],
             "target": [float(p) for p in self.target],
             "target_from": self.target_from,
+            "chosen_by": self.chosen_by,
         }
 
 
@@ -116,9 +123,16 @@ def fit_calibration(
     logprobs: np.ndarray,
     content_free_prior: np.ndarray,
     gold_prior: np.ndarray | None = None,
+    gold: np.ndarray | None = None,
 ) -> Calibration:
     """The calibration ``mode`` asks for, fitted on the raw label log-likelihoods
     ``logprobs`` (N, L) of the unlabelled train texts.
+
+    - ``auto``: with ``gold`` (N,), the gold label ids of those texts (the user's
+      labelled examples), each of `CANDIDATES` is fitted and the one whose labels' argmax
+      agrees with the most gold labels is kept (a tie: the earlier); without, ``none``,
+      the one that assumes nothing about the classes' balance. ``gold_prior`` defaults to
+      the add-one-smoothed frequencies of ``gold``.
 
     - ``none``: the teacher's distributions as they are.
     - ``content_free``: ``content_free_prior`` (L, the mean answer to content-free inputs)
@@ -133,6 +147,8 @@ def fit_calibration(
     """
     num_classes = len(content_free_prior)
     uniform = np.full(num_classes, 1.0 / num_classes)
+    if mode == "auto":
+        return _choose(logprobs, content_free_prior, gold_prior, gold)
     if mode == "none":
         return Calibration(mode, uniform, uniform, "none")
     content_free = np.asarray(content_free_prior, np.float64)
@@ -144,6 +160,31 @@ def fit_calibration(
         return Calibration(mode, mean, np.asarray(gold_prior, np.float64), "train gold labels")
     target = em_prior(probs, content_free) if len(probs) else uniform
     return Calibration(mode, content_free, target, "EM estimate")
+
+
+def _choose(
+    logprobs: np.ndarray,
+    content_free_prior: np.ndarray,
+    gold_prior: np.ndarray | None,
+    gold: np.ndarray | None,
+) -> Calibration:
+    """``auto``: the candidate whose labels agree best with the gold labels."""
+    if gold is None or not len(gold):
+        return replace(fit_calibration("none", logprobs, content_free_prior), chosen_by={})
+    gold = np.asarray(gold, np.int64)
+    if len(gold) != len(logprobs):
+        raise ValueError(f"gold has {len(gold)} labels for {len(logprobs)} rows of scores")
+    if gold_prior is None:
+        gold_prior = class_prior(gold, len(content_free_prior))
+    fitted = {
+        mode: fit_calibration(mode, logprobs, content_free_prior, gold_prior) for mode in CANDIDATES
+    }
+    accuracy = {
+        mode: float((calibration.apply(logprobs).argmax(axis=1) == gold).mean())
+        for mode, calibration in fitted.items()
+    }
+    best = max(CANDIDATES, key=accuracy.__getitem__)  # the first of the best
+    return replace(fitted[best], chosen_by=accuracy)
 
 
 def apply_calibration(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:

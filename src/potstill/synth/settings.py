@@ -29,7 +29,7 @@ def _calibrate_mode(value: Any) -> Any:
     return value
 
 
-# task.calibrate: none | content_free | prior (true and false still read, as before).
+# task.calibrate: auto | none | content_free | prior (true and false still read, as before).
 Calibrate = Annotated[CalibrateMode, BeforeValidator(_calibrate_mode)]
 
 
@@ -61,8 +61,10 @@ class TaskConfig(Strict):
     makes the students' cross-entropy term use them instead of the teacher's argmax.
     ``calibrate`` is how the teacher's scores become soft labels
     (`potstill.synth.calibration.fit_calibration`): ``none``, ``content_free`` (Zhao et
-    al. 2021; assumes balanced classes) or ``prior`` (label shift, Saerens et al. 2002,
-    towards the train gold label frequencies, else their EM estimate). ``shots`` takes that
+    al. 2021; assumes balanced classes), ``prior`` (label shift, Saerens et al. 2002,
+    towards the train gold label frequencies, else their EM estimate) or ``auto`` (the
+    default: the one of those three whose labels agree best with the train gold labels;
+    ``none`` without them). ``shots`` takes that
     many few-shot examples for the labelling prompt from the gold-labelled train texts (at
     least one per label where it can, chosen by ``train.seed``) when ``examples`` is empty.
     ``max_train`` / ``max_test`` keep only the first texts of each file.
@@ -83,7 +85,9 @@ class TaskConfig(Strict):
     label_field: str | None = None
     train_label_field: str | None = None
     hard_labels: Literal["teacher", "gold"] = "teacher"
-    calibrate: Calibrate = "none"
+    # auto: with gold-labelled train texts (train_label_field), the calibration whose
+    # labels agree best with them (none, prior or content_free); without, none.
+    calibrate: Calibrate = "auto"
     # 0: a zero-shot prompt, as before; few-shot prompts are longer, and a recipe's
     # task.max_length sized for zero-shot would no longer fit its texts.
     shots: int = Field(0, ge=0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +132,11 @@ def read_labels(path: str | Path) -> LabelsTable:
         teacher_sha256=meta["teacher_sha256"],
         prior=np.array(meta["prior"], dtype=np.float64),
         calibration=Calibration(
-            cal["mode"], np.array(cal["source"]), np.array(cal["target"]), cal["target_from"]
+            cal["mode"],
+            np.array(cal["source"]),
+            np.array(cal["target"]),
+            cal["target_from"],
+            cal.get("chosen_by"),
         ),
         fingerprint=meta["fingerprint"],
         plain_prompt=meta["plain_prompt"],
@@ -184,6 +188,7 @@ def label_texts(
     path: str | Path,
     calibrate: CalibrateMode = "none",
     gold_prior: np.ndarray | None = None,
+    gold: Sequence[int] | None = None,
     replace: bool = False,
     batch_size: int = 8,
     max_length: int | None = None,
@@ -198,8 +203,9 @@ def label_texts(
     kept, not scored again; a table made with other labels or another teacher is refused
     (with ``replace``, labelled again). The soft labels are the raw scores calibrated
     as ``calibrate`` says (`potstill.synth.calibration.fit_calibration`; ``gold_prior``
-    (L,) is the user's gold label frequencies for these texts, for ``prior``), fitted on
-    every row; the content-free prior is measured and reported whatever the mode.
+    (L,) is the user's gold label frequencies for these texts, for ``prior``; ``gold``
+    their gold label ids, one per text of ``texts``, for ``auto`` to choose by), fitted
+    on every row; the content-free prior is measured and reported whatever the mode.
     """
     path = Path(path)
     prompt = build_prompt(tokenizer, spec)
@@ -234,14 +240,18 @@ def label_texts(
         teacher=teacher_ref,
         teacher_sha256=teacher_sha256,
         prior=prior,
-        calibration=fit_calibration(calibrate, empty, prior, gold_prior),
+        calibration=fit_calibration(calibrate, empty, prior, gold_prior, _gold_rows(None, [])),
         fingerprint=fingerprint,
         plain_prompt=prompt.plain,
     )
 
+    gold_of = None if gold is None else dict(zip(texts.ids, gold, strict=True))
+
     def fill() -> None:  # the rows present, in the texts' order, calibrated on all of them
         _fill(table, texts, rows)
-        table.calibration = fit_calibration(calibrate, table.logprobs, prior, gold_prior)
+        table.calibration = fit_calibration(
+            calibrate, table.logprobs, prior, gold_prior, _gold_rows(gold_of, table.text_ids)
+        )
         table.probs = table.calibration.apply(table.logprobs)
 
     with progress("labelling", total=len(texts), completed=len(texts) - len(todo)) as shown:
@@ -259,14 +269,24 @@ def label_texts(
     if not todo:  # nothing scored: rows of texts gone are dropped, the calibration refitted
         fill()
         write_labels(table)
-        if old is not None and old.calibration.mode != calibrate:
-            log(f"labels: calibrated again ({old.calibration.mode} -> {calibrate}), none scored")
+        if old is not None and old.calibration.mode != table.calibration.mode:
+            log(
+                f"labels: calibrated again ({old.calibration.mode} -> "
+                f"{table.calibration.mode}), none scored"
+            )
     log(
         f"labels: {table.scored} texts scored, {len(table) - table.scored} kept; prior "
         f"{format_prior(table)}; calibration {format_calibration(table)}; "
         f"{table.truncated} truncated"
     )
     return table
+
+
+def _gold_rows(gold_of: dict[int, int] | None, text_ids: list[int]) -> np.ndarray | None:
+    """The gold label ids of the table's rows, in its order (None without gold labels)."""
+    if gold_of is None:
+        return None
+    return np.array([gold_of[text_id] for text_id in text_ids], dtype=np.int64)
 
 
 def format_prior(table: LabelsTable) -> str:
@@ -284,10 +304,18 @@ def format_prior(table: LabelsTable) -> str:
 def format_calibration(table: LabelsTable) -> str:
     """The calibration as its mode and, when it moves the labels, the prior it aims at."""
     cal = table.calibration
+    chosen = ""
+    if cal.chosen_by is not None:
+        tried = ", ".join(f"{mode} {accuracy:.1%}" for mode, accuracy in cal.chosen_by.items())
+        chosen = (
+            f" (auto: accuracy on the gold-labelled train texts {tried})"
+            if tried
+            else " (auto: no gold-labelled train texts)"
+        )
     if cal.mode == "none":
-        return "none"
+        return "none" + chosen
     target = " ".join(f"{n}={p:.3f}" for n, p in zip(table.label_names, cal.target, strict=True))
-    return f"{cal.mode} (towards {cal.target_from} {target})"
+    return f"{cal.mode} (towards {cal.target_from} {target}){chosen}"
 
 
 def write_labels(table: LabelsTable) -> None:
