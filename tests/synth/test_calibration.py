@@ -13,6 +13,7 @@ from potstill.synth.calibration import (
     em_prior,
     fit_calibration,
     label_shift,
+    matching_source,
     softmax,
 )
 
@@ -115,8 +116,9 @@ def test_the_modes(seed):
 
     with_gold = fit_calibration("prior", logprobs, content_free, gold)
     assert with_gold.target_from == "train gold labels"
-    expected = label_shift(probs, probs.mean(axis=0), gold)
-    np.testing.assert_allclose(with_gold.apply(logprobs), expected, atol=1e-12)
+    np.testing.assert_allclose(with_gold.apply(logprobs).mean(axis=0), gold, atol=1e-8)
+    expected = label_shift(probs, _matching_source_by_optimizer(logprobs, gold), gold)
+    np.testing.assert_allclose(with_gold.apply(logprobs), expected, atol=1e-6)
 
     em = fit_calibration("prior", logprobs, content_free)
     assert em.target_from == "EM estimate"
@@ -124,6 +126,35 @@ def test_the_modes(seed):
     np.testing.assert_allclose(em.target, em_prior(probs, content_free), atol=1e-12)
     for calibration in (none, zhao, with_gold, em):
         np.testing.assert_allclose(calibration.apply(logprobs).sum(axis=1), 1.0, atol=1e-12)
+
+
+def _matching_source_by_optimizer(logprobs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The reference for `matching_source`, by another road: the log ratio ``r`` minimises
+    the convex ``mean_i logsumexp(logprobs_i + r) - r · target``, whose gradient is the
+    calibrated mean minus the target and whose Hessian is the mean of ``diag(p) - p pᵀ``;
+    Newton's method (a pseudo-inverse: the Hessian is singular along the all-ones
+    direction, which changes nothing), in float64."""
+    r = np.zeros(len(target))
+    for _ in range(100):
+        p = softmax(logprobs + r)
+        gradient = p.mean(axis=0) - target
+        hessian = np.diag(p.mean(axis=0)) - p.T @ p / len(p)
+        r -= np.linalg.pinv(hessian) @ gradient
+    source = target * np.exp(-r)
+    return source / source.sum()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_matching_source_puts_the_calibrated_mean_on_the_target(seed):
+    logprobs = np.log(_random_probs(seed)) - 2.0
+    target = _random_prior(seed + 3)
+    source = matching_source(logprobs, target)
+    np.testing.assert_allclose(source.sum(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(source, _matching_source_by_optimizer(logprobs, target), atol=1e-6)
+    shifted = label_shift(softmax(logprobs), source, target)
+    np.testing.assert_allclose(shifted.mean(axis=0), target, atol=1e-8)
+    # already matched: nothing to move
+    np.testing.assert_allclose(matching_source(np.log(shifted), target), target, atol=1e-8)
 
 
 def test_prior_mode_moves_the_mean_towards_the_gold_prior():

@@ -21,6 +21,7 @@ CANDIDATES: tuple[CalibrateMode, ...] = ("none", "prior", "content_free")
 # well separated classes, a few hundred when they overlap (each costs one pass over N × L).
 EM_ITERATIONS = 1000
 EM_TOLERANCE = 1e-6  # largest change of any class's prior between two iterations
+MATCH_TOLERANCE = 1e-9  # largest gap of any class's calibrated mean from its target
 
 
 def label_shift(
@@ -71,6 +72,38 @@ def em_prior(
         if moved < tolerance:
             break
     return prior
+
+
+def matching_source(
+    logprobs: np.ndarray,
+    target: np.ndarray,
+    *,
+    iterations: int = EM_ITERATIONS,
+    tolerance: float = MATCH_TOLERANCE,
+) -> np.ndarray:
+    """The source prior (L,) whose label shift to ``target`` (L,) makes the mean of the
+    shifted distributions of ``logprobs`` (N, L) equal ``target``: (L,) summing to 1.
+
+    Fixed-point iteration on the log ratio ``r = log target - log source`` (iterative
+    proportional fitting of one margin): ``r += log target - log mean(softmax(logprobs +
+    r))``, from ``r = log target - log p̄``, the one-step label shift; stops once no
+    class's mean is more than ``tolerance`` from its target, or after ``iterations``.
+
+    >>> logprobs = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]]))
+    >>> source = matching_source(logprobs, np.array([0.5, 0.5]))
+    >>> label_shift(softmax(logprobs), source, np.array([0.5, 0.5])).mean(axis=0).round(6)
+    array([0.5, 0.5])
+    """
+    logprobs = np.asarray(logprobs, np.float64)
+    log_target = np.log(np.asarray(target, np.float64))
+    ratio = log_target - np.log(softmax(logprobs).mean(axis=0))
+    for _ in range(iterations):
+        mean = softmax(logprobs + ratio).mean(axis=0)
+        if np.abs(mean - np.exp(log_target)).max() < tolerance:
+            break
+        ratio += log_target - np.log(mean)
+    source = np.exp(log_target - ratio)
+    return source / source.sum()
 
 
 def class_prior(label_ids: np.ndarray, num_classes: int) -> np.ndarray:
@@ -139,8 +172,10 @@ def fit_calibration(
       divided out, a uniform prior in: Zhao et al. 2021, "Calibrate Before Use". It
       assumes balanced classes.
     - ``prior``: label shift (Saerens et al. 2002). With ``gold_prior`` (L, the user's
-      gold label frequencies for these texts), the teacher's mean distribution over the
-      texts, p̄, is divided out and ``gold_prior`` multiplied in. Without, the teacher's
+      gold label frequencies for these texts), the source prior divided out is the one
+      that makes the calibrated labels' mean equal ``gold_prior`` (`matching_source`;
+      dividing out the teacher's mean distribution p̄ is its first step, and leaves a
+      peaked teacher's labels far from the gold frequencies). Without, the teacher's
       content-free answer is divided out and the EM estimate of the texts' prior
       (`em_prior`, from that source) multiplied in: p̄ cannot be the source there, as EM
       would return p̄ itself and change nothing.
@@ -156,8 +191,9 @@ def fit_calibration(
         return Calibration(mode, content_free, uniform, "uniform")
     probs = softmax(np.asarray(logprobs, np.float64))
     if gold_prior is not None:
-        mean = probs.mean(axis=0) if len(probs) else uniform
-        return Calibration(mode, mean, np.asarray(gold_prior, np.float64), "train gold labels")
+        target = np.asarray(gold_prior, np.float64)
+        source = matching_source(logprobs, target) if len(probs) else uniform
+        return Calibration(mode, source, target, "train gold labels")
     target = em_prior(probs, content_free) if len(probs) else uniform
     return Calibration(mode, content_free, target, "EM estimate")
 
