@@ -172,6 +172,9 @@ def test_teach_and_distill_refuse_another_kind_in_one_line(verb):
         getattr(potstill, verb)(recipe)
 
 
-def test_a_budget_is_refused_where_it_cannot_be_kept():
-    with pytest.raises(PotstillError, match=r"budget_minutes fits the steps of task\.kind lm"):
-        load_recipe({"task": {"kind": "classify", "labels": ["a", "b"]}, "budget_minutes": 15})
+def test_a_budget_is_kept_by_every_kind():
+    for kind in ("classify", "reason", "context"):
+        recipe = {"task": {"kind": kind, "labels": ["a", "b"]}, "budget_minutes": 15}
+        if kind == "context":
+            recipe["context"] = {"system": "Speak like a pirate."}
+        assert load_recipe(recipe).budget_minutes == 15

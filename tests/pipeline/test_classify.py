@@ -293,3 +293,46 @@ def test_classify_needs_a_labelled_test_set(tmp_path, capsys, chat_teacher_dir, 
     path.write_text("\n".join(lines) + "\n")
     code, _out, err = run_cli("run", str(path), capsys=capsys)
     assert code == 2 and "needs a labelled test set" in err
+
+
+@pytest.mark.parametrize(("steps", "minutes", "kept"), [(50, 0.03, 20), (6, 60.0, 6)])
+def test_a_budget_fits_every_students_steps_once_the_labels_are_made(
+    tmp_path,
+    capsys,
+    chat_teacher_dir,  # noqa: F811
+    steps,
+    minutes,
+    kept,
+):
+    """budget_minutes in a classify run: the labelling is measured as it ran, three
+    throwaway steps time a student, and every student trains the same fitted steps; under
+    half the recipe's, the headline says the result is not comparable and how to rerun."""
+    student = make_bert_folder(tmp_path / "bert")
+    rows = [{"text": "to sleep", "label": "sleep"}, {"text": "to die", "label": "death"}] * 2
+    path = _recipe(tmp_path, chat_teacher_dir, student, rows)
+    text = path.read_text().replace("steps: 3,", f"steps: {steps},")
+    path.write_text(text + f"budget_minutes: {minutes}\n")
+    code, out, err = run_cli("run", str(path), capsys=capsys)
+    assert code == 0, err
+    run_dir = tmp_path / "runs" / "tiny-classify"
+    decision = json.loads((run_dir / "stages" / "budget.json").read_text())
+    assert (decision["requested_steps"], decision["steps"]) == (steps, kept)
+    assert decision["measured"]["models"] == 3  # full, lora, baseline
+    assert decision["measured"]["student_step_seconds"] > 0
+    for name in ("student-full", "student-lora", "baseline"):
+        marker = json.loads((run_dir / "stages" / f"{name}.json").read_text())
+        assert marker["steps"] == kept, name
+    assert not (run_dir / "checkpoints" / ".step-probe").exists()
+    first = (run_dir / "report.md").read_text().split("\n- **")[1]
+    report = Report.load(run_dir / "report.json")
+    if kept < steps / 2:
+        assert first.startswith(f"time budget: {kept} of {steps} steps.**")
+        assert "not comparable" in first and "budget_minutes=null" in first
+        assert f"time budget: {kept} of {steps} steps; rerun with budget_minutes=null" in out
+    else:
+        assert not first.startswith("time budget")  # all kept: the budget comes last
+        assert summary_table(report).splitlines()[-1] == f"time budget: all {steps} steps"
+    # resumed, the decision is kept: nothing is timed or trained again
+    code, _out, err = run_cli("run", str(path), "--resume", capsys=capsys)
+    assert code == 0, err
+    assert "step-probe" not in err and err.count("already trained, skipping") == 3

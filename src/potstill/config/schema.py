@@ -254,18 +254,6 @@ class Recipe(Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _budget_fits_lm_runs(self) -> Recipe:
-        # The fit measures a teacher pass and a student step of the lm flow; the other
-        # flows' stages (labelling, traces, several students) have no estimate yet, and a
-        # budget they silently ignored would promise a time it does not keep.
-        if self.budget_minutes is not None and self.task.kind != "lm":
-            raise ValueError(
-                f"budget_minutes fits the steps of task.kind lm runs only; a {self.task.kind} "
-                "run has no time estimate yet: drop budget_minutes and set train.steps"
-            )
-        return self
-
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

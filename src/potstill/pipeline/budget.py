@@ -1,5 +1,9 @@
 """A time budget for a whole run: measure this machine, then fit the step count to it.
 
+The other kinds (classify, reason, context) fit theirs where their teacher's work is done
+and their students are about to train (`student_steps`): the time the run has taken so
+far is measured, not estimated, and a few throwaway steps of the first student time a step.
+
 Machines of one kind differ by up to 3× in speed, so a fixed step count that fits 15
 minutes on one can take 30 on another. With ``budget_minutes`` set (the embedded default
 recipe sets it), the run times the teacher's forward pass and two training steps of the
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +32,7 @@ from potstill.pipeline.context import RunContext
 from potstill.signals import SignalRequest
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers import LiveTeacher
+from potstill.util.distributed import on_main
 from potstill.util.io import atomic_write_json
 from potstill.util.log import log
 
@@ -233,3 +239,70 @@ def _student_step_seconds(ctx: RunContext) -> float:
     torch.set_rng_state(rng)
     del model, student, optimizer
     return min(seconds[1:]) * recipe.train.grad_accum
+
+
+# The share of the time left after the teacher's work that the kinds other than lm keep
+# for scoring their models (a classifier over the test set, a reasoner generating its
+# answers): not measured before training, so reserved.
+EVALUATE_SHARE = 0.2
+
+
+def student_steps(ctx: RunContext, step_seconds: Callable[[], float]) -> int:
+    """The steps every student of a classify, reason or context run trains under
+    ``budget_minutes`` (the recipe's ``train.steps`` without one), decided once, when the
+    first student is about to train, and kept in ``stages/budget.json``.
+
+    What the run has spent so far (labelling, the teacher's test scores, its traces) is
+    measured; ``step_seconds()`` times a step of the first student; each of the
+    ``ctx.models_to_train`` models takes as long a step (the first is the dearest: a full
+    fine-tune before adapters). `EVALUATE_SHARE` of what is left is kept for scoring.
+    Every student trains the same number of steps, so they stay comparable.
+    """
+    recipe = ctx.recipe
+    requested = recipe.train.steps
+    if recipe.budget_minutes is None:
+        return requested
+    path = ctx.run_dir / "stages" / "budget.json"
+    if path.is_file():
+        return int(json.loads(path.read_text())["steps"])
+    step = step_seconds()  # every process: the throwaway steps are collective
+
+    def decide() -> dict[str, Any]:
+        spent = time.perf_counter() - ctx.started
+        budget = recipe.budget_minutes * 60
+        per_step = step * ctx.models_to_train
+
+        def estimate(steps: int) -> float:
+            return spent + (steps * per_step + OVERHEAD_SECONDS) / (1 - EVALUATE_SHARE)
+
+        steps = requested
+        while steps > MIN_STEPS and estimate(steps) > budget:
+            steps = max(MIN_STEPS, int(steps * 0.95))
+        decision = {
+            "minutes": recipe.budget_minutes,
+            "requested_steps": requested,
+            "steps": steps,
+            "estimated_minutes": estimate(steps) / 60,
+            "estimated_minutes_at_requested": estimate(requested) / 60,
+            "measured": {
+                "seconds_before_training": spent,
+                "student_step_seconds": step,
+                "models": ctx.models_to_train,
+            },
+        }
+        atomic_write_json(path, decision)
+        return decision
+
+    decision = on_main(decide)
+    steps = decision["steps"]
+    spent = decision["measured"]["seconds_before_training"]
+    log(
+        f"budget {recipe.budget_minutes:g} min: {spent:.0f} s spent before training; "
+        + (
+            f"all {steps} steps fit"
+            if steps == requested
+            else f"train.steps {requested} → {steps} for each of {ctx.models_to_train} models"
+        )
+        + f" (estimated {decision['estimated_minutes']:.1f} min)"
+    )
+    return steps

@@ -25,7 +25,7 @@ from potstill.pipeline.classify_teacher import majority_entry, teacher_test_scor
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.label import label_ids, label_only, label_spec, read_train_texts
 from potstill.pipeline.run_dir import prepare_run_dir
-from potstill.pipeline.stages import read_curves, train_summary
+from potstill.pipeline.stages import budget_decision, read_curves, train_summary
 from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.tasks.classify import Classify
 from potstill.teachers.labels import SoftLabels
@@ -62,7 +62,13 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
         else label_ids(train_texts.labels, names, "task.train", train_texts.name)
     )
     run_dir = prepare_run_dir(recipe, resume=resume)
-    ctx = RunContext(recipe, run_dir)
+    adapters = recipe.student.adapters or list(ADAPTERS)
+    ctx = RunContext(
+        recipe,
+        run_dir,
+        started=started,
+        models_to_train=len(adapters) + recipe.eval.baseline + (gold_hard is not None),
+    )
     table = label_only(recipe, ctx, train_texts, replace=resume)  # the texts read once
     soft = np.asarray(table.probs, dtype=np.float64)  # calibrated as task.calibrate says
     teacher_hard = soft.argmax(-1)
@@ -74,7 +80,6 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
     ref = recipe.student.model or DEFAULT_CLASSIFIER
     if recipe.student.model is None:
         log(f"student: {ref} (set student.model to choose another classifier)")
-    adapters = recipe.student.adapters or list(ADAPTERS)
     texts = train_texts.texts
     trained: dict[str, dict[str, Any]] = {}
     for adapter in adapters:
@@ -125,6 +130,7 @@ def run_classify(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path]
     calibration = table.calibration
     report = build_report(
         kind="classify",
+        budget=budget_decision(run_dir),
         curves=read_curves(run_dir / "metrics.jsonl"),
         run=ctx.run_info(time.perf_counter() - started),
         data={"name": test.name, "split": f"test: {len(test)} labelled texts"},

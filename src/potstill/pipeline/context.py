@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import platform
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ class RunContext:
     recipe: Recipe
     run_dir: Path
     resume: bool = False
+    # When the run began (perf_counter), and how many models its flow will train: what a
+    # budget for the kinds other than lm fits the steps to (`pipeline.budget.student_steps`).
+    started: float = field(default_factory=time.perf_counter)
+    models_to_train: int = 1
 
     @functools.cached_property
     def device(self) -> torch.device:

@@ -27,7 +27,7 @@ from potstill.models.load import load_causal_lm
 from potstill.models.student import save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir
-from potstill.pipeline.stages import read_curves, train_summary
+from potstill.pipeline.stages import budget_decision, read_curves, train_summary
 from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers.context import ContextTeacher
@@ -60,7 +60,7 @@ def run_context_distillation(recipe: Recipe, *, resume: bool = False) -> tuple[R
         )
     train_rows, heldout_rows = _split(source.documents, recipe.data.heldout, recipe.data.seed)
     run_dir = prepare_run_dir(recipe, resume=resume)
-    ctx = RunContext(recipe, run_dir)
+    ctx = RunContext(recipe, run_dir, started=started)
     context = recipe.context.to_context()
     limit = recipe.data.block_size
     train_set = ChatExamples.build(ctx.tokenizer, train_rows, context, max_length=limit)
@@ -104,6 +104,7 @@ def run_context_distillation(recipe: Recipe, *, resume: bool = False) -> tuple[R
     }
     report = build_report(
         kind="context",
+        budget=budget_decision(run_dir),
         curves=read_curves(run_dir / "metrics.jsonl"),
         run=ctx.run_info(time.perf_counter() - started),
         data={

@@ -41,7 +41,7 @@ from potstill.pipeline.context import RunContext
 from potstill.pipeline.generate import generate_only
 from potstill.pipeline.markers import finished, mark_finished
 from potstill.pipeline.run_dir import prepare_run_dir
-from potstill.pipeline.stages import read_curves, train_summary
+from potstill.pipeline.stages import budget_decision, read_curves, train_summary
 from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.synth.generations import read_generations
 from potstill.synth.traces import Chat, Traces, check_traces
@@ -74,7 +74,7 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
     train_set = ProblemSet.generate(
         cfg.dataset, size=cfg.train, seed=cfg.seed, options=cfg.options, exclude=test.questions()
     )
-    ctx = RunContext(recipe, recipe.run_dir, resume)
+    ctx = RunContext(recipe, recipe.run_dir, resume, started=started)
     base, tokenizer = _student_base(ctx)  # refuses a KD term across tokenizers, first
     run_dir = prepare_run_dir(recipe, resume=resume)
     for split, problems in (("train", train_set), ("test", test)):
@@ -115,6 +115,7 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
     if cfg.unchecked:
         sets["unchecked"] = traces.trace_chats(system, checked=False)
     on_policy: dict[str, int] = {}
+    ctx.models_to_train = len(sets)
     for name, chats in sets.items():
         folder = run_dir / ("student" if name == "student" else f"{name}-student")
         info = _train(ctx, name, chats, folder, base, tokenizer)
@@ -147,6 +148,7 @@ def run_reasoning(recipe: Recipe, *, resume: bool = False) -> tuple[Report, Path
             }
     report = build_report(
         kind="reason",
+        budget=budget_decision(run_dir),
         curves=read_curves(run_dir / "metrics.jsonl"),
         run=ctx.run_info(time.perf_counter() - started),
         data={

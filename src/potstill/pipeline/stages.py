@@ -357,7 +357,7 @@ def report_stage(
             **_teacher_run(recipe.teacher, ctx.run_dir),
         },
         models=models,
-        budget=_budget(ctx.run_dir),
+        budget=budget_decision(ctx.run_dir),
         break_even=generation_break_even(models, teach_seconds=taught),
         curves=curves,
         samples=samples,
@@ -380,7 +380,8 @@ def _teacher_run(teacher: str, run_dir: Path) -> dict[str, Any]:
     return {"teacher_run": {"name": folder.parent.name, "report": link}}
 
 
-def _budget(run_dir: Path) -> dict[str, Any] | None:
+def budget_decision(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``stages/budget.json`` (`potstill.pipeline.budget`), or None."""
     path = run_dir / "stages" / "budget.json"
     return json.loads(path.read_text()) if path.is_file() else None
 

@@ -10,6 +10,7 @@ its model and data are built (`Trainee`) and how the trained model is saved.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from torch import nn
 from potstill.config import Recipe
 from potstill.losses import LossTerm
 from potstill.models.classifier import trainable_params
+from potstill.pipeline.budget import student_steps
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.markers import finished, forget, mark_finished
 from potstill.teachers import TeacherSource
-from potstill.train.loop import Dataset, Task, train
+from potstill.train.loop import Dataset, Task, read_metrics, train
 from potstill.train.settings import TrainConfig
 from potstill.util.distributed import on_main
 from potstill.util.errors import PotstillError
@@ -104,6 +106,9 @@ def train_student(
     ``seconds``, ``steps`` and ``trainable_params``.
     """
     run_dir = ctx.run_dir
+    if ctx.recipe.task.kind != "lm":  # the lm flow fits train.steps before teaching
+        steps = student_steps(ctx, lambda: _step_seconds(ctx, build, cfg, device, autocast_dtype))
+        cfg = cfg.model_copy(update={"steps": steps})
     print_ = fingerprint(name, loss_identity(terms), cfg.identity(), dict(inputs))
     checkpoints = run_dir / "checkpoints" / name
     owner = run_dir / "checkpoints" / f"{name}.fingerprint"
@@ -169,3 +174,54 @@ def train_student(
         return marker
 
     return on_main(finish)
+
+
+PROBE_STEPS = 3  # the first warms up; the fastest of the others is the step's time
+
+
+def _step_seconds(
+    ctx: RunContext,
+    build: Callable[[], Trainee],
+    cfg: TrainConfig,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None,
+) -> float:
+    """Seconds of one training step of the student ``build`` makes: `PROBE_STEPS`
+    throwaway steps through the real loop (its teacher, its loss, its batches), in a
+    folder removed after; the model is thrown away (the stage builds it again)."""
+    torch.manual_seed(cfg.seed)
+    trainee = build()
+    folder = ctx.run_dir / "checkpoints" / ".step-probe"
+    on_main(lambda: shutil.rmtree(folder, ignore_errors=True))
+    quick = cfg.model_copy(
+        update={
+            "steps": PROBE_STEPS,
+            "warmup": 0,
+            "eval_every": None,
+            "rollbacks": 0,
+            "checkpoint_every": PROBE_STEPS,
+            "log_every": 1,
+        }
+    )
+    try:
+        train(
+            trainee.model,
+            trainee.data,
+            trainee.task,
+            quick,
+            teacher=trainee.teacher,
+            name="step-probe",
+            checkpoint_dir=folder / "checkpoint",
+            metrics_path=folder / "metrics.jsonl",
+            extra=trainee.extra,
+            device=device,
+            autocast_dtype=autocast_dtype,
+        )
+
+        def fastest() -> float:
+            elapsed = [row["elapsed"] for row in read_metrics(folder / "metrics.jsonl")]
+            return min(b - a for a, b in itertools.pairwise(elapsed))
+
+        return on_main(fastest)
+    finally:
+        on_main(lambda: shutil.rmtree(folder, ignore_errors=True))

@@ -77,14 +77,23 @@ def subtitle(report: Report) -> str:
 
 
 def headline(report: Report) -> list[tuple[str, str, str]]:
-    """The findings in a few (label, value, sentence) triples, most important first."""
-    if report.kind == "reason":
-        return reasoning_headline(report)
-    if report.kind == "classify":
-        return classification_headline(report)
-    if report.kind == "context":
-        return context_headline(report)
-    return lm_headline(report)
+    """The findings in a few (label, value, sentence) triples, most important first. A
+    time budget that cut training to under half its steps comes first in every kind;
+    one that did not, last."""
+    if report.kind == "lm":
+        return lm_headline(report)
+    kinds = {
+        "reason": reasoning_headline,
+        "classify": classification_headline,
+        "context": context_headline,
+    }
+    lines = kinds[report.kind](report)
+    budget = budget_line(report)
+    if budget is None:
+        return lines
+    if budget_cut(report) is not None:
+        return [("time budget", *budget), *lines]
+    return [*lines, ("time budget", *budget)]
 
 
 def lm_headline(report: Report) -> list[tuple[str, str, str]]:
