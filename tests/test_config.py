@@ -153,6 +153,19 @@ def test_the_default_loss_is_chosen_by_task_kind(kind, first):
     assert any(t.loss == "hidden_mse" for t in recipe.loss) == (kind == "lm")
 
 
+def test_a_kind_other_than_lm_gets_its_own_train_settings_under_the_recipes():
+    """A classifier's full fine-tune at the lm's lr 2e-3 breaks: classify recipes get
+    DEFAULT_TRAIN's settings for the keys their train section leaves out."""
+    task = {"kind": "classify", "labels": ["a", "b"]}
+    train = load_recipe({"task": task}).train
+    assert (train.steps, train.batch_size, train.lr, train.warmup) == (150, 8, 3e-4, 5)
+    train = load_recipe({"task": task, "train": {"lr": 1e-4, "seed": 3}}).train
+    assert (train.steps, train.lr, train.seed) == (150, 1e-4, 3)
+    assert load_recipe({}).train.lr == 2e-3  # lm: TrainConfig's own, the default run's
+    train = load_recipe({"task": {"kind": "reason"}}).train
+    assert (train.steps, train.lr) == (40, 1e-4)
+
+
 def test_task_kind_is_the_one_switch_for_context_distillation():
     context = {"system": "talk like a pirate"}
     recipe = load_recipe({"task": {"kind": "context"}, "context": context})

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from potstill.data import Blocks
 from potstill.evaluation.report.health import training_health
 from potstill.tasks.causal_lm import heldout_loss
 from potstill.train.rollback import rose
@@ -59,14 +60,45 @@ def test_a_check_that_rose_goes_back_to_the_good_point_at_half_the_lr(
     steps = _steps(on)
     assert [row["step"] for row in steps] == list(range(1, 25))  # the abandoned rows dropped
     assert _same_rows(steps[:3], _steps(off)[:3])
-    # step 4 again: the loss is computed before the update, from the restored weights and
-    # the same batch, so it is the broken run's step-4 loss exactly; the rate is halved
-    assert steps[3]["loss"] == _steps(off)[3]["loss"]
+    # step 4 again, at half the rate, on the batches after the ones that broke it
+    assert event["skipped_batches"] == 3
+    assert steps[3]["loss"] != _steps(off)[3]["loss"]
     assert steps[3]["lr"] == pytest.approx(0.5 * _steps(off)[3]["lr"], rel=1e-12)
     assert steps[5]["heldout_loss"] < event["best"]  # and this time it did not rise
     health = training_health(on)
     assert health.rollbacks == 1 and "rolled back 1 time(s)" in health.reason
     assert "sent it back to step 3 at lr x0.5" in health.reason
+
+
+class _Recorded(Blocks):
+    """Blocks that note every batch the loop asks for."""
+
+    def __init__(self, blocks):
+        super().__init__(blocks.input_ids, blocks.labels)
+        self.asked: list[list[int]] = []
+
+    def batch(self, index):
+        self.asked.append(index.tolist())
+        return super().batch(index)
+
+
+def test_a_rollback_trains_on_the_batches_after_the_ones_that_broke_it(
+    blocks, teacher, tmp_path, evaluate
+):
+    """PaLM's remedy: the steps from the good point on take the data past the abandoned
+    steps' batches, not those batches again (they broke the run once)."""
+    on, off = _Recorded(blocks), _Recorded(blocks)
+    _run(_student(teacher), on, teacher, tmp_path / "on", evaluate=evaluate, **BREAKS)
+    _run(_student(teacher), off, teacher, tmp_path / "off", evaluate=evaluate, rollbacks=0,
+         **{**BREAKS, "steps": 27})  # fmt: skip
+    (event,) = _events(_rows(tmp_path / "on" / "metrics.jsonl"))
+    assert (event["step"], event["from_step"]) == (3, 6)
+    prepare = 1  # the loop's first call shapes the task on one block
+    assert on.asked[:prepare] == off.asked[:prepare]
+    trained_on, trained_off = on.asked[prepare:], off.asked[prepare:]
+    assert trained_on[:6] == trained_off[:6]  # steps 1-6, the 3 abandoned included
+    assert trained_on[6:] == trained_off[6:]  # step 4 again took step 7's batch, and on
+    assert len(trained_on) == 24 + 3  # 24 steps, 3 of them trained twice
 
 
 @pytest.mark.parametrize("until", [5, 7])

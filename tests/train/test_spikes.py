@@ -10,7 +10,7 @@ from potstill.tasks.causal_lm import CausalLM
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
 from potstill.train.settings import TrainConfig
-from potstill.train.spikes import MIN_HISTORY, WINDOW, is_spike, remember
+from potstill.train.spikes import MIN_HISTORY, WINDOW, early_norm, is_spike, remember
 from tests.train.test_loop import HINTON, _student
 
 SPIKE_AT = MIN_HISTORY + 2  # the step (1-based) whose gradient is blown up
@@ -103,3 +103,19 @@ def test_the_history_keeps_finite_norms_only(norm):
     history = remember([1.0] * WINDOW, norm)
     assert history == [1.0] * WINDOW and is_spike(norm, history, None)
     assert remember(history, 2.0)[-1] == 2.0 and len(remember(history, 2.0)) == WINDOW
+
+
+def test_a_model_that_fitted_its_data_is_not_skipped_at_the_norms_it_began_with():
+    """A classifier after a few epochs: loss near 0, norms 500x below their start. A batch
+    holding one misfit text brings a norm back to its early size: no spike (it was, by
+    the median rule alone); one far above the early norms still is."""
+    history: list[float] = []
+    for norm in [5.0] * MIN_HISTORY:
+        history = remember(history, norm)
+    floor = early_norm(history)  # as the loop keeps it, once the first norms are in
+    for norm in [0.01] * WINDOW:
+        history = remember(history, norm)
+    assert floor == 5.0 and early_norm(history[:-1]) != floor  # the window has moved on
+    assert is_spike(3.0, history, 10.0)  # the median rule alone
+    assert not is_spike(3.0, history, 10.0, floor)
+    assert is_spike(60.0, history, 10.0, floor)

@@ -26,14 +26,17 @@ class TrainState:
     # The last steps' gradient norms and the updates skipped as spikes (`train.spikes`).
     grad_norms: list[float] = field(default_factory=list)
     skipped: int = 0
+    early_norm: float | None = None  # the spike floor, once the first norms are in
     # Rolling back a run that broke (`train.rollback`): the learning-rate multiplier the
     # rollbacks left, how many happened, the lowest accepted check, the step of the good
-    # point, and the training losses since the last check.
+    # point, the training losses since the last check, and the micro-batches passed over
+    # (the ones between a good point and the check that rose are not trained again).
     lr_scale: float = 1.0
     rollbacks: int = 0
     best: float | None = None
     good_step: int = 0
     window: list[float] = field(default_factory=list)
+    data_skip: int = 0
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

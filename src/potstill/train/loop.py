@@ -41,7 +41,7 @@ from potstill.train.protocols import Dataset, Task
 from potstill.train.rollback import LR_FACTOR, GoodPoint, apply_lr, rose
 from potstill.train.schedule import warmup_cosine
 from potstill.train.settings import TrainConfig
-from potstill.train.spikes import is_spike, remember
+from potstill.train.spikes import early_norm, is_spike, remember
 from potstill.util.distributed import (
     all_sum,
     all_sum_dict,
@@ -168,12 +168,15 @@ def train(
     with bar(f"{name:>8}", total=cfg.steps, completed=state.step) as progress:
         while state.step < stop:
             started = time.perf_counter()
+            # The step's micro-batches: past any a rollback passed over (`data_skip`); a
+            # curriculum's order starts again from its beginning when that runs it out.
+            first = (state.step + state.data_skip) * cfg.grad_accum
             micro = [
                 data.batch(
                     my_share(
-                        _micro_index(len(data), cfg, state.step * cfg.grad_accum + i)
+                        _micro_index(len(data), cfg, first + i)
                         if schedule is None
-                        else torch.tensor(schedule[state.step * cfg.grad_accum + i]),
+                        else torch.tensor(schedule[(first + i) % len(schedule)]),
                         world,
                     )
                 )
@@ -202,8 +205,10 @@ def train(
             scaler.unscale_(optimizer)
             grad_norm = _clip(parallel.trained, cfg.clip)
             # Every process sees the same summed gradients, so they all decide alike.
-            skip = is_spike(grad_norm, state.grad_norms, cfg.spike_skip)
+            skip = is_spike(grad_norm, state.grad_norms, cfg.spike_skip, state.early_norm)
             state.grad_norms = remember(state.grad_norms, grad_norm)
+            if state.early_norm is None:
+                state.early_norm = early_norm(state.grad_norms)
             if skip:
                 state.skipped += 1
             else:
@@ -261,6 +266,7 @@ def train(
                             "value": value,
                             "best": state.best,
                             "lr_scale": state.lr_scale,
+                            "skipped_batches": went_from - state.step,
                         }
                         if world.main:
                             _record_rollback(metrics_path, name, event)
@@ -327,10 +333,13 @@ def _roll_back(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     state: TrainState,
 ) -> TrainState:
-    """Back to ``good``, one more rollback counted and the rate scaled down for good."""
+    """Back to ``good``, one more rollback counted, the rate scaled down for good, and the
+    batches of the abandoned steps passed over: the steps from the good point on train on
+    the data after them."""
     back = good.restore(parallel.trained, optimizer, scheduler)
     back.rollbacks = state.rollbacks + 1
     back.lr_scale = state.lr_scale * LR_FACTOR
+    back.data_skip = state.data_skip + state.step - back.step
     return back
 
 

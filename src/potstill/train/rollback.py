@@ -18,9 +18,15 @@ margins: 0.3 nats is a perplexity ×1.35 that no healthy run gives back). A chec
 not rise is *accepted*: the run's state there (trained weights, optimizer, scheduler, RNG,
 position) becomes the *good point*. A check that rose, while fewer than ``train.rollbacks``
 rollbacks have happened, puts the good point back, multiplies the learning rate by
-`LR_FACTOR` for the rest of the run, and trains the steps since the good point again (the
-same batches: the data order is a function of the step). Once the rollbacks are used up a
-check that rose is neither accepted nor acted on; the report's health check judges the end.
+`LR_FACTOR` for the rest of the run, and trains the steps since the good point again on
+the batches that come after the ones that broke it (PaLM's remedy for a loss spike: restart
+from an earlier checkpoint and skip the data around it). Replaying the same batches did not
+help: on the code corpus the baseline went back to step 40 three times, at lr x0.5, x0.25
+and x0.125, and each time steps 41-50 sent its held-out loss up again (6.45 to 7.72, 7.76,
+6.78 nats). The data order stays a function of the step plus the batches passed over
+(``TrainState.data_skip``); the schedule's length, and so the lr, is unchanged. Once the
+rollbacks are used up a check that rose is neither accepted nor acted on; the report's
+health check judges the end.
 
 A rollback is logged in ``metrics.jsonl`` as a row with ``event: rollback`` (the step it
 went back to, the step and number that rose, the best, the new learning-rate scale); the
