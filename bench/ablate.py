@@ -40,6 +40,7 @@ from potstill.data.texts import shipped_texts
 from potstill.losses import LossTerm, signal_request
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
+from potstill.pipeline.stages import heldout_check
 from potstill.tasks.causal_lm import CausalLM, prepare_inside, resolve_inside, score_models
 from potstill.teachers import LiveTeacher
 from potstill.train.loop import train
@@ -307,6 +308,8 @@ def _train_and_score(
             name="ablate",
             checkpoint_dir=Path(tmp) / "ckpt",
             metrics_path=Path(tmp) / "metrics.jsonl",
+            # the held-out check the run's own flow gives (what rollbacks check there)
+            evaluate=heldout_check(data.heldout, recipe.train, recipe.eval.batch_size),
         )
         rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
         wall = time.perf_counter() - started
@@ -318,7 +321,9 @@ def _train_and_score(
         "kl": score.kl,
         "train_seconds": result.seconds,
         "wall_seconds": wall,
-        "max_grad_norm": max(r["grad_norm"] for r in rows),
+        "max_grad_norm": max(r.get("grad_norm", 0.0) for r in rows),
+        "skipped_steps": sum(bool(r.get("skipped")) for r in rows),
+        "rollbacks": sum(r.get("event") == "rollback" for r in rows),
     }
 
 

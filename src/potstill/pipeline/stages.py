@@ -20,6 +20,7 @@ import torch
 from potstill.cache.store import TeacherCache
 from potstill.cache.teach import cache_source, plan_blocks, teach
 from potstill.config import Recipe
+from potstill.data import Blocks
 from potstill.data.order import scheduled_blocks
 from potstill.evaluation.lm import continuations, evaluate_models
 from potstill.evaluation.report import Report, build_report, write_report
@@ -194,7 +195,7 @@ def distill_stage(
             tokenizer,
             teacher=source,
             extra=projections or None,
-            evaluate=_heldout_loss(ctx, cfg),
+            evaluate=heldout_check(ctx.data.heldout, cfg, ctx.recipe.eval.batch_size),
         )
 
     def save(trainee: Trainee) -> None:
@@ -224,16 +225,16 @@ def distill_stage(
     return float(marker["seconds"]), marker["fingerprint"]
 
 
-def _heldout_loss(ctx: RunContext, cfg: TrainConfig) -> Callable[[torch.nn.Module], float] | None:
-    """The student's loss on the first ``train.eval_blocks`` held-out blocks, logged as it
-    trains; None when ``train.eval_every`` is null or there is no held-out block."""
-    heldout = ctx.data.heldout
+def heldout_check(
+    heldout: Blocks, cfg: TrainConfig, batch_size: int
+) -> Callable[[torch.nn.Module], float] | None:
+    """The student's loss on the first ``train.eval_blocks`` blocks of ``heldout``, logged
+    as it trains and what its rollbacks check; None when ``train.eval_every`` is null or
+    there is no held-out block. Anything that trains as the lm flow does passes it."""
     count = min(cfg.eval_blocks, len(heldout))
     if cfg.eval_every is None or count == 0:
         return None
-    return heldout_loss(
-        heldout.input_ids[:count], heldout.labels[:count], batch_size=ctx.recipe.eval.batch_size
-    )
+    return heldout_loss(heldout.input_ids[:count], heldout.labels[:count], batch_size=batch_size)
 
 
 # --- quantize -----------------------------------------------------------------------------------
