@@ -347,8 +347,31 @@ def main() -> None:
 
     # Under torchrun / accelerate launch only rank 0 talks (the launcher sets RANK).
     set_verbose(os.environ.get("RANK", "0") in ("", "0"))
+    code: int | str | None = 0
     try:
         app()
     except PotstillError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    except SystemExit as e:  # typer ends every command this way
+        code = e.code
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        _leave_launched(code)
+    sys.exit(code)
+
+
+def _leave_launched(code: int | str | None) -> None:
+    """End a process a launcher started without running the interpreter's teardown: its
+    process group's C++ threads, left to static destructors at exit, sometimes aborted a
+    rank that had finished its work ("terminate called without an active exception", in
+    the suite's torchrun tests under load, even with the group destroyed at exit)."""
+    import torch.distributed as dist
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    os._exit(code or 0)
