@@ -37,6 +37,7 @@ from potstill.cache.store import TeacherCache
 from potstill.config import Recipe, load_recipe
 from potstill.data import load_data
 from potstill.data.texts import shipped_texts
+from potstill.evaluation.report.health import training_health
 from potstill.losses import LossTerm, signal_request
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student, wrap_adapter
@@ -315,6 +316,7 @@ def _train_and_score(
         wall = time.perf_counter() - started
     teacher.set_attn_implementation("sdpa")
     score = heldout_score(teacher, model, data, recipe.eval.batch_size)
+    health = training_health(rows)  # the report's own count of skips and rollbacks
     return {
         "perplexity": score.perplexity,
         "top1": score.top1,
@@ -322,8 +324,8 @@ def _train_and_score(
         "train_seconds": result.seconds,
         "wall_seconds": wall,
         "max_grad_norm": max(r.get("grad_norm", 0.0) for r in rows),
-        "skipped_steps": sum(bool(r.get("skipped")) for r in rows),
-        "rollbacks": sum(r.get("event") == "rollback" for r in rows),
+        "skipped_steps": health.skipped_steps,
+        "rollbacks": health.rollbacks,
     }
 
 

@@ -52,6 +52,19 @@ SLOWDOWN_TOLERANCE = 1.1
 MIN_TEACH_SAMPLE_SECONDS = 10.0
 
 
+def fit_steps(requested: int, seconds: Callable[[int], float], limit: float) -> int:
+    """The most steps, from ``requested`` down by 5% at a time to `MIN_STEPS`, whose
+    ``seconds(steps)`` fits ``limit``; `MIN_STEPS` when none does.
+
+    >>> fit_steps(130, lambda steps: steps * 1.0, 100.0), fit_steps(130, lambda s: 1e9, 1.0)
+    (98, 20)
+    """
+    steps = requested
+    while steps > MIN_STEPS and seconds(steps) > limit:
+        steps = max(MIN_STEPS, int(steps * 0.95))
+    return steps
+
+
 def fit_budget(ctx: RunContext, started: float) -> Recipe:
     """The recipe to run: ``ctx.recipe`` with ``train.steps`` fitted to its budget."""
     recipe = ctx.recipe
@@ -110,10 +123,7 @@ def _decide(ctx: RunContext, started: float) -> dict[str, Any]:
         train += live
         return spent + teach + train + evaluate + OVERHEAD_SECONDS
 
-    budget = recipe.budget_minutes * 60
-    steps = recipe.train.steps
-    while steps > MIN_STEPS and estimate(steps) > budget:
-        steps = max(MIN_STEPS, int(steps * 0.95))
+    steps = fit_steps(recipe.train.steps, estimate, recipe.budget_minutes * 60)
     train_seconds_per_step = recipe.train.grad_accum * (kd_step + baseline_step)
     train_seconds_per_step += trained_models * watch
     return {
@@ -167,9 +177,7 @@ def refit_after_teach(ctx: RunContext, started: float, teach_seconds: float) -> 
     def remaining(steps: int) -> float:
         return (steps * per_step + evaluate) * slowdown + OVERHEAD_SECONDS
 
-    steps = recipe.train.steps
-    while steps > MIN_STEPS and remaining(steps) > left:
-        steps = max(MIN_STEPS, int(steps * 0.95))
+    steps = fit_steps(recipe.train.steps, remaining, left)
     decision["refit"] = {
         "teach_seconds": teach_seconds,
         "estimated_teach_seconds": estimated["teach"],
@@ -275,9 +283,7 @@ def student_steps(ctx: RunContext, step_seconds: Callable[[], float]) -> int:
         def estimate(steps: int) -> float:
             return spent + (steps * per_step + OVERHEAD_SECONDS) / (1 - EVALUATE_SHARE)
 
-        steps = requested
-        while steps > MIN_STEPS and estimate(steps) > budget:
-            steps = max(MIN_STEPS, int(steps * 0.95))
+        steps = fit_steps(requested, estimate, budget)
         decision = {
             "minutes": recipe.budget_minutes,
             "requested_steps": requested,
