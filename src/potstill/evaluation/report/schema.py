@@ -63,37 +63,50 @@ Text = Annotated[str | None, BeforeValidator(json_ready)]
 
 
 class Section(BaseModel):
-    """A typed part of the report: unknown keys are refused."""
+    """A typed part of the report: unknown keys are refused; the string under each field is
+    its description (docs/reference/report.md is generated from them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Agreement(Section):
     """How often a model agrees with the teacher, on the held-out tokens."""
 
-    top1: Number = None  # share of tokens where the argmaxes match, 0..1
-    kl: Number = None  # KL(teacher ‖ model), nats per token
+    top1: Number = None
+    """Share of tokens where the argmaxes match, 0..1."""
+    kl: Number = None
+    """KL(teacher ‖ model), nats per token."""
 
 
 class FrequencyBand(Section):
     """A model's scores on the held-out positions whose true next token falls in one band
     of frequency rank on the training split."""
 
-    band: Text = None  # frequency ranks, e.g. "101–1,000"; the last band holds unseen tokens
-    share: Number = None  # share of the scored held-out positions, 0..1
-    tokens: Count = None  # scored held-out positions in the band
-    loss: Number = None  # mean NLL of the true next token, nats
-    top1: Number = None  # share where the model's argmax is the teacher's, 0..1
+    band: Text = None
+    """Frequency ranks, e.g. "101–1,000"; the last band holds unseen tokens."""
+    share: Number = None
+    """Share of the scored held-out positions, 0..1."""
+    tokens: Count = None
+    """Scored held-out positions in the band."""
+    loss: Number = None
+    """Mean NLL of the true next token, nats."""
+    top1: Number = None
+    """Share where the model's argmax is the teacher's, 0..1."""
 
 
 class Disagreement(Section):
     """A held-out position where a model's next-token prediction is far from the teacher's."""
 
-    context: Text = None  # the last tokens up to the prediction, decoded
-    target: Text = None  # the true next token
-    teacher_top: Text = None  # the teacher's most likely next token
-    model_top: Text = None  # this model's most likely next token
-    kl: Number = None  # KL(teacher ‖ model) at this position, nats
+    context: Text = None
+    """The last tokens up to the prediction, decoded."""
+    target: Text = None
+    """The true next token."""
+    teacher_top: Text = None
+    """The teacher's most likely next token."""
+    model_top: Text = None
+    """This model's most likely next token."""
+    kl: Number = None
+    """KL(teacher ‖ model) at this position, nats."""
 
 
 class TrainingHealth(Section):
@@ -101,73 +114,116 @@ class TrainingHealth(Section):
     (`potstill.evaluation.report.health`)."""
 
     status: Literal["ok", "diverged"]
-    reason: str  # one sentence: what was seen, or why the run counts as ok
-    skipped_steps: int = 0  # updates the loop skipped (gradient spikes); a note, not a break
-    rollbacks: int = 0  # times the loop went back to a good point at a lower lr
+    """`ok`, or `diverged`: a non-finite loss, or a last tenth of steps 0.3 nats and 5% above
+    the run's best window."""
+    reason: str
+    """One sentence: what was seen, or why the run counts as ok."""
+    skipped_steps: int = 0
+    """Updates the loop skipped (gradient spikes); a note, not a break."""
+    rollbacks: int = 0
+    """Times the loop went back to a good point at a lower lr."""
 
 
 class ModelEntry(Section):
     """One evaluated model: size, quality, speed, and for students agreement with the teacher."""
 
-    ref: Text = None  # the model reference it was loaded from
+    ref: Text = None
+    """The model reference it was loaded from."""
     params: Count = None
+    """Parameters, counted from the loaded model."""
     size_bytes: Count = None
-    perplexity: Number = None  # held-out split
-    loss: Number = None  # held-out cross-entropy, nats per token
-    tokens_per_second: Number = None  # generation, batch 1, greedy, this machine
+    """Bytes of the model's weight files on disk."""
+    perplexity: Number = None
+    """Held-out split."""
+    loss: Number = None
+    """Held-out cross-entropy, nats per token."""
+    tokens_per_second: Number = None
+    """Generation, batch 1, greedy, this machine."""
     train_seconds: Number = None
+    """Wall seconds this model's training took in the run."""
     agreement: Agreement | None = None
-    accuracy: Number = None  # tasks with labels
-    f1: Number = None  # macro-F1
-    ece: Number = None  # expected calibration error (15 bins); next token for language models
-    trainable_params: Count = None  # adapters (and head) only, for LoRA / PiSSA students
-    examples_per_second: dict[str, Number] | None = None  # classification, by batch size
-    per_class_f1: list[Number] | None = None  # classification, in the order of the labels
-    confusion: list[list[int]] | None = None  # [gold][predicted] counts on the test set
+    """Students against the teacher on the held-out tokens."""
+    accuracy: Number = None
+    """Tasks with labels."""
+    f1: Number = None
+    """Macro-F1."""
+    ece: Number = None
+    """Expected calibration error (15 bins); next token for language models."""
+    trainable_params: Count = None
+    """Adapters (and head) only, for LoRA / PiSSA students."""
+    examples_per_second: dict[str, Number] | None = None
+    """Classification, by batch size."""
+    per_class_f1: list[Number] | None = None
+    """Classification, in the order of the labels."""
+    confusion: list[list[int]] | None = None
+    """[gold][predicted] counts on the test set."""
     peak_ram_bytes: Count = None
+    """Peak resident memory while the model was evaluated."""
     # Problems with a checked answer (chain-of-thought runs): `accuracy` is exact match.
-    answered: Number = None  # share of replies with an answer that could be read
-    mean_answer_tokens: Number = None  # generated tokens per reply
-    truncated: Number = None  # share of replies cut off by the token limit
-    # KL(teacher ‖ model) per token, nats, on the model's own test replies (same vocabulary)
+    answered: Number = None
+    """Share of replies with an answer that could be read."""
+    mean_answer_tokens: Number = None
+    """Generated tokens per reply."""
+    truncated: Number = None
+    """Share of replies cut off by the token limit."""
     reply_kl: Number = None
-    # Language models, against the teacher: by training-split frequency of the true next
-    # token, and the held-out positions of largest KL(teacher ‖ model), largest first.
+    """KL(teacher ‖ model) per token, nats, on the model's own test replies (same vocabulary)."""
     frequency_bands: list[FrequencyBand] | None = None
+    """Language models: scores by training-split frequency band of the true next token."""
     worst_disagreements: list[Disagreement] | None = None
-    training: TrainingHealth | None = None  # models trained in this run, from metrics.jsonl
+    """Language models: the held-out positions of largest KL(teacher ‖ model), largest first."""
+    training: TrainingHealth | None = None
+    """Models trained in this run, from metrics.jsonl."""
 
 
 class RunInfo(Section):
     """Where and how the run happened."""
 
     name: Text = None
+    """The recipe's `name` (the run folder's name)."""
     wall_seconds: Number = None
+    """Wall seconds of the whole run, from start to report."""
     device: Text = None
+    """The device the models ran on (`cpu`, `cuda:0`, `mps`)."""
     threads: Count = None
+    """PyTorch's CPU threads."""
     machine: Text = None
+    """The processor, as the platform names it."""
     precision: Text = None
+    """The training precision used (`fp32`, `bf16`, `fp16`)."""
 
 
 class DataInfo(Section):
     """The data the models were trained and scored on."""
 
     name: Text = None
+    """The data the models were scored on: its path, a shipped corpus or a problem set."""
     train_tokens: Count = None
+    """Tokens in the training split (language models)."""
     heldout_tokens: Count = None
-    split: Text = None  # one line: how the held-out set was chosen
+    """Held-out tokens the models were scored on (language models)."""
+    split: Text = None
+    """One line: how the held-out set was chosen."""
     fingerprint: Text = None
+    """A hash of the data and its split: two reports with the same one scored the same text."""
 
 
 class Summary(Section):
     """The student against the teacher and the baseline; None where a number is missing."""
 
     gap_closed: Number = None
+    """(ln ppl_baseline − ln ppl_student) / (ln ppl_baseline − ln ppl_teacher): 1 matches the
+    teacher, 0 is no better than the baseline; null when a training run diverged."""
     student_params_fraction: Number = None
+    """Student parameters / teacher parameters."""
     student_size_fraction: Number = None
+    """Student bytes on disk / teacher bytes on disk."""
     student_vs_baseline_perplexity: Number = None
+    """Student perplexity / baseline perplexity (below 1: distillation helped)."""
     student_vs_teacher_perplexity: Number = None
+    """Student perplexity / teacher perplexity."""
     student_speedup: Number = None
+    """Student tokens/s / teacher tokens/s (generation, batch 1)."""
 
 
 class BreakEven(Section):
@@ -181,12 +237,20 @@ class BreakEven(Section):
     """
 
     student: Text = None
+    """The model the break-even is computed for."""
     unit: Text = None
+    """What one call is (`generated tokens`); null reads as texts classified."""
     basis: Text = None
+    """How each number was measured."""
     distill_seconds: Number = None
+    """Seconds spent teaching and training the student."""
     teacher_seconds_per_1k: Number = None
+    """The teacher's seconds per 1,000 calls."""
     student_seconds_per_1k: Number = None
+    """The student's seconds per 1,000 calls."""
     calls_to_repay: Number = None
+    """distill_seconds / (teacher − student seconds per call); null when the student is not
+    faster."""
 
 
 class Sample(Section):
@@ -194,7 +258,9 @@ class Sample(Section):
     continuation of it, decoded (`potstill.evaluation.lm.continuations`)."""
 
     prompt: Text = None
-    continuations: dict[str, Text] = {}  # model name -> the text it wrote
+    """The first tokens of a held-out block, decoded."""
+    continuations: dict[str, Text] = {}
+    """Model name -> the text it wrote."""
 
 
 FreeDict = Annotated[dict[str, Any], BeforeValidator(json_ready)]
@@ -205,18 +271,29 @@ class Report(Section):
     `baseline`) or any other name, and kept in that order, roles first."""
 
     schema_version: int = SCHEMA_VERSION
+    """The version of this schema the file was written with."""
     potstill_version: str
-    created: str  # ISO 8601, UTC
+    """The potstill version that wrote it."""
+    created: str
+    """ISO 8601, UTC."""
     kind: Kind
+    """The task (`task.kind`): `lm`, `classify`, `reason` or `context`; every view renders by it."""
     run: RunInfo = RunInfo()
     data: DataInfo = DataInfo()
     recipe: FreeDict = {}
+    """What the run did, in brief: the loss terms, steps, cache and task settings."""
     models: dict[str, ModelEntry] = {}
+    """One entry per model evaluated, by role (teacher, student, baseline) or name."""
     summary: Summary
+    """The student against the teacher and the baseline."""
     budget: FreeDict | None = None
+    """The time budget's decision (`stages/budget.json`) when `budget_minutes` was set."""
     seeds: FreeDict | None = None
+    """Each seed's numbers and their mean ± sd, where several seeds were run."""
     break_even: BreakEven | None = None
-    samples: list[Sample] | None = None  # language models: continuations side by side
+    """Teacher and training compute against the student's saving per call."""
+    samples: list[Sample] | None = None
+    """Language models: continuations side by side."""
 
     @field_validator("models", mode="after")
     @classmethod
