@@ -19,31 +19,44 @@ class TeachConfig(Strict):
     """
 
     enabled: bool = True
+    """Run the teacher once, into the cache, and train the student from it; `false` runs
+    the teacher live at every training step (needed for attention terms)."""
     # The default cache is 192 draws per token and no top-k: an unbiased estimate of the
     # teacher, whose students match the live teacher's perplexity within 0.6% where top-64
     # students are 7.3% worse (bench/results/cache_sampled.txt), at 99 bytes/token.
-    # Naming only top_k asks for the top-k cache (samples 0); a recipe whose KD terms a
-    # sampled cache cannot serve (not forward_kl, or several temperatures) and that names
-    # neither key gets top_k 64, samples 0 (`Recipe`'s rule).
     top_k: int = Field(0, ge=0)
-    # Draws per token from the teacher's mass outside the top_k ids (0: none, the rest is
-    # one tail bucket). With draws the cache holds an unbiased estimate of the teacher's
-    # distribution (`potstill.losses.sampled`): top_k 0 is pure sampling, top_k > 0 the
-    # hybrid. Only forward_kl (and cross_entropy) train on it, at the cache's temperature.
+    """How many of the teacher's most likely token ids the cache keeps per position, with
+    their log-probabilities; the rest of its mass is drawn (`samples`) or kept as one tail
+    bucket. Naming only `top_k` means `samples: 0`; a recipe whose KD terms a sampled cache
+    cannot serve (not `forward_kl`, or several temperatures) and that names neither key
+    gets `top_k: 64, samples: 0`."""
     samples: int = Field(192, ge=0)
-    seed: int = Field(0, ge=0)  # the draws' seed (each shard's draws are fixed by it)
-    # The temperature the cached log-probabilities are taken at. None: the KD terms' own
-    # temperature when they share one (re-tempering the tail is then exact), else 1.
+    """Draws per token from the teacher's mass outside the `top_k` ids, an unbiased
+    estimate of its distribution (`potstill.losses.sampled`; `top_k: 0` = pure sampling,
+    `top_k > 0` = hybrid); 0 = no draws, the rest is one tail bucket. Only `forward_kl`
+    (and `cross_entropy`) train on draws, at the cache's temperature."""
+    seed: int = Field(0, ge=0)
+    """The seed of the draws: each shard's draws are fixed by it, so a killed `teach`
+    resumes to the same bytes."""
     temperature: float | None = Field(None, gt=0.0)
-    bits: int = Field(8, ge=2, le=16)  # log-probability quantization
-    # Which training blocks to cache: "schedule" = exactly those `train.steps` visit,
-    # "all" = every block, or the first N blocks the schedule visits.
+    """The temperature the cached log-probabilities are taken at; null = the KD terms' own
+    temperature when they share one (re-tempering the tail is then exact), else 1."""
+    bits: int = Field(8, ge=2, le=16)
+    """The bits each cached log-probability is quantized to (fewer = a smaller cache, a
+    coarser teacher)."""
     blocks: str | int = "schedule"
+    """Which training blocks to cache: `schedule` = exactly those `train.steps` visit,
+    `all` = every block, or a number N = the first N blocks in the order training visits
+    them (then the rest)."""
     batch_size: int = Field(8, ge=1)
+    """Blocks per teacher forward pass while filling the cache (speed and memory only)."""
     shard_blocks: int = Field(64, ge=1)
-    # A cache folder to train from (e.g. another run's); None = runs/NAME/cache.
+    """Blocks per cache shard, the unit written atomically: a killed `teach` redoes at most
+    one shard."""
     cache: str | None = None
+    """A cache folder to train from, e.g. another run's; null = `runs_dir/NAME/cache`."""
     endpoint: EndpointConfig = EndpointConfig()
+    """Where an `openai:MODEL` teacher is reached, and how hard it is pushed."""
 
     @model_validator(mode="before")
     @classmethod

@@ -40,10 +40,23 @@ class LossTermConfig(Strict):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     loss: LossName
+    """Which loss this term adds, by its registry name (the loss names table lists what
+    each compares)."""
     weight: float = Field(1.0, ge=0.0)
+    """The term's weight in the training loss, the weighted sum of all terms; 0 turns the
+    term off (at least one term needs a positive weight)."""
     temperature: float = Field(1.0, gt=0.0)
+    """The KD temperature `T`: both distributions are softened as `softmax(logits / T)` and
+    the term is multiplied by `T²`. KD terms only: `cross_entropy`, hidden and attention
+    terms keep 1."""
     layers: dict[int, int] | Literal["auto"] | None = None
+    """Hidden-state and attention terms only: which student layer is compared with which
+    teacher layer, as `{student_layer: teacher_layer}`; `auto` or null = the automatic
+    map (a cut student's kept layers against their teacher originals, else evenly spaced)."""
     heads: Literal["grouped", "mean"] = "grouped"
+    """Attention terms only, when the head counts differ: `grouped` averages the side with
+    more heads in consecutive groups down to the other's count; `mean` compares the maps
+    averaged over all heads."""
 
     @model_validator(mode="after")
     def _valid_term(self) -> LossTermConfig:
@@ -128,27 +141,55 @@ class Recipe(Strict):
     """
 
     name: str = "shakespeare-smollm2"
+    """The run's name: its folder is `runs_dir/NAME`, so a plain folder name (letters,
+    digits, `.`, `_`, `-`), not a path."""
     teacher: str = "bundled:smollm2-135m-instruct"
+    """The teacher model: `bundled:NAME` (`potstill models` lists them), a Hugging Face hub
+    id, a local model folder, or `openai:MODEL` for a model behind an OpenAI-compatible
+    endpoint (`teach.endpoint`), which only writes text (`generate`, reasoning traces)."""
     student: StudentConfig = StudentConfig()
+    """The student: where it comes from (a model, layers cut from the teacher, or a fresh
+    model) and whether it trains fully or through adapters."""
     data: DataConfig = DataConfig()
+    """The text an `lm` or `context` run trains on, and how it is cut into training and
+    held-out blocks (`block_size` also bounds a `reason` run's sequences)."""
     loss: list[LossTermConfig] = Field(min_length=1)
+    """The loss terms the student trains on, each `{loss, weight, temperature}` plus the
+    loss's own parameters. Left out: the best mix measured for the `task.kind`
+    (`potstill.config.schema.DEFAULT_LOSS`)."""
     train: TrainConfig = TrainConfig()
+    """The optimiser, schedule, batches, checks and checkpoints of every model the run
+    trains; a kind other than `lm` fills the keys it leaves out from its own defaults."""
     teach: TeachConfig = TeachConfig()
+    """The teacher pass (`potstill teach`): what the teacher cache keeps and where it lives;
+    the student then trains from the cache instead of running the teacher at every step."""
     eval: EvalConfig = EvalConfig()
+    """How the models are scored, and what is scored beside the student: a baseline
+    trained without the teacher, quantized copies of the student."""
     task: TaskConfig = TaskConfig()
+    """What the student learns (`kind`), and for `classify` the labels, the texts and how
+    the teacher labels them."""
     generate: GenerateConfig = GenerateConfig()
-    # Chain-of-thought distillation (task.kind: reason): the problems and how they are asked.
+    """What the teacher writes (`potstill generate`): its answers to a prompts file, which
+    `data.path` then trains on, and the sampling settings reasoning traces use too."""
     reason: ReasonConfig = ReasonConfig()
-    # Context distillation: what only the teacher reads (a system prompt, few-shot turns).
+    """Chain-of-thought distillation (`task.kind: reason`): the problems, how they are
+    asked, and which comparison students are trained."""
     context: ContextConfig | None = None
+    """Context distillation (`task.kind: context`): what only the teacher reads (a system
+    prompt and/or few-shot turns); required for that kind, refused for the others."""
     runs_dir: str = "runs"
-    # auto: a CUDA GPU when there is one, else Apple's mps, else the CPU.
+    """The folder that holds every run's folder (`runs_dir/NAME`)."""
     device: str = "auto"
-    # Fit train.steps to this many minutes for the whole run, measured on this machine
-    # (pipeline/budget.py); None = run the steps as given. The embedded default sets it.
+    """Where the models run: `auto` (a CUDA GPU when there is one, else Apple's `mps`, else
+    the CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
     budget_minutes: float | None = Field(None, gt=0.0)
-    # The stages `run` performs, in this order; None = all that apply (see STAGES).
+    """Fit `train.steps` so the whole run takes about this many minutes on this machine,
+    measured as the run goes (`potstill.pipeline.budget`); null = run the steps as given.
+    The embedded default recipe sets 14."""
     stages: list[Literal[STAGES]] | None = None  # type: ignore[valid-type]
+    """The stages `potstill run` performs, always in the order `generate`, `teach`,
+    `distill`, `baseline`, `quantize`, `evaluate`, `report`; null = every one that applies."""
 
     @model_validator(mode="before")
     @classmethod

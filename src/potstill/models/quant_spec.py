@@ -35,13 +35,18 @@ class QuantizationSpec(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weights: Literal["int8", "int4"] = "int4"
+    """The integer width of the quantized weights: every linear layer's, the input
+    embedding's and the output head's (symmetric, one scale per channel or group)."""
     activations: Literal["none", "int8"] = "none"
-    # Input features sharing one scale (None: int4 groups of 32, int8 one per channel).
+    """`int8` also quantizes the linear layers' inputs on the fly (per token, asymmetric;
+    the output head's stay float); `none` keeps every activation float."""
     group_size: int | None = Field(None, ge=1)
-    # QAT only: each group's scale is a trained parameter (torchao range learning, as in
-    # LSQ), initialised from the weights, instead of recomputed from them at every step;
-    # the converted model stores the learned scales.
+    """Input features sharing one scale; it must divide every quantized layer's input
+    width. null = groups of 32 for int4, one scale per output channel for int8."""
     learn_scales: bool = False
+    """`student.qat` only: each group's scale is a trained parameter (torchao range
+    learning, as in LSQ), initialised from the weights, instead of recomputed from them at
+    every step; the converted model stores the learned scales."""
 
     def __init__(
         self,

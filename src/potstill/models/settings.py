@@ -14,26 +14,39 @@ class FromTeacher(Strict):
     """Build the student by keeping a subset of the teacher's layers (weights copied)."""
 
     layers: list[int] = Field(min_length=1)
+    """The teacher's layers the student keeps, by 0-based index, strictly increasing."""
 
 
 class FreshConfig(Strict):
     """A randomly initialised student of the teacher's architecture family."""
 
     num_layers: int = Field(4, ge=1)
+    """Decoder blocks."""
     hidden_size: int = Field(256, ge=8)
+    """The model's width (the residual stream); a multiple of `num_heads`."""
     num_heads: int = Field(4, ge=1)
+    """Attention heads per block."""
     num_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention; must divide `num_heads`); null =
+    `num_heads`."""
     intermediate_size: int | None = None
+    """The MLP's inner width; null = 4 × `hidden_size`."""
 
 
 class LoraConfig(Strict):
     r: int = Field(16, ge=1)
+    """The adapters' rank: trainable parameters grow with it."""
     alpha: int = Field(32, ge=1)
+    """The adapters' scale: their update is multiplied by `alpha / r`."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapters' input while training."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    # Adapter students' learning rate (None: train.lr); adapters usually want ~10x a full
-    # fine-tune's.
+    """Which layers get adapters: a list of module names (e.g. `[q_proj, v_proj]`), or
+    `all-linear`, every linear layer but the output head (a `classify` student takes
+    PEFT's default for its architecture instead, e.g. BERT's `query` and `value`)."""
     lr: float | None = Field(None, gt=0.0)
+    """The learning rate of adapter students (`lora`, `pissa`); null = `train.lr`. Adapters
+    usually want about 10× a full fine-tune's (`bench/results/classify_adapter_lr.md`)."""
 
 
 # Quantization-aware training (student.qat) and post-training variants (eval.quantize)
@@ -48,16 +61,31 @@ DEFAULT_STUDENT_LAYERS = [0, 1, 2, 27, 28, 29]
 
 class StudentConfig(Strict):
     model: str | None = None
+    """A ready model as the student: `bundled:NAME`, a hub id or a local folder. Give one
+    of `model`, `from_teacher`, `fresh`; with none, a `classify` run takes
+    `bundled:all-minilm-l6-v2` and the others `from_teacher`."""
     from_teacher: FromTeacher | None = None
+    """Cut the student from the teacher, keeping the listed layers with their weights. With
+    no source given: layers `[0, 1, 2, 27, 28, 29]`, which on the bundled 30-layer SmolLM2
+    heal far faster than evenly spaced ones (`bench/results/defaults.md`)."""
     fresh: FreshConfig | None = None
+    """A randomly initialised student of the teacher's architecture, in the given shape."""
     adapter: Literal["full", "lora", "pissa"] = "full"
-    # task: classify trains one student per adapter listed here (None: all three).
+    """How the student trains: `full` (every weight), `lora` (low-rank adapters) or `pissa`
+    (adapters started from each weight's principal singular vectors); adapter students
+    are saved merged."""
     adapters: list[Literal["full", "lora", "pissa"]] | None = None
-    # task: classify: the tokens of each text a classifier student reads (the rest is cut).
+    """`classify` runs: train one student per adapter listed; null = all three."""
     max_length: int = Field(256, ge=8)
+    """`classify` runs: the tokens of each text the classifier student reads (the rest is
+    cut)."""
     lora: LoraConfig = LoraConfig()
-    # Quantization-aware distillation (full fine-tunes only); None: a float32 student.
+    """The adapters of a `lora` or `pissa` student: rank, scale, target layers, learning
+    rate."""
     qat: QatConfig | None = None
+    """Quantization-aware distillation: the student trains through fake-quantized layers
+    in this spec (e.g. `{weights: int4}`) and is saved quantized; full fine-tunes only,
+    not with FSDP; null = a float32 student."""
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentConfig:

@@ -39,15 +39,22 @@ class LabelConfig(Strict):
     words, e.g. ``{name: sci.med, answer: medicine}``."""
 
     name: str
+    """The label's name, as the data's gold labels write it."""
     description: str | None = None
+    """What the label means, shown to the teacher after its name in the labelling prompt;
+    null = none."""
     answer: str | None = None
+    """The words the teacher answers with for this label, when the name is not plain words
+    (`sci.med` answered as `medicine`); null = the name."""
 
 
 class ExampleConfig(Strict):
     """A few-shot example: a text and the name of its label."""
 
     text: str
+    """The example's text."""
     label: str
+    """The name of its label, one of `task.labels`."""
 
 
 class TaskConfig(Strict):
@@ -74,30 +81,62 @@ class TaskConfig(Strict):
     ['yes', 'no']
     """
 
-    # The one switch between flows: next-token distillation on text (lm), the teacher's
-    # labels into a classifier (classify), checked chain-of-thought traces (reason), or a
-    # context only the teacher reads distilled into an adapter (context).
     kind: Literal["lm", "classify", "reason", "context"] = "lm"
+    """The one switch between flows: `lm` (next-token distillation on text), `classify`
+    (the teacher's labels into a classifier), `reason` (checked chain-of-thought traces) or
+    `context` (a context only the teacher reads, distilled into an adapter). It also picks
+    the default `loss` and `train` settings."""
     labels: list[str | LabelConfig] = Field(default_factory=list)
+    """`classify`: the classes, at least two, as plain names or `{name, description,
+    answer}` mappings."""
     instruction: str | None = None
+    """`classify`: the instruction that opens the labelling prompt; null = `Classify the
+    text.`"""
     examples: list[ExampleConfig] = Field(default_factory=list)
+    """`classify`: your own few-shot examples for the labelling prompt, each `{text,
+    label}`; not with `shots`."""
     text_field: str = "text"
+    """`classify`: the field holding each text in the `train` and `test` files."""
     label_field: str | None = None
+    """`classify`: the field holding each text's gold label in the `test` file (required
+    for `classify`)."""
     train_label_field: str | None = None
+    """`classify`: the field of gold labels in the `train` file, when you have them; a
+    student trained on them is then added for reference, and they enable `shots`,
+    `hard_labels: gold` and `calibrate: auto`'s choice. null = the train texts are
+    unlabelled."""
     hard_labels: Literal["teacher", "gold"] = "teacher"
-    # auto: with gold-labelled train texts (train_label_field), the calibration whose
-    # labels agree best with them (none, prior or content_free); without, none.
+    """`classify`: what the students' `cross_entropy` term learns: the teacher's argmax
+    (`teacher`) or the gold labels of `train_label_field` (`gold`)."""
     calibrate: Calibrate = "auto"
-    # 0: a zero-shot prompt, as before; few-shot prompts are longer, and a recipe's
-    # task.max_length sized for zero-shot would no longer fit its texts.
+    """`classify`: how the teacher's label scores become soft labels: `none`, `prior`
+    (label shift towards the train gold label frequencies, else their EM estimate),
+    `content_free` (assumes balanced classes) or `auto`, whichever of those three agrees
+    best with the gold-labelled train texts (`none` without them)."""
     shots: int = Field(0, ge=0)
+    """`classify`: take this many few-shot examples for the labelling prompt from the
+    gold-labelled train texts (at least one per label where it can, chosen by
+    `train.seed`). 0 = a zero-shot prompt: few-shot prompts are longer, and a
+    `max_length` sized for zero-shot would no longer fit their texts."""
     batch_size: int = Field(8, ge=1)
+    """`classify`: texts per teacher forward pass while labelling and scoring the test
+    set."""
     max_length: int | None = Field(None, ge=1)
+    """`classify`: the tokens one labelling sequence (prompt and text) may take, the text
+    cut to fit; null = the teacher's context length."""
     train: str | None = None
+    """`classify`: the file of unlabelled texts the teacher labels and the students train
+    on (`.txt`, `.jsonl`, `.csv`, `.parquet`)."""
     test: str | None = None
+    """`classify`: the labelled test set every model is scored on (gold labels under
+    `label_field`)."""
     max_train: int | None = Field(None, ge=1)
+    """`classify`: keep only the first this many texts of `train`; null = all."""
     max_test: int | None = Field(None, ge=1)
+    """`classify`: keep only the first this many texts of `test`; null = all."""
     shard_texts: int = Field(256, ge=1)
+    """`classify`: texts labelled between two atomic saves of `labels.parquet`, so a
+    killed run resumes where it stopped."""
 
     @property
     def label_names(self) -> list[str]:
@@ -166,17 +205,32 @@ class GenerateConfig(Strict):
     """
 
     prompts: str | None = None
+    """The prompts the teacher answers: a `.jsonl`/`.csv`/`.parquet` file, a `.txt` file
+    (one prompt per non-empty line) or a `shipped:` set; null = no `generate` stage."""
     prompt_field: str = "prompt"
+    """The field holding each prompt in a `.jsonl`/`.csv`/`.parquet` prompts file."""
     system: SystemPrompt = None
+    """A system prompt before every prompt's user turn; null = none."""
     n: int = Field(1, ge=1, le=128)
+    """Responses the teacher writes per prompt (a `reason` run: traces per problem)."""
     max_tokens: int = Field(256, ge=1)
+    """The most new tokens one response may take."""
     temperature: float = Field(0.7, ge=0.0, le=2.0)
+    """The sampling temperature; 0 = greedy."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: draw from the smallest set of tokens holding this much
+    probability; 1 = from all."""
     seed: int = Field(0, ge=0)
+    """The seed every row's own sampling seed is derived from, with the prompt and the
+    sample index, so each row is reproducible on its own."""
     stop: list[str] = Field(default_factory=list, max_length=4)
+    """Strings that end a response (at most 4, as OpenAI's API), besides an end token."""
     batch_size: int = Field(8, ge=1)
+    """Rows a local teacher decodes together (speed and memory)."""
     shard_rows: int = Field(64, ge=1)
+    """Rows written between two atomic saves, so a killed `generate` resumes."""
     max_prompts: int | None = Field(None, ge=1)
+    """Keep only the first this many prompts; null = all."""
 
     @field_validator("stop")
     @classmethod
@@ -198,8 +252,12 @@ class OnPolicyConfig(Strict):
     """
 
     fraction: float = Field(0.5, gt=0.0, le=1.0)
+    """The share λ of the student's batches replaced by its own replies, scored by the
+    teacher."""
     temperature: float = Field(1.0, gt=0.0)
+    """The temperature the student samples its replies at."""
     max_tokens: int | None = Field(None, ge=1)
+    """The most new tokens of one reply; null = `generate.max_tokens`."""
 
 
 class ReasonConfig(Strict):
@@ -217,16 +275,27 @@ class ReasonConfig(Strict):
     """
 
     dataset: str = "chain_sum"
+    """The reasoning-gym generator the problems come from, by name."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """The generator's own options, passed as they are."""
     train: int = Field(64, ge=1)
+    """Problems the teacher solves, whose checked traces the student trains on."""
     test: int = Field(50, ge=1)
+    """Held-out problems every model answers for the report; none is also a train
+    problem."""
     seed: int = Field(0, ge=0)
+    """The seed the train problems are drawn at; the test problems use `seed + 1`."""
     system: SystemPrompt = "Think step by step, then give the final answer as a number."
+    """The system prompt teacher and students read before each question; null = none."""
     max_tokens: int = Field(256, ge=1)
+    """The most new tokens of one test answer (everyone answers greedily)."""
     batch_size: int = Field(32, ge=1)
-    # Also train a student on every trace, checked or not: what the checking bought.
+    """Test problems answered together (speed and memory)."""
     unchecked: bool = False
-    # Train the student on the final answers alone (no reasoning): what the traces bought.
+    """Also train a student on every trace, checked or not: what the checking bought."""
     answers: bool = True
-    # Also train an on-policy student (GKD) and compare it with the off-policy one.
+    """Also train a student on the final answers alone, without the reasoning: what the
+    traces bought."""
     on_policy: OnPolicyConfig | None = None
+    """Also train an on-policy student (GKD) and compare it with the off-policy one; null =
+    none."""

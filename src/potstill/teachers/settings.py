@@ -26,11 +26,21 @@ class EndpointConfig(Strict):
     """
 
     base_url: str = "https://api.openai.com/v1"
+    """The endpoint's URL with its scheme, e.g. `http://127.0.0.1:8000/v1` for a local
+    server."""
     api_key_env: str | None = "OPENAI_API_KEY"
+    """The NAME of the environment variable that holds the API key (never the key itself:
+    recipes are saved and shared); null = send no real key, for a server that needs none."""
     concurrency: int = Field(4, ge=1, le=256)
+    """Requests in flight at once."""
     max_retries: int = Field(5, ge=0, le=50)
+    """Retries of one request on HTTP 429, 5xx, timeouts and refused connections, with
+    exponential backoff and jitter."""
     timeout_s: float = Field(60.0, gt=0.0)
+    """The longest one request may take, in seconds."""
     requests_per_minute: float | None = Field(None, gt=0.0)
+    """A rate limit: request starts are spaced evenly to this many a minute; null = no
+    limit."""
 
     @field_validator("base_url")
     @classmethod

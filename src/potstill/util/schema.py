@@ -1,4 +1,8 @@
-"""The base of every recipe section: unknown keys are refused, assignments validated."""
+"""The base of every recipe section: unknown keys are refused, assignments validated.
+
+A string literal right under a field is its description (``use_attribute_docstrings``),
+which the generated recipe reference reads.
+"""
 
 from __future__ import annotations
 
@@ -6,4 +10,6 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
