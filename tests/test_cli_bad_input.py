@@ -1,10 +1,11 @@
 """Bad input through the real CLI, one kind per case: broken data, broken recipes, paths
 that cannot be read or written, corrupt or foreign teacher caches, unsafe model folders.
 
-Every case asserts the contract (DESIGN.md): exit code 2; one ``error: ...`` line on stderr,
-the last one, naming the offending thing; no traceback; nothing printed on stdout; every
-file that existed before (the recipe, the data, a taught run and its cache) left with the
-same bytes and mtime; and nothing new beyond what the case allows (no temporary files).
+Every case asserts the contract (docs/reference/run-folder.md): exit code 2; one
+``error: ...`` line on stderr, the last one, naming the offending thing; no traceback;
+nothing printed on stdout; every file that existed before (the recipe, the data, a taught
+run and its cache) left with the same bytes and mtime; and nothing new beyond what the
+case allows (no temporary files).
 """
 
 from __future__ import annotations

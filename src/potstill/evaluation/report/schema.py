@@ -1,4 +1,4 @@
-"""report.json as a type: the sections DESIGN.md fixes ("Run folder", "Report additions").
+"""report.json as a type: the sections docs/reference/report.md documents.
 
 Every number is optional, so one schema serves a full run (teacher, student, baseline),
 an `eval` of one model, and any task; `kind` says which task it is, and every view
