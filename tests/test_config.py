@@ -191,3 +191,15 @@ def test_a_budget_is_kept_by_every_kind():
         if kind == "context":
             recipe["context"] = {"system": "Speak like a pirate."}
         assert load_recipe(recipe).budget_minutes == 15
+
+
+@pytest.mark.parametrize("kind", ["classify", "reason"])
+@pytest.mark.parametrize(
+    "override", ["student.qat.weights=int4", "eval.quantize=[int8]"], ids=["qat", "ptq"]
+)
+def test_quantization_keys_are_refused_where_the_flow_would_ignore_them(kind, override):
+    # Only the lm flow quantizes; a classify or reason run used to drop the keys silently.
+    key = override.split("=")[0].rsplit(".", 1)[0] if "qat" in override else "eval.quantize"
+    with pytest.raises(PotstillError, match=rf"{key} quantizes language-model students.*drop"):
+        load_recipe(None, [f"task.kind={kind}", "task.labels=[good,bad]", override])
+    assert load_recipe(None, [override]).task.kind == "lm"

@@ -255,6 +255,17 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _quantize_a_language_model(self) -> Recipe:
+        """Only the lm flow quantizes its students; another kind would ignore the keys."""
+        key = "student.qat" if self.student.qat is not None else "eval.quantize"
+        if self.task.kind != "lm" and (self.student.qat is not None or self.eval.quantize):
+            raise ValueError(
+                f"{key} quantizes language-model students (task.kind: lm); a "
+                f"{self.task.kind} run does not quantize its students yet: drop {key}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _some_weight(self) -> Recipe:
         if all(term.weight == 0 for term in self.loss):
             raise ValueError("loss: every term has weight 0; give at least one a positive weight")
