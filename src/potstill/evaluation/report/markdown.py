@@ -23,10 +23,7 @@ def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:
 
     `plot_files` are paths relative to report.md (``plots/NAME.png``).
     """
-    lines = [f"# {title(report)}", "", f"_{subtitle(report)}_", ""]
-    lines += [f"- **{label}: {value}.** {sentence}" for label, value, sentence in headline(report)]
-    header, rows = metrics_table(report)
-    lines += ["", "## Models", "", *_table(header, rows), "", metrics_note(report)]
+    lines = [f"# {title(report)}", "", f"_{subtitle(report)}_", "", *summary_lines(report)]
     for table in retention_tables(report):
         body = _table(table.header, table.rows, table.text_columns)
         lines += ["", f"## {table.title}", "", *body, "", table.note]
@@ -38,6 +35,14 @@ def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(file).stem.replace('_', ' ')}]({file})" for file in plot_files]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(report: Report, heading: str = "## Models") -> list[str]:
+    """The headline's findings and the metrics table with its note: what a reader needs
+    first (the docs' task pages show these for their recipes' measured runs)."""
+    lines = [f"- **{label}: {value}.** {sentence}" for label, value, sentence in headline(report)]
+    header, rows = metrics_table(report)
+    return [*lines, "", heading, "", *_table(header, rows), "", metrics_note(report)]
 
 
 def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:

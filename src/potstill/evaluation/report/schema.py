@@ -156,7 +156,7 @@ class ModelEntry(Section):
     per_class_f1: list[Number] | None = None
     """Classification, in the order of the labels."""
     confusion: list[list[int]] | None = None
-    """[gold][predicted] counts on the test set."""
+    """Counts on the test set: `confusion[gold][predicted]`."""
     peak_ram_bytes: Count = None
     """Peak resident memory while the model was evaluated."""
     # Problems with a checked answer (chain-of-thought runs): `accuracy` is exact match.
