@@ -150,7 +150,7 @@ def generate(
 
 
 def evaluate(
-    models: Sequence[str] | Mapping[str, str],
+    models: Sequence[str | Path] | Mapping[str, str | Path],
     *,
     teacher: str | None = None,
     data: str | None = None,
@@ -163,17 +163,18 @@ def evaluate(
     device: str = "auto",
     verbose: bool = False,
 ) -> Report:
-    """Score models (references) on the held-out split of ``data`` (None: the shipped
-    corpus); with ``teacher``, also their agreement with it. Writes the report files to
-    ``out`` when given."""
+    """Score models (references, or folders such as `distill` returns) on the held-out
+    split of ``data`` (None: the shipped corpus); with ``teacher``, also their agreement
+    with it. One model is keyed ``model`` in the report, several ``model1``, ``model2``…,
+    or as a mapping names them. Writes the report files to ``out`` when given."""
     if out is not None and (Path(out) / "report.json").exists():
         raise PotstillError(f"{out} already holds a report; choose another out folder")
     refs: dict[str, str] = {"teacher": teacher} if teacher else {}
     if isinstance(models, Mapping):
-        refs.update(models)
-    else:
+        refs.update({name: str(ref) for name, ref in models.items()})
+    else:  # a folder `distill` returned is a reference too
         refs.update(
-            {f"model{i + 1}" if len(models) > 1 else "model": m for i, m in enumerate(models)}
+            {f"model{i + 1}" if len(models) > 1 else "model": str(m) for i, m in enumerate(models)}
         )
     with _verbose(verbose):
         target = resolve_device(device)

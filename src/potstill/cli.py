@@ -82,8 +82,10 @@ def teach(
 ) -> None:
     """Run the teacher once over the training data into runs/NAME/cache/ (resumable).
 
-    Keeps the top teach.top_k log-probabilities per token and the mass outside them. Run
-    again, it continues a killed or interrupted teach where it stopped (no flag needed).
+    Keeps, per token, teach.samples draws from the teacher's distribution (the default) or
+    its top teach.top_k ids with the mass outside them, and the hidden states the loss's
+    layer maps need. Run again, it continues a killed or interrupted teach where it
+    stopped (no flag needed).
     """
     from potstill.config import load_recipe
     from potstill.pipeline import teach_only

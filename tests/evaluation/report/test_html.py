@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from potstill.evaluation.report import write_report
+from tests.chromium import assert_drawn, needs_chromium, run_chromium
 from tests.evaluation.report.numbers import plausible_curves, plausible_report
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +46,8 @@ def test_strings_are_escaped(tmp_path):
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
 
 
-def run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    command = [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-
-
-@pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs headless Chromium at /usr/bin/chromium (apt install chromium)",
-)
+@needs_chromium
 def test_page_renders_in_chromium(written, tmp_path):
-    from PIL import Image
-
     url = written["report.html"].resolve().as_uri()
     dom = run_chromium(["--dump-dom", url], tmp_path / "profile-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -83,10 +61,4 @@ def test_page_renders_in_chromium(written, tmp_path):
         [f"--screenshot={screenshot}", "--window-size=1200,2400", url], tmp_path / "profile-shot"
     )
     assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
-    with Image.open(screenshot) as image:
-        assert image.size == (1200, 2400)
-        grey = image.convert("L")
-        low, high = grey.getextrema()
-        dark = sum(grey.histogram()[:200])
-    assert high - low > 100, "screenshot is blank"
-    assert dark > 0.01 * 1200 * 2400, "screenshot has almost nothing drawn on it"
+    assert_drawn(screenshot, (1200, 2400))
