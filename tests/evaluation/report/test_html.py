@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from potstill.evaluation.report import write_report
+from potstill.evaluation.report.docs import docs_page
 from tests.chromium import assert_drawn, needs_chromium, run_chromium
 from tests.evaluation.report.numbers import plausible_curves, plausible_report
 
@@ -25,7 +26,10 @@ def test_page_is_self_contained(written):
     for image in images:
         assert 'src="data:image/png;base64,' in image
         assert re.search(r'alt="[^"]{20,}"', image)
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    # Nothing is loaded from outside; the one outside address is a link to the docs.
+    link = f'<a href="{docs_page("lm")}" rel="noreferrer">'
+    assert page.count(link) == 1
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.replace(link, ""))
     assert "@import" not in page and "url(" not in page
     assert "Content-Security-Policy" in page
     assert '<table id="metrics">' in page

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from potstill.evaluation.report.docs import docs_page
 from potstill.evaluation.report.format import (
     details,
     headline,
@@ -88,6 +89,7 @@ def render_html(report: Report, plots: list[Plot]) -> str:
         "<h2>Models</h2>",
         _table(header, rows, css_id="metrics"),
         f'<p class="note">{escape(metrics_note(report))}</p>',
+        _docs_link(report),
         *map(_text_table, retention_tables(report)),
     ]
     if plots:
@@ -97,6 +99,16 @@ def render_html(report: Report, plots: list[Plot]) -> str:
         parts += ['<div class="sections">', *sections, "</div>"]
     parts += [f"<script>{SCRIPT}</script>", "</body>", "</html>"]
     return "\n".join(parts) + "\n"
+
+
+def _docs_link(report: Report) -> str:
+    """A link to the docs page of the report's kind: a navigation the reader chooses; the
+    page itself still loads nothing from outside (the CSP)."""
+    url = escape(docs_page(report.kind))
+    return (
+        f'<p class="note" id="docs">What each number means, and how to change the run: '
+        f'<a href="{url}" rel="noreferrer">{url}</a></p>'
+    )
 
 
 def _cards(findings: list[tuple[str, str, str]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from potstill.evaluation.report.docs import docs_page
 from potstill.evaluation.report.format import (
     details,
     headline,
@@ -24,6 +25,7 @@ def render_markdown(report: Report, plot_files: list[str] | None = None) -> str:
     `plot_files` are paths relative to report.md (``plots/NAME.png``).
     """
     lines = [f"# {title(report)}", "", f"_{subtitle(report)}_", "", *summary_lines(report)]
+    lines += ["", f"What each number means, and how to change the run: {docs_page(report.kind)}"]
     for table in retention_tables(report):
         body = _table(table.header, table.rows, table.text_columns)
         lines += ["", f"## {table.title}", "", *body, "", table.note]
