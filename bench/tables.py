@@ -55,6 +55,12 @@ class Section:
 # -------------------------------------------------------------------------------- helpers
 
 
+def marked(name: str, text: str) -> str:
+    """``text`` between snippet markers, so a task page can include it
+    (``--8<-- "benchmarks.md:NAME"``) instead of a copy."""
+    return f"<!-- --8<-- [start:{name}] -->\n{text}\n<!-- --8<-- [end:{name}] -->"
+
+
 def table(header: str, rows: Iterable[str], left: int = 1) -> str:
     """A Markdown table from ``"a | b"`` strings: the first ``left`` columns left-aligned."""
     width = header.count(" | ") + 1
@@ -524,10 +530,13 @@ def quantize(data: Data) -> str:
         "(`quantize.json`). How the int4 recipe was found: "
         "[history](history.md#the-int4-recipe-recipesqad-int4yaml).",
         bash(*QUANTIZE_COMMANDS),
-        table(
-            "model | perplexity | vs float32 | top-1 | size on disk | × float32 | "
-            "tokens/s (PyTorch) | peak RAM",
-            rows,
+        marked(
+            "quantization",
+            table(
+                "model | perplexity | vs float32 | top-1 | size on disk | × float32 | "
+                "tokens/s (PyTorch) | peak RAM",
+                rows,
+            ),
         ),
     )
 
