@@ -15,7 +15,7 @@ beside it. Every model is scored on the held-out split against the teacher: perp
 the share of the log-perplexity gap closed, ``(log B − log S) / (log B − log T)``, top-1
 agreement, and the training seconds. Rows already in ``--out`` are kept (a variant and
 seed run again replaces its row), and the table covers them all, closing with the mean ±
-sd over the seeds (``--table --markdown``: the README's table, described by ``VARIANTS``).
+sd over the seeds (``--table --markdown``: the benchmarks page's table, described by ``VARIANTS``).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main() -> None:
         "--table", action="store_true", help="only print the table of the rows in --out"
     )
     parser.add_argument(
-        "--markdown", action="store_true", help="with --table: the README's Markdown table"
+        "--markdown", action="store_true", help="with --table: the benchmarks page's Markdown table"
     )
     args = parser.parse_args()
     if args.table:

@@ -1,4 +1,4 @@
-"""Sequence-level distillation on tiny models, by the two commands the README gives:
+"""Sequence-level distillation on tiny models, by the commands docs/tasks/lm.md gives:
 `generate` writes the teacher's answers, `run` trains on them as chats (prompt masked):
 the baseline from the answers alone, the student from the teacher's distributions too."""
 

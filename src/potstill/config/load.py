@@ -19,7 +19,7 @@ from potstill.config.schema import Recipe
 from potstill.util.errors import PotstillError
 
 # The embedded default run (`potstill run` with no recipe) fits its steps to this many
-# minutes on the machine it runs on (README: the time range measured).
+# minutes on the machine it runs on (docs/index.md: the time range measured).
 DEFAULT_BUDGET_MINUTES = 14.0
 # What the embedded default adds to the schema's defaults: only its time budget. Its
 # models (the bundled SmolLM2 and a student cut from it) and data (the shipped

@@ -86,11 +86,11 @@ class LossTermConfig(Strict):
 
 
 # The loss a recipe gets when it names none, by task kind: the best mix measured for each.
-# lm (bench/results/ablate.json, README's ablation): half cross-entropy beat 0.7 KD + 0.3
+# lm (bench/results/ablate.json, docs/benchmarks.md): half cross-entropy beat 0.7 KD + 0.3
 # CE (92.8 against 94.8 perplexity), KD alone was far worse (119.5), and FitNets on the
 # auto layer map (each kept block's input matched to the input it had in the teacher;
 # spread evenly with projections for any other student) took 114.3 to 111.0.
-# classify: both shipped classification recipes' mix (soft labels at T=2, README tables).
+# classify: both shipped classification recipes' mix (soft labels at T=2, docs/tasks/classify.md).
 # reason: the on-policy recipe's mix (recipes/gkd-chain-sum.yaml); a student with another
 # tokenizer learns the traces' text alone and must say loss: [{loss: cross_entropy}].
 # context: the context-distillation recipe's pure forward KL (recipes/context-pirate.yaml).
@@ -115,7 +115,7 @@ DEFAULT_LOSS: dict[str, list[dict[str, Any]]] = {
 # fine-tune at the lm's lr 2e-3 breaks, and at 1e-4 for 60 steps (the classification
 # recipes' old settings) it stayed on the majority group of an imbalanced 6-group
 # newsgroups task (46.0% against the teacher's 73.5%); lr 3e-4 for 150 steps reached
-# 79.0% (README, "classification"). reason and context: their shipped recipes' settings.
+# 79.0% (docs/history.md). reason and context: their shipped recipes' settings.
 DEFAULT_TRAIN: dict[str, dict[str, Any]] = {
     "classify": {"steps": 150, "batch_size": 8, "lr": 3.0e-4, "warmup": 5},
     "reason": {"steps": 40, "batch_size": 8, "lr": 1.0e-4, "warmup": 4},

@@ -22,7 +22,7 @@ class TrainConfig(Strict):
     """Micro-batches summed into one optimizer step (a step sees `batch_size × grad_accum`
     examples); exact, as the loss is normalised by the step's count of valid tokens."""
     # seed 0, distilled student: 103.6 / 94.8 / 93.4 perplexity at lr 1e-3 / 2e-3 / 3e-3,
-    # the cross-entropy baseline unchanged (README's ablation, bench/results/ablate.json).
+    # the cross-entropy baseline unchanged (docs/benchmarks.md, bench/results/ablate.json).
     lr: float = Field(2.0e-3, gt=0.0)
     """The peak learning rate, reached after `warmup` steps and decayed along a cosine to
     `lr × min_lr_ratio`. 2e-3: the distilled student gains from the larger step where the
