@@ -5,6 +5,7 @@ included)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,10 @@ def test_no_import_circles():
 def test_the_circle_finder_finds_one():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_architecture_page_lists_every_layer_at_its_rank():
+    page = (SRC.parent.parent / "docs" / "reference" / "architecture.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|", page, re.M)
+    documented = {name.strip("` "): int(rank) for rank, names in rows for name in names.split(",")}
+    assert documented == {k: v for k, v in LAYERS.items() if k != "__main__"}
