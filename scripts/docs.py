@@ -6,6 +6,7 @@
 - docs/reference/recipe.md and report.md: from the pydantic schema (every key).
 - docs/snippets/commands.md: every verb of the command line, its arguments and options,
   read from the typer app itself.
+- docs/snippets/default-terminal.txt: what the default run printed at its end.
 - docs/snippets/NAME.md: the headline and metrics table of bench/results/reports/NAME.json,
   the report.json of a real run of a shipped recipe; the task pages include them.
 The benchmarks page has its own generator (bench/tables.py), over bench/results/*.json.
@@ -27,6 +28,7 @@ from potstill.config.reference import recipe_reference, report_reference
 from potstill.evaluation.report import Report
 from potstill.evaluation.report.format import subtitle
 from potstill.evaluation.report.markdown import summary_lines
+from potstill.evaluation.report.terminal import summary_table
 from potstill.util.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +93,11 @@ def pages() -> dict[Path, Callable[[], str]]:
     }
     for report_file in sorted(RUNS.glob("*.json")):
         found[DOCS / "snippets" / f"{report_file.stem}.md"] = partial(run_summary, report_file)
+    # What the default run prints at its end, for the quick start.
+    default = RUNS / "default.json"
+    found[DOCS / "snippets" / "default-terminal.txt"] = lambda: (
+        summary_table(Report.load(default)) + "\n"
+    )
     return found
 
 
@@ -109,7 +116,7 @@ def main() -> int:
         else:
             atomic_write_text(path, text)
             print(f"wrote {path.relative_to(ROOT)}")
-    orphans = sorted(set((DOCS / "snippets").glob("*.md")) - set(pages()))
+    orphans = sorted(set((DOCS / "snippets").glob("*.*")) - set(pages()))
     if orphans:
         names = ", ".join(str(p.relative_to(ROOT)) for p in orphans)
         print(f"{names}: no bench/results/reports/*.json makes these; delete them", file=sys.stderr)
