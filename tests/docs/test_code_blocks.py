@@ -216,3 +216,24 @@ def test_a_pages_python_runs_on_a_tiny_model(page, tmp_path, monkeypatch, tiny_t
             exec(compile(block.code, block.where, "exec"), namespace)
         except Exception as e:
             pytest.fail(f"{block.where}: {type(e).__name__}: {e}")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The shipped recipe files by the run name they give."""
+    return {load_recipe(path).name: path for path in sorted((ROOT / "recipes").glob("*.yaml"))}
+
+
+@pytest.mark.parametrize("block", of("yaml"), ids=lambda b: b.where)
+def test_a_snippet_named_as_a_shipped_recipe_is_that_recipe(block, tmp_path):
+    """A page that shows a shipped recipe shows what the file holds (comments aside), so
+    the command beside it runs what the page says."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(block.code)
+    shown = load_recipe(path)
+    if shown.name == load_recipe(None).name:  # the embedded default, spelt out
+        assert shown == load_recipe(None), "differs from the embedded default"
+        return
+    shipped = shipped_recipes().get(shown.name)
+    if shipped is None:
+        pytest.skip(f"{shown.name} is not a shipped recipe")
+    assert shown == load_recipe(shipped), f"differs from {shipped.relative_to(ROOT)}"
