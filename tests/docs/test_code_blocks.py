@@ -219,21 +219,28 @@ def test_a_pages_python_runs_on_a_tiny_model(page, tmp_path, monkeypatch, tiny_t
 
 
 def shipped_recipes() -> dict[str, Path]:
-    """The shipped recipe files by the run name they give."""
-    return {load_recipe(path).name: path for path in sorted((ROOT / "recipes").glob("*.yaml"))}
+    """The shipped recipe files by the run name they give (the embedded default: None)."""
+    named: dict[str, Path | None] = {load_recipe(None).name: None}
+    named.update({load_recipe(p).name: p for p in sorted((ROOT / "recipes").glob("*.yaml"))})
+    return named
 
 
-@pytest.mark.parametrize("block", of("yaml"), ids=lambda b: b.where)
+def named_recipe(block: Block) -> str | None:
+    raw = yaml.safe_load(block.code)
+    return raw.get("name") if isinstance(raw, dict) else None
+
+
+SHIPPED = shipped_recipes()
+
+
+@pytest.mark.parametrize(
+    "block", [b for b in of("yaml") if named_recipe(b) in SHIPPED], ids=lambda b: b.where
+)
 def test_a_snippet_named_as_a_shipped_recipe_is_that_recipe(block, tmp_path):
-    """A page that shows a shipped recipe shows what the file holds (comments aside), so
-    the command beside it runs what the page says."""
+    """A page that shows a shipped recipe (or the embedded default, spelt out) shows what
+    the file holds, comments aside, so the command beside it runs what the page says."""
     path = tmp_path / "recipe.yaml"
     path.write_text(block.code)
-    shown = load_recipe(path)
-    if shown.name == load_recipe(None).name:  # the embedded default, spelt out
-        assert shown == load_recipe(None), "differs from the embedded default"
-        return
-    shipped = shipped_recipes().get(shown.name)
-    if shipped is None:
-        pytest.skip(f"{shown.name} is not a shipped recipe")
-    assert shown == load_recipe(shipped), f"differs from {shipped.relative_to(ROOT)}"
+    shipped = SHIPPED[named_recipe(block)]
+    where = shipped.relative_to(ROOT) if shipped else "the embedded default"
+    assert load_recipe(path) == load_recipe(shipped), f"differs from {where}"
