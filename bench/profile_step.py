@@ -10,6 +10,12 @@ backward runs inside, chunk by chunk), decoder backward, clip + AdamW. Each phas
 FLOPs (2 per multiply-add, from the layer shapes) divided by its time gives the rate it
 reaches; a phase far below the GEMM rate is bound by something else (memory traffic,
 elementwise kernels, the allocator). Median of ``--steps`` steps after one warm-up.
+
+Then the teacher pass the default run's `teach` makes, batch by batch (``teach.batch_size``
+blocks): the teacher's decoder forward (30 layers, keeping every hidden state), its LM
+head over every position, the cache signal (192 draws per token from the softmax), the
+hidden states kept (five layers to float16) and the entropy coder. Median of ``--steps``
+batches after one warm-up.
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ import statistics
 import time
 
 import torch
+from torch import nn
 
-from potstill.config import load_recipe
-from potstill.data import load_data
-from potstill.losses import LossTerm, chunked_kd_loss
+from potstill.cache import codec
+from potstill.config import Recipe, load_recipe
+from potstill.data import LMData, load_data
+from potstill.losses import LossTerm, chunked_kd_loss, signal_request
+from potstill.losses.sampled import sampled_signal
 from potstill.models.load import load_causal_lm
 from potstill.models.student import build_student
-from potstill.tasks.causal_lm import find_fused_head
+from potstill.pipeline.context import kept_layers
+from potstill.tasks.causal_lm import find_fused_head, resolve_inside
 
 
 def gemm_rate(m: int, k: int, n: int, repeats: int = 5) -> float:
@@ -120,6 +130,83 @@ def main() -> None:
     print(
         f"\nat this machine's best GEMM rate ({peak:.0f} GFLOP/s) the step's matmuls alone take "
         f"{all_flops / peak:.3f} s; the step takes {total / (all_flops / peak):.2f}x that"
+    )
+    profile_teach(recipe, teacher, student, data, args.steps, peak)
+
+
+def profile_teach(
+    recipe: Recipe, teacher: nn.Module, student: nn.Module, data: LMData, batches: int, peak: float
+) -> None:
+    """The default run's teacher pass, phase by phase, as `potstill teach` runs it."""
+    resolved = resolve_inside(recipe.terms, student, teacher, kept=kept_layers(recipe))
+    layers = signal_request(resolved).hidden_layers
+    fused = find_fused_head(teacher, data.train.input_ids[:1])
+    assert fused is not None
+    b, t = recipe.teach.batch_size, recipe.data.block_size
+    hidden_size, vocab = teacher.config.hidden_size, fused.head.weight.shape[0]
+    decoder_params = sum(
+        p.numel() for n, p in teacher.named_parameters() if "layers." in n and p.dim() == 2
+    )
+    flops = {
+        "decoder forward": 2 * decoder_params * b * t,
+        "LM head": 2 * hidden_size * vocab * b * t,
+        "192 draws": 0,
+        "hidden states": 0,
+        "entropy coder": 0,
+    }
+    phases: dict[str, list[float]] = {name: [] for name in flops}
+    generator = torch.Generator().manual_seed(0)
+    teacher.eval()
+    for step in range(batches + 1):
+        batch = data.train.batch(torch.arange(step * b, (step + 1) * b))
+        marks = [time.perf_counter()]
+        with torch.inference_mode():
+            out = fused.decoder(
+                input_ids=batch.input_ids, use_cache=False, output_hidden_states=True
+            )
+            marks.append(time.perf_counter())
+            logits = fused.head(out.last_hidden_state)[:, :-1]  # (B, L − 1, V)
+            marks.append(time.perf_counter())
+            signal = sampled_signal(
+                logits, recipe.teach.samples, top=recipe.teach.top_k, generator=generator
+            )
+            marks.append(time.perf_counter())
+            stacked = torch.stack([out.hidden_states[i] for i in layers], dim=2)[:, :-1]
+            stacked.to(torch.float16).numpy().astype("<f2").tobytes()
+            marks.append(time.perf_counter())
+        k = signal.ids.shape[-1]
+        codec.encode(
+            signal.ids.reshape(-1, k).numpy(),
+            signal.logprobs.reshape(-1, k).float().numpy(),
+            signal.tail_logprob.reshape(-1).float().numpy(),
+            vocab_size=vocab,
+            bits=recipe.teach.bits,
+        )
+        marks.append(time.perf_counter())
+        if step > 0:
+            for name, begin, end in zip(flops, marks[:-1], marks[1:], strict=True):
+                phases[name].append(end - begin)
+    total = sum(statistics.median(v) for v in phases.values())
+    tokens = b * (t - 1)
+    print(
+        f"\ndefault teacher pass ({b}x{t} tokens a batch, hidden layers {list(layers)}), "
+        f"median of {batches}: {total:.3f} s, {tokens / total:.0f} tokens/s"
+    )
+    print(f"{'phase':<18} {'seconds':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'of GEMM':>8}")
+    for name, times in phases.items():
+        seconds = statistics.median(times)
+        gflop = flops[name] / 1e9
+        rate = gflop / seconds if gflop else 0.0
+        share = f"{rate / peak:7.0%}" if gflop else "      –"
+        print(
+            f"{name:<18} {seconds:8.3f} {seconds / total:6.0%} {gflop:7.1f} {rate:8.1f} {share:>8}"
+        )
+    all_flops = sum(flops.values()) / 1e9
+    print(f"{'batch':<18} {total:8.3f} {'100%':>6} {all_flops:7.1f} {all_flops / total:8.1f}")
+    print(
+        f"\nthe pass's matmuls at {peak:.0f} GFLOP/s take {all_flops / peak:.3f} s a batch; "
+        f"the batch takes {total / (all_flops / peak):.2f}x that ({all_flops / total / peak:.0%} "
+        "of the GEMM rate over the whole batch)"
     )
 
 

@@ -124,3 +124,18 @@ def test_the_draws_are_taken_at_the_signals_temperature():
     assert signal.temperature == 2.0
     want = F.softmax(logits / 2.0, dim=-1).gather(-1, signal.ids[..., :36])
     assert torch.allclose(signal.logprobs[..., :36].exp(), want, atol=1e-12)
+
+
+def test_drawing_a_chunk_of_rows_at_a_time_changes_nothing(monkeypatch):
+    # The rows are drawn a chunk at a time (to keep each chunk's probabilities small); the
+    # draws are the ones a single (N, V) pass takes, bit for bit, with the top ids too.
+    import potstill.losses.sampled as sampled
+
+    logits = _logits(tokens=23)
+    for top in (0, 3):
+        whole = sampled_signal(logits, 6, top=top, generator=torch.Generator().manual_seed(5))
+        monkeypatch.setattr(sampled, "CHUNK_BYTES", 5 * VOCAB * 8)  # 4 rows a chunk
+        parts = sampled_signal(logits, 6, top=top, generator=torch.Generator().manual_seed(5))
+        monkeypatch.undo()
+        assert torch.equal(whole.ids, parts.ids)
+        assert torch.equal(whole.logprobs, parts.logprobs)

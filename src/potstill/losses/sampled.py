@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from potstill.signals.distributions import SparseSignal
 
+CHUNK_BYTES = 1 << 25  # glibc's mmap threshold: a (c, V) chunk below it reuses heap memory
+
 
 def sampled_signal(
     teacher_logits: torch.Tensor,
@@ -66,20 +68,23 @@ def sampled_signal(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     dtype = torch.promote_types(teacher_logits.dtype, torch.float32)  # float64 stays
-    logprobs = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1).reshape(-1, vocab)
-    rows = logprobs.shape[0]  # (N, V) from here on
-
-    top_logprobs, top_ids = logprobs.topk(top, dim=-1)  # (N, top)
-    rest = logprobs.scatter(-1, top_ids, -torch.inf) if top else logprobs  # (N, V)
-    log_rest = rest.logsumexp(dim=-1, keepdim=True)  # (N, 1): log r, the mass sampled
-    # Rows whose top ids hold all the mass draw anyway (uniformly); those draws weigh 0.
-    weights = torch.where(torch.isfinite(log_rest), (rest - log_rest).exp(), 1.0)
-    drawn = torch.multinomial(weights, samples, replacement=True, generator=generator)
+    scaled = teacher_logits.to(dtype).reshape(-1, vocab)  # (N, V)
+    rows = scaled.shape[0]  # (N, ·) from here on
+    # A few thousand rows a batch: drawn a chunk at a time, so each chunk's (c, V)
+    # probabilities stay under glibc's 32 MB mmap threshold and reuse the same memory;
+    # as one (N, V) tensor, fresh pages cost the teacher pass as much as its LM head did
+    # (bench/profile_step.py).
+    chunk = max(1, CHUNK_BYTES // (vocab * scaled.element_size()) - 1)
+    parts = [
+        _draw(scaled[start : start + chunk], samples, top, temperature, generator)
+        for start in range(0, rows, chunk)
+    ]
+    top_ids, top_logprobs, log_rest, drawn = (torch.cat(p) for p in zip(*parts, strict=True))
     drawn, _ = drawn.sort(dim=-1)  # (N, S): repeats side by side
-    same = drawn[:, :, None] == drawn[:, None, :]  # (N, S, S)
-    counts = same.sum(dim=-1)  # (N, S): how often each slot's id was drawn
     first = torch.ones_like(drawn, dtype=torch.bool)
     first[:, 1:] = drawn[:, 1:] != drawn[:, :-1]  # (N, S): a distinct id's first slot
+    run = first.long().cumsum(dim=-1) - 1  # (N, S): which distinct id each slot holds
+    counts = torch.zeros_like(run).scatter_add_(-1, run, torch.ones_like(run)).gather(-1, run)
     share = log_rest + (counts.to(dtype) / samples).log()  # (N, S): log(r · count / S)
     drawn_logprobs = torch.where(first, share, -torch.inf)
 
@@ -87,7 +92,7 @@ def sampled_signal(
     free = ~torch.cat([torch.ones_like(top_ids, dtype=torch.bool), first], dim=-1)  # (N, K)
     ids = torch.where(free, _unused_ids(ids, free, vocab), ids)
     out_logprobs = torch.cat([top_logprobs, drawn_logprobs], dim=-1)  # (N, K)
-    tail = torch.full((rows,), -torch.inf, dtype=dtype, device=logprobs.device)
+    tail = torch.full((rows,), -torch.inf, dtype=dtype, device=drawn.device)
     k = top + samples
     return SparseSignal(
         ids.reshape(batch, length, k),
@@ -97,12 +102,56 @@ def sampled_signal(
     )
 
 
+def _draw(
+    logits: torch.Tensor,
+    samples: int,
+    top: int,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For ``(c, V)`` logits: the top ids ``(c, top)``, their log-probabilities, the log of
+    the mass left to sample ``(c, 1)``, and ``samples`` draws from it ``(c, S)``.
+
+    Probabilities, not log-probabilities: one ``(c, V)`` tensor, and the top ids'
+    log-probabilities and the sampled mass are read off the few ids that need them.
+    """
+    scaled = logits / temperature if temperature != 1.0 else logits
+    probs = F.softmax(scaled, dim=-1)  # (c, V)
+    top_ids = probs.topk(top, dim=-1).indices  # (c, top)
+    top_logprobs = _log_probs(scaled, top_ids)  # (c, top)
+    if top:
+        probs.scatter_(-1, top_ids, 0.0)  # (c, V): the mass left to sample
+        log_rest = probs.sum(dim=-1, keepdim=True).log()  # (c, 1): log r
+        # Rows whose top ids hold all the mass draw anyway (uniformly); those draws weigh 0.
+        spent = ~torch.isfinite(log_rest)
+        if spent.any():
+            probs[spent.squeeze(-1)] = 1.0
+    else:
+        log_rest = probs.new_zeros(probs.shape[0], 1)  # every id is sampled: r = 1
+    drawn = torch.multinomial(probs, samples, replacement=True, generator=generator)
+    return top_ids, top_logprobs, log_rest, drawn
+
+
+def _log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)`` at ``ids`` (``(N, V)`` and ``(N, k)``), without the
+    ``(N, V)`` log-probabilities: ``logits[ids] − logsumexp(logits)``, the max taken out."""
+    if ids.shape[-1] == 0:
+        return logits.new_zeros(ids.shape)
+    peak = logits.amax(dim=-1, keepdim=True)  # (N, 1)
+    norm = peak + (logits - peak).exp().sum(dim=-1, keepdim=True).log()  # (N, 1)
+    return logits.gather(-1, ids) - norm
+
+
 def _unused_ids(ids: torch.Tensor, free: torch.Tensor, vocab: int) -> torch.Tensor:
     """For each row of ``ids`` ``(N, K)``, distinct ids it does not use, in ``free``'s
     slots (the smallest such ids, in order); other slots are left as they are."""
-    k = ids.shape[1]
-    pool = torch.arange(min(vocab, 2 * k), device=ids.device)  # (P,): >= k unused per row
-    taken = ((pool[None, :, None] == ids[:, None, :]) & ~free[:, None, :]).any(-1)  # (N, P)
+    rows, k = ids.shape
+    size = min(vocab, 2 * k)
+    pool = torch.arange(size, device=ids.device)  # (P,): >= k unused per row
+    # Mark the pool ids a row uses (O(N·K)); other ids land in a spare last column.
+    used = torch.where(~free & (ids < size), ids, size)  # (N, K)
+    taken = torch.zeros(rows, size + 1, dtype=torch.bool, device=ids.device)
+    taken = taken.scatter_(-1, used, True)[:, :size]  # (N, P)
     # Unused pool ids first, in increasing order (a stable sort on "taken").
     order = torch.sort(taken.to(torch.int8), dim=-1, stable=True).indices  # (N, P)
     unused = pool[order]  # (N, P)
