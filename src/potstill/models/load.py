@@ -101,8 +101,42 @@ def load_causal_lm(
     model, tokenizer = _load_pretrained(ref, load, log, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    trim_padding_rows(model, tokenizer, log=log)
     model.eval()
     return model, tokenizer
+
+
+def tokenizer_ids(tokenizer: Any) -> int:
+    """How many token ids ``tokenizer`` can produce: its largest id, plus one."""
+    return max(tokenizer.get_vocab().values()) + 1
+
+
+def trim_padding_rows(
+    model: torch.nn.Module, tokenizer: Any, log: Callable[[str], None] = lambda _: None
+) -> int:
+    """Drop the embedding and output rows past the tokenizer's last id; returns how many.
+
+    Checkpoints pad their vocabulary to a round size for fast matrix shapes (Qwen2.5-0.5B
+    has 151,936 rows for 151,665 token ids, Qwen2.5-7B 152,064): rows no text reaches, but
+    which hold softmax mass and differ between two models of one tokenizer. Without them,
+    a teacher and a student of one tokenizer have the same logits, id by id, whatever
+    padding each had, and no model samples an id its tokenizer cannot decode.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    ids = tokenizer_ids(tokenizer)
+    if head is None or head.weight.shape[0] <= ids or getattr(model, "_hf_peft_config_loaded", 0):
+        return 0
+    from transformers.utils import logging as hf_logging
+
+    rows = head.weight.shape[0]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its note on pad_to_multiple_of is about GPU speed
+    try:
+        model.resize_token_embeddings(ids)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    log(f"dropped {rows - ids} padding rows past the tokenizer's {ids:,} token ids")
+    return rows - ids
 
 
 def quantized_folder(ref: str) -> str | None:
