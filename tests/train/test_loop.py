@@ -306,3 +306,15 @@ def test_heldout_evaluation_leaves_the_weights_bitwise_alone(blocks, teacher, tm
     assert [r["heldout_loss"] for r in _rows(tmp_path / "killed" / "metrics.jsonl")] == [
         r["heldout_loss"] for r in _rows(tmp_path / "score" / "metrics.jsonl")
     ]
+
+
+def test_gradient_checkpointing_trains_the_same_weights(blocks, teacher, tmp_path):
+    """Recomputing each block's activations in the backward changes no weight, and the
+    student's blocks really are checkpointed."""
+    plain, checkpointed = _student(teacher), _student(teacher)
+    _run(plain, blocks, teacher, tmp_path / "plain")
+    _run(checkpointed, blocks, teacher, tmp_path / "checkpointed", gradient_checkpointing=True)
+    assert checkpointed.model.gradient_checkpointing and not plain.model.gradient_checkpointing
+    assert all(layer.gradient_checkpointing for layer in checkpointed.model.layers)
+    for key, weight in _params(plain).items():
+        torch.testing.assert_close(_params(checkpointed)[key], weight, rtol=0, atol=1e-6)

@@ -123,6 +123,8 @@ def train(
         raise ValueError("a distillation loss term needs a teacher")
     home = next(model.parameters()).device  # `device`, or the host under FSDP
     task.prepare(model, data.batch(torch.tensor([0])).to(home))
+    if cfg.gradient_checkpointing:
+        checkpoint_blocks(model)
     # One process, DDP or FSDP: `trained` holds the parameters the optimizer updates (under
     # FSDP a sharded twin of `modules`, gathered back into them for checkpoints and at the end).
     parallel = spread(Objective(modules, task), world, device, cfg.parallel)
@@ -368,6 +370,19 @@ def _held_out(
         devices = [where.index if where.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         return float(parallel.call(evaluate))
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Have ``model`` recompute its blocks' activations in the backward pass (transformers'
+    gradient checkpointing, non-reentrant, so frozen inputs and adapters work too)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    enable = getattr(base, "gradient_checkpointing_enable", None)
+    if enable is None or not getattr(base, "supports_gradient_checkpointing", False):
+        raise PotstillError(
+            f"train.gradient_checkpointing: {type(base).__name__} cannot recompute its "
+            "blocks (a transformers model that supports it can); set it to false"
+        )
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _adamw(modules: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

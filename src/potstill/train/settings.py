@@ -97,13 +97,20 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """The autocast precision of training: `auto` = bf16 on a GPU (fp16 where bf16 is
     missing), fp32 on the CPU; fp16 needs a GPU."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder block's activations during the backward pass instead of
+    keeping them from the forward: activation memory falls to about one block's, for
+    about one more forward pass of compute. For students whose activations do not fit
+    the device; the weights trained are the same."""
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the trained weights, for a stage's fingerprint: not
-        threads, logging, checkpoint cadence or the parallel mode, so changing those resumes
-        a checkpoint instead of starting again; the held-out evaluation's cadence and slice
-        only when rollbacks are off (with them on, its checks decide where a run goes back)."""
+        threads, logging, checkpoint cadence, the parallel mode or gradient checkpointing, so
+        changing those resumes a checkpoint instead of starting again; the held-out
+        evaluation's cadence and slice only when rollbacks are off (with them on, its checks
+        decide where a run goes back)."""
         exclude = {"threads", "log_every", "checkpoint_every", "parallel"}
+        exclude |= {"gradient_checkpointing"}
         if not self.rollbacks:
             exclude |= {"eval_every", "eval_blocks"}
         return self.model_dump(exclude=exclude)
