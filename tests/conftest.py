@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,19 @@ That flesh is heir to, 'tis a consummation
 Devoutly to be wish'd. To die, to sleep;
 To sleep: perchance to dream: ay, there's the rub.
 """
+
+
+def leave_spawned() -> None:
+    """End a process ``mp.spawn`` started, once its results are written: leave the process
+    group, then exit without the interpreter's teardown, where gloo's threads sometimes
+    abort a rank that finished its work ("terminate called without an active exception";
+    seen in a clean-clone CI run with nothing else running). The CLI ends launched ranks
+    the same way (`potstill.cli._leave_launched`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os._exit(0)
 
 
 def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:

@@ -21,7 +21,7 @@ from potstill.train.loop import read_metrics, train
 from potstill.train.settings import TrainConfig
 from potstill.util.distributed import World, current_world, my_share, on_main
 from potstill.util.errors import PotstillError
-from tests.conftest import free_port, make_llama
+from tests.conftest import free_port, leave_spawned, make_llama
 from tests.train.test_loop import HINTON, _run
 
 VOCAB = 64
@@ -107,7 +107,7 @@ def _worker(
             {k: v.clone().contiguous() for k, v in student.state_dict().items()},
             str(Path(folder) / "final.safetensors"),
         )
-    torch.distributed.destroy_process_group()
+    leave_spawned()
 
 
 def _two_processes(
@@ -245,7 +245,7 @@ def _first_call_worker(rank: int, port: int, folder: str) -> None:
         return 7
 
     assert on_main(work) == 7  # the first collective: it joins the group itself
-    torch.distributed.destroy_process_group()
+    leave_spawned()
 
 
 def test_on_main_joins_the_group_before_its_first_use(tmp_path):

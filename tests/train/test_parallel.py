@@ -23,7 +23,7 @@ from potstill.train.loop import train
 from potstill.train.parallel import Objective, spread
 from potstill.train.settings import TrainConfig
 from potstill.util.distributed import current_world
-from tests.conftest import free_port
+from tests.conftest import free_port, leave_spawned
 from tests.train.test_distributed import ATOL, _assert_same, _setup, as_launched
 from tests.train.test_loop import HINTON
 
@@ -82,7 +82,7 @@ def _shard_facts(rank: int, port: int, folder: str) -> None:
         "tied": student.lm_head.weight is student.model.embed_tokens.weight,
     }
     (Path(folder) / f"facts-{rank}.json").write_text(json.dumps(facts))
-    torch.distributed.destroy_process_group()
+    leave_spawned()
 
 
 def test_fsdp_shards_parameters_gradients_and_optimizer_state(tmp_path):
@@ -156,7 +156,7 @@ def _kind_worker(rank: int, port: int, folder: str, kind: str) -> None:
     as_launched(rank, 2, port)
     weights = _train_kind(kind, Path(folder))
     save_file(weights, str(Path(folder) / f"rank{rank}.safetensors"))
-    torch.distributed.destroy_process_group()
+    leave_spawned()
 
 
 @pytest.mark.parametrize("kind", ["inside", "lora", "frozen"])
