@@ -115,8 +115,22 @@ def main() -> None:
                 phases[name].append(end - begin)
     total = sum(statistics.median(v) for v in phases.values())
     print(f"\ndefault student step (CE, {b}x{t} tokens), median of {args.steps}: {total:.3f} s")
-    print(f"{'phase':<18} {'seconds':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'of GEMM':>8}")
     peak = max(square.values())
+    all_flops = print_phases(phases, flops, peak, "step")
+    print(
+        f"\nat this machine's best GEMM rate ({peak:.0f} GFLOP/s) the step's matmuls alone take "
+        f"{all_flops / peak:.3f} s; the step takes {total / (all_flops / peak):.2f}x that"
+    )
+    profile_teach(recipe, teacher, student, data, args.steps, peak)
+
+
+def print_phases(
+    phases: dict[str, list[float]], flops: dict[str, int], peak: float, whole: str
+) -> float:
+    """A table of each phase's median seconds, share, GFLOP and rate against the GEMM
+    ``peak``, then the ``whole``; returns the whole's GFLOP."""
+    total = sum(statistics.median(v) for v in phases.values())
+    print(f"{'phase':<18} {'seconds':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'of GEMM':>8}")
     for name, times in phases.items():
         seconds = statistics.median(times)
         gflop = flops[name] / 1e9
@@ -126,12 +140,8 @@ def main() -> None:
             f"{name:<18} {seconds:8.3f} {seconds / total:6.0%} {gflop:7.1f} {rate:8.1f} {share:>8}"
         )
     all_flops = sum(flops.values()) / 1e9
-    print(f"{'step':<18} {total:8.3f} {'100%':>6} {all_flops:7.1f} {all_flops / total:8.1f}")
-    print(
-        f"\nat this machine's best GEMM rate ({peak:.0f} GFLOP/s) the step's matmuls alone take "
-        f"{all_flops / peak:.3f} s; the step takes {total / (all_flops / peak):.2f}x that"
-    )
-    profile_teach(recipe, teacher, student, data, args.steps, peak)
+    print(f"{whole:<18} {total:8.3f} {'100%':>6} {all_flops:7.1f} {all_flops / total:8.1f}")
+    return all_flops
 
 
 def profile_teach(
@@ -192,17 +202,7 @@ def profile_teach(
         f"\ndefault teacher pass ({b}x{t} tokens a batch, hidden layers {list(layers)}), "
         f"median of {batches}: {total:.3f} s, {tokens / total:.0f} tokens/s"
     )
-    print(f"{'phase':<18} {'seconds':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'of GEMM':>8}")
-    for name, times in phases.items():
-        seconds = statistics.median(times)
-        gflop = flops[name] / 1e9
-        rate = gflop / seconds if gflop else 0.0
-        share = f"{rate / peak:7.0%}" if gflop else "      –"
-        print(
-            f"{name:<18} {seconds:8.3f} {seconds / total:6.0%} {gflop:7.1f} {rate:8.1f} {share:>8}"
-        )
-    all_flops = sum(flops.values()) / 1e9
-    print(f"{'batch':<18} {total:8.3f} {'100%':>6} {all_flops:7.1f} {all_flops / total:8.1f}")
+    all_flops = print_phases(phases, flops, peak, "batch")
     print(
         f"\nthe pass's matmuls at {peak:.0f} GFLOP/s take {all_flops / peak:.3f} s a batch; "
         f"the batch takes {total / (all_flops / peak):.2f}x that ({all_flops / total / peak:.0%} "
