@@ -105,8 +105,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check the pages are current")
     args = parser.parse_args()
-    stale = []
-    for path, render in pages().items():
+    stale, generated = [], pages()
+    for path, render in generated.items():
         text = render()
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
@@ -116,7 +116,7 @@ def main() -> int:
         else:
             atomic_write_text(path, text)
             print(f"wrote {path.relative_to(ROOT)}")
-    orphans = sorted(set((DOCS / "snippets").glob("*.*")) - set(pages()))
+    orphans = sorted(set((DOCS / "snippets").glob("*.*")) - set(generated))
     if orphans:
         names = ", ".join(str(p.relative_to(ROOT)) for p in orphans)
         print(f"{names}: no bench/results/reports/*.json makes these; delete them", file=sys.stderr)

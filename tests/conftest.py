@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from potstill.util.distributed import exit_process
 
 TEXT = """To be, or not to be, that is the question:
 Whether 'tis nobler in the mind to suffer
@@ -25,16 +25,10 @@ To sleep: perchance to dream: ay, there's the rub.
 
 
 def leave_spawned() -> None:
-    """End a process ``mp.spawn`` started, once its results are written: leave the process
-    group, then exit without the interpreter's teardown, where gloo's threads sometimes
-    abort a rank that finished its work ("terminate called without an active exception";
-    seen in a clean-clone CI run with nothing else running). The CLI ends launched ranks
-    the same way (`potstill.cli._leave_launched`)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    os._exit(0)
+    """End a process ``mp.spawn`` started, once its results are written, as the CLI ends a
+    launched rank: leave the group and skip the interpreter's teardown, where gloo's
+    threads sometimes abort a finished rank (`potstill.util.distributed.exit_process`)."""
+    exit_process(0)
 
 
 def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:

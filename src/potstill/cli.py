@@ -363,17 +363,11 @@ def main() -> None:
 
 
 def _leave_launched(code: int | str | None) -> None:
-    """End a process a launcher started without running the interpreter's teardown: its
-    process group's C++ threads, left to static destructors at exit, sometimes aborted a
-    rank that had finished its work ("terminate called without an active exception", in
-    the suite's torchrun tests under load, even with the group destroyed at exit)."""
-    import torch.distributed as dist
+    """End a process a launcher started without the interpreter's teardown
+    (`potstill.util.distributed.exit_process`); a message code is printed and exits 1."""
+    from potstill.util.distributed import exit_process
 
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    os._exit(code or 0)
+    exit_process(code or 0)

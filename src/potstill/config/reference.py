@@ -27,7 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from potstill.config.schema import DEFAULT_LOSS, DEFAULT_TRAIN, Recipe
-from potstill.evaluation.report.schema import Report
+from potstill.evaluation.report.schema import Report, json_ready
 from potstill.losses import REGISTRY
 
 _BOUNDS = (
@@ -133,18 +133,8 @@ def _default(info: FieldInfo) -> str:
         value = info.default
     if isinstance(value, BaseModel):
         return "see below"
-    dumped = json.dumps(_plain(value), ensure_ascii=False)
+    dumped = json.dumps(json_ready(value), ensure_ascii=False)
     return f"`{dumped}`"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 def _range(info: FieldInfo) -> str:

@@ -134,12 +134,11 @@ def _draw(
 
 def _log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits)`` at ``ids`` (``(N, V)`` and ``(N, k)``), without the
-    ``(N, V)`` log-probabilities: ``logits[ids] − logsumexp(logits)``, the max taken out."""
+    ``(N, V)`` log-probabilities: ``logits[ids] − logsumexp(logits)``; no pass at all for
+    no ids."""
     if ids.shape[-1] == 0:
         return logits.new_zeros(ids.shape)
-    peak = logits.amax(dim=-1, keepdim=True)  # (N, 1)
-    norm = peak + (logits - peak).exp().sum(dim=-1, keepdim=True).log()  # (N, 1)
-    return logits.gather(-1, ids) - norm
+    return logits.gather(-1, ids) - logits.logsumexp(dim=-1, keepdim=True)
 
 
 def _unused_ids(ids: torch.Tensor, free: torch.Tensor, vocab: int) -> torch.Tensor:

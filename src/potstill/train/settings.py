@@ -109,8 +109,13 @@ class TrainConfig(Strict):
         changing those resumes a checkpoint instead of starting again; the held-out
         evaluation's cadence and slice only when rollbacks are off (with them on, its checks
         decide where a run goes back)."""
-        exclude = {"threads", "log_every", "checkpoint_every", "parallel"}
-        exclude |= {"gradient_checkpointing"}
+        exclude = {
+            "threads",
+            "log_every",
+            "checkpoint_every",
+            "parallel",
+            "gradient_checkpointing",
+        }
         if not self.rollbacks:
             exclude |= {"eval_every", "eval_blocks"}
         return self.model_dump(exclude=exclude)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -172,3 +173,14 @@ def my_share(items: S, world: World) -> S:
 def _leave_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code`` once its work is done: flush, leave the process
+    group, then exit without the interpreter's teardown, where the group's C++ threads,
+    left to static destructors, sometimes abort a rank that finished its work ("terminate
+    called without an active exception"; seen under torchrun and under ``mp.spawn``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _leave_group()
+    os._exit(code)
