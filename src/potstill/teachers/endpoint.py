@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from potstill.teachers.retry import RateLimiter, backoff_delay
 from potstill.teachers.settings import EndpointConfig
@@ -25,6 +25,8 @@ from potstill.util.secrets import env_secret
 
 RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
 NO_KEY = "unused"  # what is sent when the recipe names no key variable: servers want one
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def api_key_from_env(env_name: str | None) -> str | None:
@@ -130,6 +132,7 @@ class EndpointClient:
         self._rng_lock = threading.Lock()
         # OpenAI's reasoning models refuse `max_tokens`; switched on their first refusal.
         self._token_param = "max_tokens"
+        self.kept = "rows"  # what a failure's message says is kept ("shards" for a cache)
 
     def close(self) -> None:
         self._client.close()
@@ -141,6 +144,39 @@ class EndpointClient:
         4xx) or keeps failing past ``max_retries`` retries. Setting ``stop`` ends its
         waits (backoff, rate limit) early with `_Stopped`.
         """
+
+        def send() -> Any:
+            return self._client.chat.completions.create(**self._arguments(request))
+
+        def switch(error: Any) -> bool:
+            if not self._wants_completion_tokens(error):
+                return False
+            self._token_param = "max_completion_tokens"
+            return True
+
+        return self._reply(self.call(send, stop=stop, resend=switch))
+
+    @property
+    def openai(self) -> Any:
+        """The underlying ``openai.OpenAI`` client (its own retries off), for requests
+        other than chat sent through `call`."""
+        return self._client
+
+    def call(
+        self,
+        send: Callable[[], Any],
+        *,
+        stop: threading.Event | None = None,
+        resend: Callable[[Any], bool] = lambda _: False,
+    ) -> Any:
+        """``send()`` (one request through `openai`), paced by the rate limit and retried
+        on 429, 5xx, timeouts and connection errors; returns its answer.
+
+        ``resend(error)`` may adjust the request after an HTTP error and return True to
+        send it again at once, uncounted (a server that wants another parameter name).
+        Raises a one-line `PotstillError` when the server refuses the request (other 4xx)
+        or keeps failing past ``max_retries`` retries; ``stop`` ends its waits early.
+        """
         from openai import APIConnectionError, APIStatusError, APITimeoutError
 
         stop = stop or threading.Event()
@@ -150,26 +186,24 @@ class EndpointClient:
             self.usage.add(requests=1)
             retry_after = None
             try:
-                response = self._client.chat.completions.create(**self._arguments(request))
+                return send()
             except APIStatusError as e:
-                if self._wants_completion_tokens(e):
-                    self._token_param = "max_completion_tokens"
+                if resend(e):
                     continue
                 if not (e.status_code in RETRY_STATUS or e.status_code >= 500):
                     raise PotstillError(self._refused(e)) from None
-                failure = f"HTTP {e.status_code}: {self._server_message(e)}"
+                failure = f"HTTP {e.status_code}: {self.server_message(e)}"
                 retry_after = _retry_after(e.response.headers)
             except APITimeoutError:
                 failure = f"no answer within {self.config.timeout_s:g} s"
             except APIConnectionError as e:
                 failure = f"cannot connect ({self._scrub(_cause(e))})"
-            else:
-                return self._reply(response)
             if attempt >= self.config.max_retries:
                 raise PotstillError(
                     f"{self.config.base_url} failed {attempt + 1} time(s) in a row (last: "
-                    f"{failure}); the rows finished so far are kept: rerun to continue, or "
-                    "raise teach.endpoint.max_retries / lower teach.endpoint.concurrency"
+                    f"{failure}); the {self.kept} finished so far are kept: rerun to "
+                    "continue, or raise teach.endpoint.max_retries / lower "
+                    "teach.endpoint.concurrency"
                 ) from None
             with self._rng_lock:
                 delay = backoff_delay(
@@ -193,10 +227,24 @@ class EndpointClient:
         The first request that fails for good stops the rest: requests not yet sent are
         dropped, the answers already received are handed over, then its error is raised.
         """
+        self.map_all(lambda request, stop: self.chat(request, stop=stop), requests, on_reply)
+
+    def map_all(
+        self,
+        ask: Callable[[T, threading.Event], R],
+        items: Sequence[T],
+        on_reply: Callable[[int, R], None],
+    ) -> None:
+        """`chat_all` for any request: ``ask(item, stop)`` for every item, ``concurrency``
+        at a time, each answer handed to ``on_reply(index, answer)`` in this thread.
+
+        ``ask`` sends through `call` with ``stop``, so a failure for good stops the rest
+        as in `chat_all`; an error ``ask`` raises itself (a bad answer) does too.
+        """
         stop = threading.Event()
         pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="potstill-endpoint")
-        todo = iter(enumerate(requests))
-        running: dict[Future[ChatReply], int] = {}
+        todo = iter(enumerate(items))
+        running: dict[Future[R], int] = {}
         error: BaseException | None = None
         try:
             while True:
@@ -204,7 +252,7 @@ class EndpointClient:
                     item = next(todo, None)
                     if item is None:
                         break
-                    running[pool.submit(self.chat, item[1], stop=stop)] = item[0]
+                    running[pool.submit(ask, item[1], stop)] = item[0]
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -267,11 +315,11 @@ class EndpointClient:
         return (
             error.status_code == 400
             and self._token_param == "max_tokens"
-            and "max_completion_tokens" in self._server_message(error)
+            and "max_completion_tokens" in self.server_message(error)
         )
 
     def _refused(self, error: Any) -> str:
-        status, message = error.status_code, self._server_message(error)
+        status, message = error.status_code, self.server_message(error)
         where = self.config.base_url
         if status in (401, 403):
             env = self.config.api_key_env
@@ -287,8 +335,8 @@ class EndpointClient:
             )
         return f"{where} refused the request (HTTP {status}: {message})"
 
-    def _server_message(self, error: Any) -> str:
-        """The server's own one-line error message, scrubbed of the key."""
+    def server_message(self, error: Any) -> str:
+        """The server's own one-line error message of an HTTP error, scrubbed of the key."""
         body = error.body
         if isinstance(body, dict):
             body = body.get("error", body)
