@@ -32,14 +32,16 @@ def assert_error(status: int, body: dict, expected_status: int, *words: str) -> 
 @pytest.mark.parametrize(
     ("change", "status", "words"),
     [
-        ({"max_tokens": 0}, 400, ["max_tokens", "greater than or equal to 1"]),
+        ({"max_tokens": 0}, 400, ["max_tokens: 0 generates nothing", "echo"]),
+        ({"max_tokens": -1}, 400, ["max_tokens", "greater than or equal to 0"]),
         ({"temperature": -0.5}, 400, ["temperature"]),
         ({"top_p": 0}, 400, ["top_p"]),
         ({"n": 0}, 400, ["n:"]),
         ({"model": "gpt-4"}, 404, ["'gpt-4'", "not served here"]),
         ({"stop": ["a", ""]}, 400, ["stop", "empty"]),
         ({"logprobs": 21}, 400, ["logprobs"]),
-        ({"echo": True}, 400, ["echo is not supported"]),
+        ({"echo": True, "stream": True}, 400, ["echo and prompt_logprobs", "leave stream out"]),
+        ({"prompt_logprobs": 21}, 400, ["prompt_logprobs"]),
         ({"frequency_penalty": 0.5}, 400, ["frequency_penalty is not supported"]),
         ({"prompt": ""}, 400, ["prompt is empty"]),
         ({"prompt": [1, 2, 99999]}, 400, ["token ids"]),

@@ -1,5 +1,7 @@
 """The FastAPI app: OpenAI's ``/v1/models``, ``/v1/completions`` and
-``/v1/chat/completions`` over one engine, with an optional API key.
+``/v1/chat/completions`` over one engine, with an optional API key. A completion may also
+show its prompt's own log-probabilities (``echo`` with ``logprobs``, vLLM's
+``prompt_logprobs``), scored by one forward pass beside the engine (`potstill.serve.echo`).
 
 Every error is OpenAI's shape with a one-line message; the API key is compared in
 constant time and never echoed or logged.
@@ -7,6 +9,7 @@ constant time and never echoed or logged.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import time
@@ -22,6 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from potstill.generation.engine import Engine
 from potstill.generation.handle import EngineBusy, EngineError, Generation, GenerationSettings
 from potstill.generation.text import TokenText
+from potstill.serve.echo import (
+    TokenIds,
+    prompt_only,
+    score_prompts,
+    wants_prompt_scores,
+    with_prompt,
+)
 from potstill.serve.errors import ApiError
 from potstill.serve.prompts import PromptBuilder
 from potstill.serve.responses import (
@@ -39,7 +49,9 @@ from potstill.serve.schema import (
     CompletionRequest,
     ModelCard,
     ModelList,
+    Usage,
 )
+from potstill.serve.scoring import PromptScorer
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_DEFAULT_MAX_TOKENS = 1024  # when the model's context length is unknown
@@ -54,6 +66,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None) -
     app = FastAPI(title="potstill serve", docs_url=None, redoc_url=None, openapi_url=None)
     prompts = PromptBuilder(engine.tokenizer, engine.encode, engine.vocab_size)
     names = TokenText(engine.tokenizer)
+    scorer = PromptScorer(engine.model)
     created = int(time.time())
 
     def authorize(request: Request) -> None:
@@ -145,8 +158,31 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None) -
         encoded = prompts.completion(body.prompt)
         prompt_ids = [ids for _, ids in encoded]
         check_rows(len(prompt_ids), n)
-        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+        max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
         check_context(prompt_ids, max_tokens)
+        shown = TokenIds(names) if body.return_tokens_as_token_ids else names
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        top = wants_prompt_scores(body)
+        scored = None
+        if top is not None:
+            try:
+                scored = await asyncio.to_thread(
+                    score_prompts, scorer, prompt_ids, top, engine.tokenizer.decode
+                )
+            except Exception as e:  # uvicorn's log has the traceback
+                raise ApiError(500, f"scoring the prompt failed: {type(e).__name__}") from e
+        texts = [text for text, _ in encoded]
+        if max_tokens == 0:
+            choices = prompt_only(
+                len(prompt_ids),
+                n,
+                request_id=request_id,
+                model=model_name,
+                with_logprobs=body.logprobs is not None,
+            )
+            usage = Usage.of(sum(len(ids) for ids in prompt_ids), 0)
+            answer = Completion(id=request_id, model=model_name, choices=choices, usage=usage)
+            return with_prompt(answer, body, texts=texts, scored=scored, names=shown)
         settings = GenerationSettings(
             max_tokens=max_tokens,
             sampling_temperature=body.sampling_temperature,
@@ -157,16 +193,17 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None) -
         )
         generation = submit(prompt_ids, settings, n)
         shape = {
-            "request_id": f"cmpl-{uuid.uuid4().hex}",
+            "request_id": request_id,
             "model": model_name,
-            "names": names,
-            "prompt_chars": [len(text) for text, _ in encoded],
+            "names": shown,
+            "prompt_chars": [len(text) for text in texts],
             "with_logprobs": body.logprobs is not None,
         }
         if body.stream:
             chunks = completion_chunks(generation, include_usage=body.include_usage, **shape)
             return stream(generation, chunks)
-        return completion_body(await collect(generation), generation, **shape)
+        answer = completion_body(await collect(generation), generation, **shape)
+        return with_prompt(answer, body, texts=texts, scored=scored, names=shown)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
     async def chat_completions(body: ChatRequest) -> ChatCompletion | StreamingResponse:
@@ -193,7 +230,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None) -
         shape = {
             "request_id": f"chatcmpl-{uuid.uuid4().hex}",
             "model": model_name,
-            "names": names,
+            "names": TokenIds(names) if body.return_tokens_as_token_ids else names,
             "with_logprobs": top_logprobs is not None,
         }
         if body.stream:

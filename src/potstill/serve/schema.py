@@ -1,9 +1,11 @@
 """The OpenAI API's requests and responses, as far as the server implements them.
 
 Requests are validated here: a value out of range, or a parameter the server cannot honour
-(``echo``, penalties, ``logit_bias``, ``suffix``, tools), is refused with a message that
-names it, rather than ignored. Fields this schema does not know (``user``, ``metadata``…)
-are ignored, as OpenAI-compatible servers do.
+(penalties, ``logit_bias``, ``suffix``, tools, ``echo`` in a stream), is refused with a
+message that names it, rather than ignored. Two of vLLM's extensions are honoured:
+``prompt_logprobs`` (completions) and ``return_tokens_as_token_ids`` (tokens named
+``token_id:N``, which map back to ids exactly). Fields this schema does not know
+(``user``, ``metadata``…) are ignored, as OpenAI-compatible servers do.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class _Sampling(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    return_tokens_as_token_ids: bool = False  # vLLM's: tokens as "token_id:N"
 
     @field_validator("stop")
     @classmethod
@@ -77,11 +80,15 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     """``POST /v1/completions``: a prompt is text, a list of texts, token ids, or a list of
-    token-id lists."""
+    token-id lists. ``echo`` puts the prompt before each choice's text (and, with
+    ``logprobs``, its tokens' log-probabilities before the generated ones');
+    ``max_tokens: 0`` then generates nothing."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # vLLM's
     best_of: int | None = None
     suffix: str | None = None
 
@@ -89,8 +96,15 @@ class CompletionRequest(_Sampling):
     def _completion_supported(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt is an empty list; give at least one prompt")
-        if self.echo:
-            raise ValueError("echo is not supported by this server; leave it out")
+        if self.stream and (self.echo or self.prompt_logprobs is not None):
+            raise ValueError(
+                "echo and prompt_logprobs are not supported with stream by this server; "
+                "leave stream out"
+            )
+        if self.max_tokens == 0 and not (self.echo or self.prompt_logprobs is not None):
+            raise ValueError(
+                "max_tokens: 0 generates nothing: it needs echo: true or prompt_logprobs"
+            )
         if self.best_of not in (None, self.choices_per_prompt):
             raise ValueError("best_of is not supported by this server; use n")
         if self.suffix:
@@ -164,12 +178,21 @@ class Usage(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
-    """The legacy completions format: one entry per token in each list."""
+    """The legacy completions format: one entry per token in each list; an echoed prompt's
+    first token has no log-probability and no alternatives (null), as OpenAI's."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]  # the top k and the chosen token
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]  # the top k and the chosen token
     text_offset: list[int]  # where each token starts, counted from the prompt's start
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's ``prompt_logprobs`` entry for one token id."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -177,6 +200,9 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    # vLLM's: per prompt token, {token id: PromptLogprob} (the top k and the prompt's own
+    # token); null for the first token. Present only when asked for.
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
 
 
 class Completion(BaseModel):
