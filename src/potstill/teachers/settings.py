@@ -19,7 +19,8 @@ class EndpointConfig(Strict):
     (a local server started without one). ``concurrency`` requests are in flight at once;
     each is retried up to ``max_retries`` times on HTTP 429, 5xx, timeouts and refused
     connections, with exponential backoff and jitter; ``timeout_s`` bounds one request;
-    ``requests_per_minute`` (optional) spaces request starts evenly.
+    ``requests_per_minute`` (optional) spaces request starts evenly. With ``model`` the
+    endpoint also teaches the cache of a local teacher it serves (`potstill.cache.endpoint_teach`).
 
     >>> EndpointConfig(base_url="http://127.0.0.1:8000/v1").concurrency
     4
@@ -41,6 +42,21 @@ class EndpointConfig(Strict):
     requests_per_minute: float | None = Field(None, gt=0.0)
     """A rate limit: request starts are spaced evenly to this many a minute; null = no
     limit."""
+    model: str | None = Field(None, min_length=1)
+    """The name the endpoint serves the recipe's (local) teacher under: set, `potstill teach`
+    fills the cache from the server's prompt log-probabilities (`/v1/completions` with
+    `echo` and `logprobs`: its top `teach.top_k` ids per position) instead of running the
+    teacher here. The server must serve the teacher's own weights and tokenizer; null =
+    the teacher runs here."""
+    max_logprobs: int = Field(20, ge=1)
+    """The most log-probabilities the server gives per position, the ceiling of
+    `teach.top_k` when teaching through it: vLLM's `--max-logprobs` (20 unless raised),
+    `potstill serve`'s 20."""
+    token_ids: bool = True
+    """Ask for the tokens as `token_id:N` (vLLM's and `potstill serve`'s
+    `return_tokens_as_token_ids`), which map back to ids exactly; false for a server that
+    refuses the flag: tokens then map back through the tokenizer, and an answer naming a
+    token several ids share is refused."""
 
     @field_validator("base_url")
     @classmethod
