@@ -38,6 +38,12 @@ from potstill.models.quantize import (
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
 from potstill.pipeline.markers import finished, forget, mark_finished
+from potstill.pipeline.served_teach import (
+    check_served_teach,
+    served_cache_source,
+    served_model,
+    teach_served,
+)
 from potstill.pipeline.student_stage import Trainee, train_config, train_student
 from potstill.tasks.causal_lm import CausalLM, heldout_loss, prepare_inside
 from potstill.teachers import LiveTeacher, TeacherSource
@@ -88,6 +94,9 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
     recipe = ctx.recipe
     if not recipe.needs_teacher_logits:
         return None, "none"
+    served = served_model(recipe)  # the teacher pass runs on a server that serves it
+    if served is not None:
+        check_served_teach(recipe)
     live = LiveTeacher(ctx.teacher, autocast_dtype=ctx.autocast_dtype)
     live_print = fingerprint("live", ctx.teacher_sha256, recipe.teacher)
     if not recipe.teach.enabled:
@@ -100,9 +109,15 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
             "(`potstill teach` first pays it once)"
         )
         return live, live_print
-    source = _source(ctx)
+    source = _source(ctx) if served is None else served_cache_source(ctx)
     plan = cache_plan(ctx)
-    settings = recipe.teach.model_dump(exclude={"cache", "batch_size", "shard_blocks", "blocks"})
+    # Teaching through a server: its model's name is in the source, and how it is reached
+    # changes no signal. Teaching here: fingerprinted as before the server's keys existed.
+    served_keys = True if served is not None else {"model", "max_logprobs", "token_ids"}
+    settings = recipe.teach.model_dump(
+        exclude={"cache": True, "batch_size": True, "shard_blocks": True, "blocks": True}
+        | {"endpoint": served_keys}
+    )
     hidden_layers = ctx.inside.hidden_layers
     # What each block's cached signal depends on; the plan only says which blocks.
     content = fingerprint(source, settings, recipe.teach_temperature, *hidden_layers)
@@ -110,17 +125,20 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
     if teach_now:
         on_main(lambda: _drop_stale_cache(ctx, content))
         started = time.perf_counter()
-        cache = teach(
-            live,
-            ctx.data.train,
-            directory=directory,
-            source=source,
-            settings=recipe.teach,
-            temperature=recipe.teach_temperature,
-            plan=plan,
-            log=log,
-            hidden_layers=hidden_layers,
-        )
+        if served is not None:
+            cache = teach_served(ctx, source=source, plan=plan)
+        else:
+            cache = teach(
+                live,
+                ctx.data.train,
+                directory=directory,
+                source=source,
+                settings=recipe.teach,
+                temperature=recipe.teach_temperature,
+                plan=plan,
+                log=log,
+                hidden_layers=hidden_layers,
+            )
         seconds = time.perf_counter() - started
 
         def record() -> None:  # first time (or changed): how long teaching took
