@@ -1,7 +1,7 @@
 """Teaching through a server (``teach.endpoint.model``): a cache taught by `potstill serve`
 on loopback matches the one taught here, a student trains from it, bad answers stop the
 teach in one line and keep the shards already written, and what a server cannot teach is
-refused before anything is."""
+refused before anything is. `potstill label` through the server labels as here."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,13 +21,16 @@ from potstill.data import load_data
 from potstill.models.load import load_causal_lm
 from potstill.pipeline import distill_only, run, teach_only
 from potstill.serve import Engine, create_app
+from potstill.synth.store import read_labels
 from potstill.util.errors import PotstillError
-from tests.conftest import make_tokenizer, run_cli, tiny_recipe
+from tests.conftest import make_llama, make_tokenizer, run_cli, tiny_recipe
 from tests.serve.conftest import make_decisive_llama, serving
+from tests.synth.test_label import CHAT_TEMPLATE
 from tests.teachers.logprobs_server import LogprobsScript, logprobs_server, no_logprobs, one_short
 
 K = 8
 BITS = 8
+LABEL_TEXTS = ["To sleep", "ay, there's the rub", "No more", "The heart-ache", "To die"]
 
 
 @pytest.fixture(autouse=True)
@@ -195,3 +199,50 @@ def test_what_a_server_cannot_teach_is_refused_before_anything_is(
     for word in words:
         assert word in message, message
     assert not (tmp_path / "runs" / "no" / "cache").exists()
+
+
+def test_potstill_label_scores_through_the_server_as_here(tmp_path, capsys):
+    """`potstill label` with teach.endpoint.model: the table names the served model and
+    holds the labels the local teacher gives (log-likelihoods within 1e-4)."""
+    folder = tmp_path / "chat_teacher"
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    model = make_llama(len(tokenizer), layers=2)
+    model.config.max_position_embeddings = 512  # the tiny tokenizer's prompt is long
+    model.save_pretrained(folder)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in LABEL_TEXTS))
+    recipe = {
+        "runs_dir": str(tmp_path / "runs"),
+        "teacher": str(folder),
+        "device": "cpu",
+        "train": {"threads": 1},
+        "task": {
+            "kind": "classify",
+            "labels": [{"name": "sleep", "description": "about sleeping"}, "death"],
+            "train": str(texts),
+            "batch_size": 2,
+        },
+    }
+    engine = Engine(*load_causal_lm(str(folder)), max_batch=4, max_queue=16)
+    engine.start()
+    try:
+        with serving(create_app(engine, "tiny")) as url:
+            endpoint = {"model": "tiny", "base_url": url, "api_key_env": None}
+            served = {**recipe, "name": "served", "teach": {"endpoint": endpoint}}
+            path = tmp_path / "served.yaml"
+            path.write_text(yaml.safe_dump(served))
+            code, out, err = run_cli("label", str(path), capsys=capsys)
+    finally:
+        engine.close()
+    assert code == 0, err
+    assert "labels: scored by tiny at http://127.0.0.1" in out + err
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "name": "local"}))
+    assert run_cli("label", str(path), capsys=capsys)[0] == 0
+    served_table = read_labels(tmp_path / "runs" / "served" / "labels.parquet")
+    local_table = read_labels(tmp_path / "runs" / "local" / "labels.parquet")
+    assert served_table.teacher == "openai:tiny" and local_table.teacher == str(folder)
+    np.testing.assert_allclose(served_table.logprobs, local_table.logprobs, atol=1e-4)
+    np.testing.assert_allclose(served_table.prior, local_table.prior, atol=1e-5)

@@ -31,18 +31,25 @@ from potstill.util.log import bar
 SERVED_PREFIX = "openai:"  # a served teacher's name in a cache source, as a recipe writes one
 
 
+def served_teacher(model: str) -> tuple[str, str]:
+    """What a cache or a labels table made through a server names as its teacher:
+    ``openai:MODEL``, and a hash of that name in place of the weights' (a server shows
+    none), so what a server made and what a local teacher made are never mistaken for each
+    other."""
+    name = f"{SERVED_PREFIX}{model}"
+    return name, hashlib.sha256(name.encode()).hexdigest()
+
+
 def served_source(
     model: str, tokenizer: Any, *, data_fingerprint: str, block_size: int
 ) -> dict[str, Any]:
     """What a cache taught by the server's ``model`` depends on, as its manifest records
-    it: ``teacher`` is ``openai:MODEL`` and ``teacher_sha256`` a hash of that name (a
-    server shows no weights), so a cache taught through a server and one taught here are
-    never mistaken for each other; the tokenizer is the local one the prompts were cut by.
-    """
-    name = f"{SERVED_PREFIX}{model}"
+    it: the served teacher (`served_teacher`) and the local tokenizer the blocks were cut
+    by, which the server must share."""
+    teacher, teacher_sha256 = served_teacher(model)
     return {
-        "teacher": name,
-        "teacher_sha256": hashlib.sha256(name.encode()).hexdigest(),
+        "teacher": teacher,
+        "teacher_sha256": teacher_sha256,
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "data_fingerprint": data_fingerprint,
         "block_size": block_size,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from potstill.cache.endpoint_teach import served_teacher
 from potstill.config import Recipe
 from potstill.data.texts import TextSet, read_texts
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir, run_dir_of
+from potstill.pipeline.served_teach import served_label_scorer, served_model
 from potstill.synth.label import LabelSpec, class_prior
 from potstill.synth.prompt import build_prompt, choose_examples
 from potstill.synth.store import (
@@ -99,25 +101,32 @@ def label_only(
     limit = context_limit(model, task.max_length)
     path = run_dir_of(recipe) / LABELS_FILE
     fingerprint = prompt_fingerprint(prompt, max_length=limit)
-    check_resumable(path, fingerprint, ctx.teacher_sha256, replace=replace, log=lambda _: None)
+    # Through a server (teach.endpoint.model) the table names the served model.
+    teacher, teacher_sha256 = recipe.teacher, ctx.teacher_sha256
+    served = served_model(recipe)
+    if served is not None:
+        teacher, teacher_sha256 = served_teacher(served)
+    check_resumable(path, fingerprint, teacher_sha256, replace=replace, log=lambda _: None)
     prepare_run_dir(recipe, resume=True)
     gold_prior = gold = None
     if texts.labels is not None:
         gold = label_ids(texts.labels, task.label_names, "task.train", texts.name)
         gold_prior = class_prior(gold, len(task.label_names))
-    return label_texts(
-        model,
-        tokenizer,
-        recipe.teacher,
-        ctx.teacher_sha256,
-        texts,
-        spec,
-        path=path,
-        calibrate=task.calibrate,
-        gold_prior=gold_prior,
-        gold=None if gold is None else [int(g) for g in gold],
-        replace=replace,
-        batch_size=task.batch_size,
-        max_length=task.max_length,
-        shard_texts=task.shard_texts,
-    )
+    with served_label_scorer(recipe, tokenizer) as scorer:
+        return label_texts(
+            model,
+            tokenizer,
+            teacher,
+            teacher_sha256,
+            texts,
+            spec,
+            path=path,
+            calibrate=task.calibrate,
+            gold_prior=gold_prior,
+            gold=None if gold is None else [int(g) for g in gold],
+            replace=replace,
+            batch_size=task.batch_size,
+            max_length=task.max_length,
+            shard_texts=task.shard_texts,
+            served=scorer,
+        )

@@ -1,6 +1,7 @@
 """The teach stage through a server (``teach.endpoint.model``): what such a recipe may ask
 for, the cache's source, and the call that fills the cache
-(`potstill.cache.endpoint_teach`).
+(`potstill.cache.endpoint_teach`); and the scorer `potstill label` uses through it
+(`potstill.synth.served_labels`).
 
 The recipe's ``teacher`` stays the local reference of the model the server serves: its
 tokenizer cuts the blocks (and checks what the server reads), and the student, the
@@ -10,6 +11,8 @@ training blocks, the costly part, runs on the server.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from potstill.cache.endpoint_teach import served_source, teach_through_endpoint
@@ -17,6 +20,7 @@ from potstill.cache.store import TeacherCache
 from potstill.config import Recipe
 from potstill.models.load import endpoint_model, tokenizer_ids
 from potstill.pipeline.context import RunContext
+from potstill.synth.served_labels import ServedLabelScorer
 from potstill.teachers.endpoint import EndpointClient, api_key_from_env
 from potstill.teachers.prompt_logprobs import PromptLogprobs
 from potstill.util.distributed import launched_world
@@ -76,6 +80,27 @@ def check_served_teach(recipe: Recipe) -> None:
             "teaching through a server is one process (the server batches the requests): "
             "run potstill teach without torchrun / accelerate launch"
         )
+
+
+@contextmanager
+def served_label_scorer(recipe: Recipe, tokenizer: Any) -> Iterator[ServedLabelScorer | None]:
+    """The scorer that labels through the recipe's server (``teach.endpoint.model``), its
+    client closed at the end; None when the teacher labels here."""
+    model = served_model(recipe)
+    if model is None:
+        yield None
+        return
+    endpoint = recipe.teach.endpoint
+    client = EndpointClient(endpoint, model, api_key_from_env(endpoint.api_key_env))
+    client.kept = "labels"
+    try:
+        scorer = PromptLogprobs(
+            client, top_k=1, vocab_size=tokenizer_ids(tokenizer), tokenizer=tokenizer
+        )
+        log(f"labels: scored by {model} at {endpoint.base_url}")
+        yield ServedLabelScorer(scorer)
+    finally:
+        client.close()
 
 
 def served_cache_source(ctx: RunContext) -> dict[str, Any]:

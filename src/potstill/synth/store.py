@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from potstill.synth.calibration import CalibrateMode, Calibration, fit_calibrati
 from potstill.synth.label import calibrate as label_prior
 from potstill.synth.label import score_labels
 from potstill.synth.prompt import LabelPrompt, LabelSpec, build_prompt
+from potstill.synth.served_labels import ServedLabelScorer
 from potstill.util.errors import PotstillError
 from potstill.util.io import atomic_write_bytes
 from potstill.util.log import Bar, bar
@@ -195,9 +197,12 @@ def label_texts(
     shard_texts: int = 256,
     log: Callable[[str], None] = _log,
     progress: Callable[..., AbstractContextManager[Bar]] = bar,
+    served: ServedLabelScorer | None = None,
 ) -> LabelsTable:
     """Label every text of ``texts`` with ``model``'s distribution over ``spec``'s labels
     into ``path`` (``labels.parquet``), saved atomically every ``shard_texts`` texts.
+    With ``served`` the labels are scored by the server that serves ``model`` instead
+    (``model`` then only bounds the context).
 
     Rows already in ``path`` for the same (text id, text sha256), prompt and teacher are
     kept, not scored again; a table made with other labels or another teacher is refused
@@ -227,7 +232,13 @@ def label_texts(
         log(f"labels: {len(rows)} of {len(texts)} texts already labelled in {path}, kept")
 
     # The same prompt and teacher give the same content-free prior: kept, not scored again.
-    prior = old.prior if old is not None else label_prior(model, prompt, batch_size=batch_size)
+    if old is not None:
+        prior = old.prior
+    elif served is not None:
+        prior = served.prior(prompt, batch_size=batch_size)
+    else:
+        prior = label_prior(model, prompt, batch_size=batch_size)
+    score = partial(score_labels, model) if served is None else served.score
     empty = np.zeros((0, len(prompt.label_names)))
     table = LabelsTable(
         path=path,
@@ -258,7 +269,7 @@ def label_texts(
         for start in range(0, len(todo), shard_texts):
             chosen = todo[start : start + shard_texts]
             shard = [texts.texts[k] for k in chosen]
-            scores = score_labels(model, prompt, shard, batch_size=batch_size, max_length=limit)
+            scores = score(prompt, shard, batch_size=batch_size, max_length=limit)
             for row, k in enumerate(chosen):
                 cut = prompt.fit(texts.texts[k], limit)[1]
                 rows[texts.ids[k]] = (shas[k], scores.logprobs[row], cut)

@@ -13,6 +13,8 @@ again with 1, and the generated token is ignored. Tokens come back as ``token_id
 each token's text is mapped back through the teacher's tokenizer, and an answer naming a
 text several ids share is refused, as is any token that is no id of the vocabulary.
 Requests go through `EndpointClient.call` (retries, rate limit, timeouts, the key).
+`PromptLogprobs.own_logprobs` reads the prompt tokens' own log-probabilities instead
+(label scoring, `potstill.synth.served_labels`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from potstill.teachers.endpoint import EndpointClient
 from potstill.util.errors import PotstillError
 
 TOKEN_ID = "token_id:"  # vLLM's spelling of a token given as its id
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,48 @@ class PromptLogprobs:
     ) -> list[PromptTopK]:
         """The top-k distributions of every prompt (one request); ``names`` say which
         prompt a refusal is about (``"block 17"``), by default ``"prompt i"``."""
-        if not prompts or any(len(p) < 2 for p in prompts):
-            raise ValueError("every prompt needs at least 2 tokens (one prediction)")
-        names = list(names) if names is not None else [f"prompt {i}" for i in range(len(prompts))]
-        if len(names) != len(prompts):
-            raise ValueError(f"{len(names)} names for {len(prompts)} prompts")
-        sent = [[int(i) for i in p] for p in prompts]
-        body = self.client.call(lambda: self._send(sent), stop=stop, resend=self._wants_a_token)
-        return self._parse(body, sent, names)
+        sent, names = self._prepared(prompts, names)
+        body = self.client.call(
+            lambda: self._send(sent, self.top_k), stop=stop, resend=self._wants_a_token
+        )
+        return [
+            self._rows(logprobs, prompt, name)
+            for logprobs, prompt, name in zip(
+                self._parse(body, sent, names), sent, names, strict=True
+            )
+        ]
+
+    def own_logprobs(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        names: Sequence[str] | None = None,
+        stop: threading.Event | None = None,
+    ) -> list[np.ndarray]:
+        """Each prompt's own tokens' log-probabilities (one request): ``(P − 1,)`` float64,
+        entry ``t`` that of token ``t + 1`` after the tokens before it."""
+        sent, names = self._prepared(prompts, names)
+        body = self.client.call(lambda: self._send(sent, 1), stop=stop, resend=self._wants_a_token)
+        out = []
+        for logprobs, prompt, name in zip(self._parse(body, sent, names), sent, names, strict=True):
+            values = logprobs.get("token_logprobs")
+            own = values[1 : len(prompt)] if isinstance(values, list) else []
+            if len(own) != len(prompt) - 1 or not all(
+                isinstance(v, (int, float)) and not math.isnan(v) for v in own
+            ):
+                raise PotstillError(self._no_logprobs(name))
+            out.append(np.minimum(np.array(own, dtype=np.float64), 0.0))
+        return out
+
+    def map(
+        self,
+        ask: Callable[[Any, threading.Event], R],
+        items: Sequence[Any],
+        on_answer: Callable[[int, R], None],
+    ) -> None:
+        """``ask(item, stop)`` (a `score` or `own_logprobs` call) for every item,
+        ``concurrency`` requests at a time (`EndpointClient.map_all`)."""
+        self.client.map_all(ask, items, on_answer)
 
     def score_all(
         self,
@@ -113,17 +150,28 @@ class PromptLogprobs:
         def ask(item: tuple[Any, Any], stop: threading.Event) -> list[PromptTopK]:
             return self.score(item[0], names=item[1], stop=stop)
 
-        self.client.map_all(ask, items, on_answer)
+        self.map(ask, items, on_answer)
 
     # --- the request ------------------------------------------------------------------
 
-    def _send(self, prompts: list[list[int]]) -> Any:
+    @staticmethod
+    def _prepared(
+        prompts: Sequence[Sequence[int]], names: Sequence[str] | None
+    ) -> tuple[list[list[int]], list[str]]:
+        if not prompts or any(len(p) < 2 for p in prompts):
+            raise ValueError("every prompt needs at least 2 tokens (one prediction)")
+        names = list(names) if names is not None else [f"prompt {i}" for i in range(len(prompts))]
+        if len(names) != len(prompts):
+            raise ValueError(f"{len(names)} names for {len(prompts)} prompts")
+        return [[int(i) for i in p] for p in prompts], names
+
+    def _send(self, prompts: list[list[int]], top: int) -> Any:
         extra = {"return_tokens_as_token_ids": True} if self._token_ids else None
         raw = self.client.openai.completions.with_raw_response.create(
             model=self.client.model,
             prompt=prompts,
             echo=True,
-            logprobs=self.top_k,
+            logprobs=top,
             max_tokens=self._max_tokens,
             extra_body=extra,
         )
@@ -147,7 +195,9 @@ class PromptLogprobs:
 
     # --- the answer -------------------------------------------------------------------
 
-    def _parse(self, body: Any, prompts: list[list[int]], names: list[str]) -> list[PromptTopK]:
+    def _parse(self, body: Any, prompts: list[list[int]], names: list[str]) -> list[dict]:
+        """Each prompt's ``logprobs`` object, checked to echo every prompt token (and, with
+        ids, the very ids sent)."""
         choices = body.get("choices") if isinstance(body, dict) else None
         if not isinstance(choices, list):
             raise PotstillError(f"{self.where} answered without choices; {self._kept()}")
@@ -163,14 +213,14 @@ class PromptLogprobs:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
-        rows = []
+        found = []
         for i, (prompt, name) in enumerate(zip(prompts, names, strict=True)):
             choice = by_index[i]
             self._check_text(choice.get("text"), prompt, name)
-            rows.append(self._rows(choice.get("logprobs"), prompt, name))
-        return rows
+            found.append(self._echoed(choice.get("logprobs"), prompt, name))
+        return found
 
-    def _rows(self, logprobs: Any, prompt: list[int], name: str) -> PromptTopK:
+    def _echoed(self, logprobs: Any, prompt: list[int], name: str) -> dict:
         if not isinstance(logprobs, dict) or not all(
             isinstance(logprobs.get(key), list) for key in ("tokens", "top_logprobs")
         ):
@@ -191,7 +241,11 @@ class PromptLogprobs:
                         f"was sent as id {prompt[t]}: the positions do not line up; "
                         f"{self._kept()}"
                     )
-        k = self.top_k
+        return logprobs
+
+    def _rows(self, logprobs: dict, prompt: list[int], name: str) -> PromptTopK:
+        """The top-k rows of a checked ``logprobs`` object."""
+        top, n, k = logprobs["top_logprobs"], len(prompt), self.top_k
         ids = np.empty((n - 1, k), dtype=np.int64)
         values = np.empty((n - 1, k), dtype=np.float64)
         for t in range(1, n):
