@@ -123,6 +123,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "lr 7e-4, eps 1e-8, live teacher, 0.7 KD + 0.3 CE + FitNets (cosine)",
         [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: hidden_cosine}}]"],
     ),
+    "fp16-states": (
+        "the default, hidden states kept in float16 (teach.hidden_error=0)",
+        ["teach.hidden_error=0"],
+    ),
+    "compact-states": (
+        "the default, hidden states coded at relative error 0.04 (teach.hidden_error=0.04)",
+        ["teach.hidden_error=0.04"],
+    ),
     "live-attention": (
         "lr 7e-4, eps 1e-8, live teacher, 0.7 KD + 0.3 CE + attention KL",
         [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: attention_kl}}]"],
@@ -233,6 +241,7 @@ def main() -> None:
                 "corpus": args.corpus,
                 "seed": seed,
                 **student,
+                **(_cache_size(cache.manifest) if isinstance(cache, TeacherCache) else {}),
                 "baseline_perplexity": baseline["perplexity"],
                 "baseline_top1": baseline["top1"],
                 "teacher_perplexity": teacher_ppl,
@@ -263,6 +272,17 @@ def _corpus(name: str, root: Path) -> list[str]:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, lines)
     return [f"data.path={path}"]
+
+
+def _cache_size(manifest: Any) -> dict[str, Any]:
+    """What the cache costs: bytes per token in all and for the hidden states, and the
+    hidden states' measured relative error."""
+    hidden = manifest.fields.hidden
+    return {
+        "cache_bytes_per_token": manifest.bytes_per_token,
+        "hidden_bytes_per_token": hidden.bytes_per_token if hidden else None,
+        "hidden_error_mean": hidden.error_mean if hidden else None,
+    }
 
 
 def _key(*parts: Any) -> str:

@@ -90,6 +90,13 @@ def kill_teach_after(
             )
 
 
+def hidden_files(directory):
+    """The basis file's bytes and the hidden-state shards' bytes, whatever their names."""
+    basis = directory / "hidden-basis.safetensors"
+    shards = sorted(p.read_bytes() for p in directory.glob("hidden-0*.bin"))
+    return basis.read_bytes(), shards
+
+
 def shard_bytes(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.glob("shard-*.bin"))}
 
@@ -380,3 +387,63 @@ def test_block_entropy_is_the_cached_distributions_entropy(setup, tmp_path):
         got = cache.block_entropy([block])
         assert got.shape == (1,) and got.dtype == torch.float32
         assert got.item() == pytest.approx(sum(want) / len(want), rel=1e-5)
+
+
+def test_compact_hidden_states_meet_their_error_and_resume_to_the_same_bytes(
+    setup, tmp_path, monkeypatch
+):
+    recipe, teacher, tokenizer, data = setup
+    recipe = recipe.model_copy(
+        update={"teach": recipe.teach.model_copy(update={"hidden_error": 0.05})}
+    )
+    layers = (1, 3)
+    directory = tmp_path / "a"
+    cache = teach(recipe, teacher, tokenizer, data, directory=directory, hidden_layers=layers)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    hidden = manifest["fields"]["hidden"]
+    assert hidden["codec"] == "ptkh" and hidden["error"] == 0.05
+    float16 = 2 * len(layers) * teacher.config.hidden_size
+    assert hidden["bytes_per_token"] < float16  # the basis included, on a 200-token cache
+    shards = [s["fields"]["hidden"] for s in manifest["shards"]]
+    assert {s["basis"]["file"] for s in shards} == {"hidden-basis.safetensors"}
+    # The error each shard records is the error of what the cache gives back.
+    plan = manifest["plan"]
+    index = torch.tensor(plan)
+    with torch.no_grad():
+        want = teacher(
+            input_ids=data.train.batch(index).input_ids, output_hidden_states=True
+        ).hidden_states
+    got = cache.outputs(data.train.batch(index), SignalRequest(hidden_layers=layers))
+    errors = [
+        (
+            ((got.hidden_states[layer] - want[layer][:, :-1]) ** 2).sum(-1)
+            / (want[layer][:, :-1] ** 2).sum(-1)
+        ).mean()
+        for layer in layers
+    ]
+    measured = float(torch.stack(errors).mean())
+    assert measured == pytest.approx(hidden["error_mean"], rel=0.02)  # float16 rounding
+    assert shards[0]["error"] == pytest.approx(0.05, rel=0.15)  # the shard it was fitted on
+    # Killed after one shard, then rerun: the same basis and bytes as the straight run.
+    kill_teach_after(
+        1, recipe, teacher, tokenizer, data, tmp_path / "b", monkeypatch, hidden_layers=layers
+    )
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path / "b", hidden_layers=layers)
+    assert hidden_files(directory) == hidden_files(tmp_path / "b")
+    # A damaged shard is taught again in the same basis; a damaged basis, every shard anew.
+    victim = directory / "hidden-00001.bin"
+    victim.write_bytes(victim.read_bytes()[:-3])
+    teach(recipe, teacher, tokenizer, data, directory=directory, hidden_layers=layers)
+    assert hidden_files(directory) == hidden_files(tmp_path / "b")
+    basis = directory / "hidden-basis.safetensors"
+    basis.write_bytes(basis.read_bytes()[:-1] + b"\1")
+    with pytest.raises(PotstillError, match=r"hidden-basis\.safetensors is corrupt"):
+        TeacherCache.load(directory, source_of(recipe, tokenizer, data))
+    teach(recipe, teacher, tokenizer, data, directory=directory, hidden_layers=layers)
+    assert hidden_files(directory) == hidden_files(tmp_path / "b")
+    # Another error target is another cache: refused, not mixed.
+    other = recipe.model_copy(
+        update={"teach": recipe.teach.model_copy(update={"hidden_error": 0.0})}
+    )
+    with pytest.raises(PotstillError, match=r"teach\.hidden_error"):
+        teach(other, teacher, tokenizer, data, directory=directory, hidden_layers=layers)

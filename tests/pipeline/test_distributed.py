@@ -93,6 +93,24 @@ def test_teach_and_distill_in_two_processes_equal_one(recipe, tmp_path, capsys):
     assert [r["step"] for r in rows if r["model"] == "student"] == [1, 2, 3, 4]
 
 
+def test_compact_hidden_states_taught_in_two_processes_keep_a_basis_per_rank(recipe, tmp_path):
+    values = yaml.safe_load(recipe.read_text())
+    values["loss"].append({"loss": "hidden_mse", "weight": 1.0, "layers": "auto"})
+    values["teach"]["hidden_error"] = 0.05
+    recipe.write_text(yaml.safe_dump(values))
+    done = _torchrun("teach", str(recipe), "name=two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cache = tmp_path / "runs" / "two" / "cache"
+    manifest = read_manifest(cache)
+    assert manifest.complete and {s.rank for s in manifest.shards} == {0, 1}
+    bases = {s.rank: s.fields.hidden.basis.file for s in manifest.shards}
+    assert bases == {0: "hidden-basis-r0.safetensors", 1: "hidden-basis-r1.safetensors"}
+    assert all(s.fields.hidden.error is not None for s in manifest.shards)
+    assert manifest.fields.hidden.error_mean is not None
+    loaded = _cache(tmp_path / "runs" / "two")
+    assert loaded.hidden is not None and torch.isfinite(loaded.hidden.float()).all()
+
+
 def test_distill_under_accelerate_launch_equals_one_process(recipe, tmp_path, capsys):
     for verb in ("teach", "distill"):
         code, _, err = run_cli(verb, str(recipe), "name=one", capsys=capsys)

@@ -39,6 +39,7 @@ SETTINGS_FIELDS = {
     "samples": "teach.samples",
     "seed": "teach.seed",
     "hidden_layers": "hidden layers kept (the hidden-state loss terms' layer maps)",
+    "hidden_error": "teach.hidden_error",
 }
 
 
@@ -109,15 +110,22 @@ class TopK(BaseModel):
 
 class Hidden(BaseModel):
     """The ``hidden`` field: the teacher's hidden states at ``layers`` (HF
-    ``hidden_states`` indexing) for every position but a block's last, as ``float16``
-    ``(blocks, positions, len(layers), width)``, for hidden-state loss terms."""
+    ``hidden_states`` indexing) for every position but a block's last, for hidden-state
+    loss terms; ``(blocks, positions, len(layers), width)`` as ``float16``, or (``codec``
+    ``ptkh``, ``error`` > 0) as `potstill.cache.states` payloads: coefficients in a basis
+    fitted while teaching, at mean relative squared error ``error``."""
 
     model_config = ConfigDict(extra="forbid")
     layers: list[int]
     width: int
-    dtype: Literal["float16"] = "float16"
+    dtype: Literal["float16"] = "float16"  # what the states decode to
+    codec: Literal["float16", "ptkh"] = "float16"
+    error: float = 0.0  # the target: teach.hidden_error
     bytes: int = 0
     bytes_per_token: float | None = None
+    # The mean over the taught positions of the relative squared error each shard measured
+    # on its own states (None: float16, or nothing taught yet).
+    error_mean: float | None = None
 
 
 class Fields(BaseModel):
@@ -147,12 +155,21 @@ class StoredFile(BaseModel):
     bytes: int
 
 
+class HiddenFile(StoredFile):
+    """A shard's ``hidden`` file; with the ``ptkh`` codec, the basis file it was coded in
+    (shared by the shards one process taught) and the relative squared error measured on
+    the shard's own states."""
+
+    basis: StoredFile | None = None
+    error: float | None = None
+
+
 class ShardFields(BaseModel):
     """A shard's file for each field in `Fields`."""
 
     model_config = ConfigDict(extra="forbid")
     top_k: TopKFile
-    hidden: StoredFile | None = None
+    hidden: HiddenFile | None = None
 
 
 class Shard(BaseModel):
@@ -162,7 +179,15 @@ class Shard(BaseModel):
     fields: ShardFields
 
     def files(self) -> list[TopKFile | StoredFile]:
-        """Every file of the shard, one per stored field."""
+        """Every file of the shard: one per stored field, and the basis its hidden states
+        were coded in."""
+        hidden = self.fields.hidden
+        if hidden is None or hidden.basis is None:
+            return self.own_files()
+        return [*self.own_files(), hidden.basis]
+
+    def own_files(self) -> list[TopKFile | StoredFile]:
+        """The shard's files no other shard shares (not its basis)."""
         hidden = self.fields.hidden
         return [self.fields.top_k, *([hidden] if hidden is not None else [])]
 
@@ -200,12 +225,20 @@ class Manifest(BaseModel):
         seed: int = 0,
         hidden_layers: tuple[int, ...] = (),
         width: int = 0,
+        hidden_error: float = 0.0,
     ) -> Manifest:
         """An empty cache: what made it (``source``: teacher, teacher_sha256,
         tokenizer_sha256, data_fingerprint, block_size), its ``top_k`` settings, the
         teacher hidden states it keeps (``hidden_layers``, of ``width``) and the blocks
-        it is to hold."""
-        hidden = Hidden(layers=sorted(hidden_layers), width=width) if hidden_layers else None
+        it is to hold (``hidden_error`` > 0: in a fitted basis, at that relative error)."""
+        hidden = None
+        if hidden_layers:
+            hidden = Hidden(
+                layers=sorted(hidden_layers),
+                width=width,
+                codec="ptkh" if hidden_error > 0 else "float16",
+                error=hidden_error,
+            )
         return cls(
             source=Source(**source, vocab_size=vocab_size),
             fields=Fields(
@@ -272,6 +305,11 @@ class Manifest(BaseModel):
         hidden = self.fields.hidden
         return tuple(hidden.layers) if hidden is not None else ()
 
+    @property
+    def hidden_error(self) -> float:
+        hidden = self.fields.hidden
+        return hidden.error if hidden is not None else 0.0
+
     def describe(self) -> str:
         """One line for logs: what the cache keeps per token, its size and fidelity."""
         if self.samples:
@@ -284,6 +322,8 @@ class Manifest(BaseModel):
         hidden = self.fields.hidden
         if hidden is not None:
             kept += f" and the hidden states of layers {hidden.layers}"
+            if hidden.error_mean is not None:
+                kept += f" (relative error {hidden.error_mean:.3f})"
         size = "-" if self.bytes_per_token is None else f"{self.bytes_per_token:.1f}"
         return (
             f"{self.tokens:,} tokens, {kept} at T={self.temperature:g}, {size} bytes/token, "
@@ -313,7 +353,8 @@ class Manifest(BaseModel):
 
     def with_totals(self) -> Manifest:
         tokens = sum(len(s.blocks) for s in self.shards) * self.positions
-        size = sum(f.bytes for s in self.shards for f in s.files())
+        files = {f.file: f.bytes for s in self.shards for f in s.files()}  # a basis once
+        size = sum(files.values())
         top_k_files = [s.fields.top_k for s in self.shards]
         top_k_size = sum(f.bytes for f in top_k_files)
         fidelity = sum((f.fidelity for f in top_k_files), Fidelity())
@@ -327,11 +368,18 @@ class Manifest(BaseModel):
         )
         hidden = self.fields.hidden
         if hidden is not None:
-            hidden_size = sum(s.fields.hidden.bytes for s in self.shards if s.fields.hidden)
+            hidden_size = size - top_k_size
+            measured = [
+                (len(s.blocks), s.fields.hidden.error)
+                for s in self.shards
+                if s.fields.hidden is not None and s.fields.hidden.error is not None
+            ]
+            count = sum(n for n, _ in measured)
             hidden = hidden.model_copy(
                 update={
                     "bytes": hidden_size,
                     "bytes_per_token": hidden_size / tokens if tokens else None,
+                    "error_mean": sum(n * e for n, e in measured) / count if count else None,
                 }
             )
         return self.model_copy(

@@ -41,12 +41,14 @@ import numpy as np
 import torch
 
 from potstill.cache import codec
+from potstill.cache import states as states_codec
 from potstill.cache.manifest import (
     FORMAT,
     MANIFEST,
     SETTINGS_FIELDS,
     SOURCE_FIELDS,
     Fidelity,
+    HiddenFile,
     Manifest,
     Shard,
     ShardFields,
@@ -75,6 +77,7 @@ __all__ = [
 
 
 JOURNALS = "journal-r*.json"
+BASIS = "hidden-basis{rank}.safetensors"  # one per process that codes hidden states
 
 
 class CacheWriter:
@@ -86,6 +89,8 @@ class CacheWriter:
         self.manifest = manifest
         self.rank = rank  # None: the only writer, straight into the manifest
         self._journal: list[Shard] = []
+        self._basis: states_codec.Basis | None = None  # with hidden_error > 0
+        self._basis_file: StoredFile | None = None
 
     def for_rank(self, rank: int) -> CacheWriter:
         """A writer for one of several processes: its shards go to its own journal."""
@@ -160,7 +165,7 @@ class CacheWriter:
                 good.append(shard)
             else:
                 log(f"cache shard {problem}: teaching its blocks again")
-                for stored in shard.files():
+                for stored in shard.own_files():
                     (directory / stored.file).unlink(missing_ok=True)
         if version != FORMAT:
             log(f"teacher cache {directory}: {MANIFEST} upgraded from format {version}")
@@ -169,11 +174,17 @@ class CacheWriter:
         return writer
 
     def write_shard(
-        self, blocks: list[int], payload: bytes, fidelity: Fidelity, hidden: bytes | None = None
+        self,
+        blocks: list[int],
+        payload: bytes,
+        fidelity: Fidelity,
+        hidden: np.ndarray | None = None,
     ) -> None:
         """Write ``payload``, the `codec` top-k payload of ``blocks``, as the next shard,
-        with ``hidden``, its float16 hidden states, when the cache keeps them."""
-        if (hidden is None) != (self.manifest.fields.hidden is None):
+        with ``hidden``, their ``(tokens, layers, width)`` float32 hidden states, when the
+        cache keeps them (as float16, or coded in this writer's basis: `potstill.cache.states`)."""
+        spec = self.manifest.fields.hidden
+        if (hidden is None) != (spec is None):
             raise ValueError("a shard has hidden states exactly when the cache keeps them")
         if self.rank is None:
             used = {stored.file for s in self.manifest.shards for stored in s.files()}
@@ -190,10 +201,25 @@ class CacheWriter:
         )
         states = None
         if hidden is not None:
+            expected = (len(blocks) * self.manifest.positions, len(spec.layers), spec.width)
+            if hidden.shape != expected or hidden.dtype != np.float32:
+                raise ValueError(
+                    f"hidden states must be {expected} float32, got {hidden.shape} {hidden.dtype}"
+                )
+            basis, error = None, None
+            if spec.codec == "float16":
+                data = hidden.astype("<f2").tobytes()
+            else:
+                basis = self._basis_for(hidden)
+                data, error = states_codec.encode_states(hidden, self._basis)
             states_path = self.directory / f"hidden-{tag}.bin"
-            atomic_write_bytes(states_path, hidden)
-            states = StoredFile(
-                file=states_path.name, sha256=sha256_file(states_path), bytes=len(hidden)
+            atomic_write_bytes(states_path, data)
+            states = HiddenFile(
+                file=states_path.name,
+                sha256=sha256_file(states_path),
+                bytes=len(data),
+                basis=basis,
+                error=error,
             )
         shard = Shard(
             blocks=list(blocks), rank=self.rank or 0, fields=ShardFields(top_k=top_k, hidden=states)
@@ -216,9 +242,33 @@ class CacheWriter:
                 fields.pop("hidden", None)
         atomic_write_text(self.directory / MANIFEST, json.dumps(data, indent=1))
 
+    def _basis_for(self, states: np.ndarray) -> StoredFile:
+        """This writer's basis (`potstill.cache.states`), as its shards reference it: the
+        one its earlier shards were coded in, else fitted on ``states`` and written."""
+        name = BASIS.format(rank="" if self.rank is None else f"-r{self.rank}")
+        if self._basis is None:
+            for shard in self.manifest.shards:
+                stored = shard.fields.hidden.basis if shard.fields.hidden else None
+                if stored is not None and stored.file == name:
+                    path = self.directory / name
+                    self._basis = states_codec.Basis.from_bytes(path.read_bytes())
+                    self._basis_file = stored
+                    break
+        if self._basis is None:
+            basis = states_codec.fit_basis(states, self.manifest.hidden_error)
+            data = basis.to_bytes()
+            path = self.directory / name
+            atomic_write_bytes(path, data)
+            self._basis = basis
+            self._basis_file = StoredFile(file=name, sha256=sha256_file(path), bytes=len(data))
+        return self._basis_file
 
-def _read_hidden(directory: Path, shard: Shard, manifest: Manifest) -> torch.Tensor:
-    """A shard's hidden states, ``(blocks, positions, layers, width)`` float16."""
+
+def _read_hidden(
+    directory: Path, shard: Shard, manifest: Manifest, bases: dict[str, states_codec.Basis]
+) -> torch.Tensor:
+    """A shard's hidden states, ``(blocks, positions, layers, width)`` float16 (decoded
+    from the basis they were coded in, read once into ``bases``)."""
     hidden = manifest.fields.hidden
     stored = shard.fields.hidden
     if hidden is None or stored is None:
@@ -226,14 +276,28 @@ def _read_hidden(directory: Path, shard: Shard, manifest: Manifest) -> torch.Ten
             f"teacher cache {directory}: a shard of blocks {shard.blocks[:3]}… has no hidden "
             "states; rerun `potstill teach RECIPE`"
         )
-    values = np.frombuffer((directory / stored.file).read_bytes(), dtype="<f2")
     shape = (len(shard.blocks), manifest.positions, len(hidden.layers), hidden.width)
+    data = (directory / stored.file).read_bytes()
+    if stored.basis is not None:
+        name = stored.basis.file
+        try:
+            if name not in bases:
+                bases[name] = states_codec.Basis.from_bytes((directory / name).read_bytes())
+            states = states_codec.decode_states(data, bases[name])
+        except ValueError as e:
+            raise PotstillError(
+                f"teacher cache shard {directory / stored.file} does not decode ({e}): rerun "
+                "`potstill teach RECIPE`"
+            ) from None
+        values = states.astype(np.float16).reshape(-1)
+    else:
+        values = np.frombuffer(data, dtype="<f2").copy()
     if values.size != int(np.prod(shape)):
         raise PotstillError(
             f"teacher cache shard {directory / stored.file} holds {values.size} values, its "
             f"manifest entry says {int(np.prod(shape))}: rerun `potstill teach RECIPE`"
         )
-    return torch.from_numpy(values.copy()).reshape(shape)
+    return torch.from_numpy(values).reshape(shape)
 
 
 def shard_problem(directory: Path, shard: Shard) -> str | None:
@@ -291,6 +355,7 @@ class TeacherCache:
                 f"{len(manifest.plan)} blocks): finish it with `potstill teach RECIPE`"
             )
         ids, logprobs, tail, blocks, hidden = [], [], [], [], []
+        bases: dict[str, states_codec.Basis] = {}
         shape = (-1, manifest.positions)
         for shard in manifest.shards:
             path = directory / shard.fields.top_k.file
@@ -315,7 +380,7 @@ class TeacherCache:
             logprobs.append(torch.from_numpy(shard_logprobs.astype(np.float32)).reshape(*shape, k))
             tail.append(torch.from_numpy(shard_tail.astype(np.float32)).reshape(shape))
             if manifest.fields.hidden is not None:
-                hidden.append(_read_hidden(directory, shard, manifest))
+                hidden.append(_read_hidden(directory, shard, manifest, bases))
             blocks.extend(shard.blocks)
         order = torch.tensor(blocks, dtype=torch.long)
         rows = torch.full((int(order.max()) + 1 if blocks else 0,), -1, dtype=torch.long)

@@ -69,8 +69,9 @@ def teach(
     """Fill the cache in ``directory`` with the teacher's top-k signal for the ``plan``
     blocks (continuing one a killed run left), then load and return it.
 
-    ``hidden_layers`` (HF ``hidden_states`` indices) are kept too, as float16, for
-    hidden-state loss terms.
+    ``hidden_layers`` (HF ``hidden_states`` indices) are kept too, for hidden-state loss
+    terms: as float16, or (``teach.hidden_error`` > 0) coded in a basis fitted on the first
+    shard each process teaches (`potstill.cache.states`).
 
     Under ``torchrun`` / ``accelerate launch`` the blocks still to teach are cut into
     shards as in one process and dealt out in turn, shard ``i`` to rank ``i mod size``;
@@ -90,6 +91,7 @@ def teach(
         seed=settings.seed,
         hidden_layers=tuple(hidden_layers),
         width=width,
+        hidden_error=settings.hidden_error,
     )
     world = current_world()
     writer = on_main(lambda: CacheWriter.open(directory, fresh, log=log))
@@ -133,7 +135,7 @@ def _teach_blocks(
                     logits = outputs.distributions.logits.cpu()  # (B, L − 1, V)
                     if layers:  # (B, L − 1, layers, H): every position but the last
                         stacked = torch.stack([outputs.hidden_states[i] for i in layers], dim=2)
-                        states.append(stacked[:, :-1].to(torch.float16).cpu().numpy())
+                        states.append(stacked[:, :-1].float().cpu().numpy())
                     signal = cache_signal(logits, manifest, generator)
                     if offset == 0:  # a sample of every shard: its first block
                         fidelity = _fidelity(logits[:1], _first(signal), manifest)
@@ -143,7 +145,9 @@ def _teach_blocks(
             payload = codec.encode(
                 ids, logprobs, tail, vocab_size=manifest.vocab_size, bits=manifest.bits
             )
-            hidden = np.concatenate(states).astype("<f2").tobytes() if layers else None
+            hidden = None
+            if layers:  # (tokens, layers, H)
+                hidden = np.concatenate(states).reshape(-1, len(layers), states[0].shape[-1])
             writer.write_shard(shard, payload, fidelity, hidden)
 
 
