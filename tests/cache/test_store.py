@@ -257,7 +257,7 @@ def test_opening_a_format_1_cache_upgrades_its_manifest_on_disk(tmp_path):
     lines.clear()
     CacheWriter.open(tmp_path, fresh(), log=lines.append)
     assert lines == [] and (tmp_path / MANIFEST).read_text() == upgraded
-    assert TeacherCache.load(tmp_path, SOURCE).ids.shape == (4, P, K)
+    assert TeacherCache.load(tmp_path, SOURCE).signal(torch.arange(4)).ids.shape == (4, P, K)
 
 
 def test_a_format_1_cache_with_a_corrupt_shard_is_refused_then_taught_again(tmp_path):

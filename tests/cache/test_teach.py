@@ -447,3 +447,40 @@ def test_compact_hidden_states_meet_their_error_and_resume_to_the_same_bytes(
     )
     with pytest.raises(PotstillError, match=r"teach\.hidden_error"):
         teach(other, teacher, tokenizer, data, directory=directory, hidden_layers=layers)
+
+
+def test_the_cache_decodes_shards_as_training_reaches_them_and_keeps_a_few(setup, tmp_path):
+    recipe, teacher, tokenizer, data = setup
+    layers = (1, 3)
+    teach(recipe, teacher, tokenizer, data, directory=tmp_path, hidden_layers=layers)
+    source = source_of(recipe, tokenizer, data)
+    manifest = TeacherCache.load(tmp_path, source).manifest
+    assert len(manifest.shards) >= 3
+    everything = TeacherCache.load(tmp_path, source, resident=len(manifest.shards))
+    streamed = TeacherCache.load(tmp_path, source, resident=1)
+    assert not streamed._decoded  # loading verified the files and decoded nothing
+    request = SignalRequest(distributions=True, hidden_layers=layers)
+    plan = manifest.plan
+    for start in range(0, len(plan), 2):  # training's order, two blocks a batch
+        batch = data.train.batch(torch.tensor(plan[start : start + 2]))
+        want, got = everything.outputs(batch, request), streamed.outputs(batch, request)
+        for name in ("ids", "logprobs", "tail_logprob"):
+            assert torch.equal(getattr(want.distributions, name), getattr(got.distributions, name))
+        for layer in layers:
+            assert torch.equal(want.hidden_states[layer], got.hidden_states[layer])
+        assert len(streamed._decoded) <= 1 and len(streamed._pending) <= 1
+    # What the cache gives back is what the codec decodes from each shard's file.
+    first = manifest.shards[0]
+    ids, logprobs, _ = codec.decode((tmp_path / first.fields.top_k.file).read_bytes())
+    signal = streamed.signal(torch.tensor(first.blocks))
+    k = signal.ids.shape[-1]
+    assert torch.equal(signal.ids.reshape(-1, k), torch.from_numpy(ids))
+    assert torch.equal(signal.logprobs.reshape(-1, k), torch.from_numpy(logprobs))
+    # A shard damaged after loading is refused when training reaches it, in one line.
+    late = manifest.shards[-1]
+    path = tmp_path / late.fields.top_k.file
+    path.write_bytes(path.read_bytes()[:-4])
+    damaged = TeacherCache(tmp_path, manifest, resident=1)
+    with pytest.raises(PotstillError, match="does not decode") as error:
+        damaged.signal(torch.tensor(late.blocks))
+    assert "\n" not in str(error.value)

@@ -18,6 +18,8 @@ import yaml
 from safetensors.torch import load_file
 
 from potstill.cache.store import TeacherCache, read_manifest
+from potstill.data.batch import Batch
+from potstill.signals import SignalRequest
 from tests.conftest import free_port, run_cli, tiny_recipe
 
 pytestmark = pytest.mark.slow
@@ -78,10 +80,9 @@ def test_teach_and_distill_in_two_processes_equal_one(recipe, tmp_path, capsys):
     assert manifest.complete and {s.rank for s in manifest.shards} == {0, 1}
     assert not list((two / "cache").glob("journal-*"))
     a, b = _cache(one), _cache(two)
-    for block in manifest.plan:
-        ra, rb = int(a._rows[block]), int(b._rows[block])
-        assert torch.equal(torch.as_tensor(a.ids[ra]), torch.as_tensor(b.ids[rb]))
-        assert torch.equal(torch.as_tensor(a.logprobs[ra]), torch.as_tensor(b.logprobs[rb]))
+    every = torch.tensor(manifest.plan)
+    sa, sb = a.signal(every), b.signal(every)
+    assert torch.equal(sa.ids, sb.ids) and torch.equal(sa.logprobs, sb.logprobs)
 
     # The student: the same weights, within float32 summation order.
     wa, wb = _weights(one), _weights(two)
@@ -108,7 +109,11 @@ def test_compact_hidden_states_taught_in_two_processes_keep_a_basis_per_rank(rec
     assert all(s.fields.hidden.error is not None for s in manifest.shards)
     assert manifest.fields.hidden.error_mean is not None
     loaded = _cache(tmp_path / "runs" / "two")
-    assert loaded.hidden is not None and torch.isfinite(loaded.hidden.float()).all()
+    ids = torch.zeros(len(manifest.plan), 16, dtype=torch.long)  # only the index is read
+    batch = Batch.of(ids, ids.clone(), torch.tensor(manifest.plan))
+    layers = manifest.hidden_layers
+    states = loaded.outputs(batch, SignalRequest(distributions=False, hidden_layers=layers))
+    assert all(torch.isfinite(states.hidden_states[layer]).all() for layer in layers)
 
 
 def test_distill_under_accelerate_launch_equals_one_process(recipe, tmp_path, capsys):

@@ -127,6 +127,24 @@ def encode(
     return header + tables + words.tobytes()
 
 
+HEADER_BYTES = _HEADER.size
+
+
+def header_tokens(head: bytes) -> int:
+    """The number of tokens a payload beginning with ``head`` (at least `HEADER_BYTES`)
+    holds, after checking its magic, version and fields; ValueError if it is not one."""
+    if len(head) < _HEADER.size:
+        raise ValueError(f"truncated cache payload: {len(head)} bytes, not even a header")
+    magic, version, bits, reserved, n, k, vocab_size, _, _ = _HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise ValueError(f"not a potstill top-k cache payload (magic {magic!r})")
+    if version != VERSION:
+        raise ValueError(f"cache payload format {version}; this potstill reads format {VERSION}")
+    if reserved or not MIN_BITS <= bits <= MAX_BITS or not 1 <= k <= vocab_size or n > _MAX_ROWS:
+        raise ValueError(f"corrupt cache payload header (n={n}, k={k}, V={vocab_size})")
+    return n
+
+
 def decode(payload: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ids, log-probabilities and tails an `encode` payload holds.
 
@@ -138,16 +156,8 @@ def decode(payload: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Raises:
         ValueError: the payload is not one, is truncated, or is corrupt.
     """
-    if len(payload) < _HEADER.size:
-        raise ValueError(f"truncated cache payload: {len(payload)} bytes, not even a header")
-    fields = _HEADER.unpack_from(payload)
-    magic, version, bits, reserved, n, k, vocab_size, table_bytes, word_count = fields
-    if magic != MAGIC:
-        raise ValueError(f"not a potstill top-k cache payload (magic {magic!r})")
-    if version != VERSION:
-        raise ValueError(f"cache payload format {version}; this potstill reads format {VERSION}")
-    if reserved or not MIN_BITS <= bits <= MAX_BITS or not 1 <= k <= vocab_size or n > _MAX_ROWS:
-        raise ValueError(f"corrupt cache payload header (n={n}, k={k}, V={vocab_size})")
+    header_tokens(payload)
+    _, _, bits, _, n, k, vocab_size, table_bytes, word_count = _HEADER.unpack_from(payload)
     expected = _HEADER.size + table_bytes + 4 * word_count
     if len(payload) != expected:
         raise ValueError(f"cache payload is {len(payload)} bytes, its header says {expected}")

@@ -60,6 +60,11 @@ class TeachConfig(Strict):
     shard_blocks: int = Field(64, ge=1)
     """Blocks per cache shard, the unit written atomically: a killed `teach` redoes at most
     one shard."""
+    cache_memory_mb: float = Field(1024.0, gt=0.0)
+    """How much memory decoded cache shards may take while the student trains: a cache
+    that fits is decoded once, a larger one is read shard by shard as training reaches it
+    (the next shard decoded ahead), so memory does not grow with the corpus. At least two
+    shards are kept."""
     cache: str | None = None
     """A cache folder to train from, e.g. another run's; null = `runs_dir/NAME/cache`."""
     endpoint: EndpointConfig = EndpointConfig()

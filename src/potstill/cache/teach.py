@@ -105,7 +105,7 @@ def teach(
         on_main(lambda: writer.merge_journals(log=log))
     elif shards:
         _teach_blocks(teacher, blocks, shards, writer, settings)
-    return TeacherCache.load(directory, source)
+    return TeacherCache.load(directory, source, memory_mb=settings.cache_memory_mb)
 
 
 def _teach_blocks(

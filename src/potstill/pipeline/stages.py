@@ -116,9 +116,11 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
     served_keys = True if served is not None else {"model", "max_logprobs", "token_ids"}
     settings = recipe.teach.model_dump(
         exclude={"cache": True, "batch_size": True, "shard_blocks": True, "blocks": True}
-        | {"endpoint": served_keys}
+        | {"cache_memory_mb": True, "endpoint": served_keys}
     )
     hidden_layers = ctx.inside.hidden_layers
+    if not hidden_layers or not settings["hidden_error"]:  # as before the key existed
+        settings.pop("hidden_error")
     # What each block's cached signal depends on; the plan only says which blocks.
     content = fingerprint(source, settings, recipe.teach_temperature, *hidden_layers)
     print_ = fingerprint(content, plan)
@@ -148,7 +150,7 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
         on_main(record)
         log(f"teacher cache {directory}: {cache.manifest.describe()} ({seconds:.0f} s)")
     else:
-        cache = TeacherCache.load(directory, source)
+        cache = TeacherCache.load(directory, source, memory_mb=recipe.teach.cache_memory_mb)
         log(f"teacher cache {directory}: {cache.manifest.describe()}")
     cache.check_covers(schedule(ctx))
     return cache, print_
