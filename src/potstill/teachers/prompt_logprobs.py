@@ -3,9 +3,9 @@
 One ``/v1/completions`` request per batch of prompts, each prompt sent as token ids (so
 the positions are the caller's tokens exactly), with ``echo: true`` and ``logprobs: k``:
 the answer's ``top_logprobs[t]`` is the server's distribution over token ``t`` after
-tokens ``0 … t − 1`` (OpenAI's legacy format, which vLLM, SGLang and `potstill serve`
-speak; the first entry is null). Row ``t`` of a `PromptTopK` is that distribution at
-``t + 1``: the prediction of token ``t + 1``, as the teacher cache stores it.
+tokens ``0 … t − 1`` (OpenAI's legacy format, which vLLM and `potstill serve` speak; the
+first entry is null). Row ``t`` of a `PromptTopK` is that distribution at ``t + 1``: the
+prediction of token ``t + 1``, as the teacher cache stores it.
 
 ``max_tokens`` is 0 (nothing generated); a server that wants at least 1 (vLLM) is asked
 again with 1, and the generated token is ignored. Tokens come back as ``token_id:N``
@@ -320,7 +320,7 @@ class PromptLogprobs:
 
     def _text_index(self) -> dict[str, list[int]]:
         """Each single token's text, and the ids that read as it (built once): its
-        decoded text (vLLM's, SGLang's names) and `TokenText`'s (`potstill serve`'s, which
+        decoded text (vLLM's names) and `TokenText`'s (`potstill serve`'s, which
         spells a piece of a character as its bytes)."""
         with self._lock:
             if self._ids_of_text is None:
@@ -356,8 +356,8 @@ class PromptLogprobs:
         at = "" if position is None else f" at position {position}"
         return (
             f"{self.where} answered {name} without prompt log-probabilities{at}: teaching "
-            "through a server needs /v1/completions with echo and logprobs (vLLM, SGLang, "
-            f"potstill serve); {self._kept()}"
+            "through a server needs /v1/completions with echo and logprobs (vLLM, potstill "
+            f"serve); {self._kept()}"
         )
 
     def _kept(self) -> str:
