@@ -721,6 +721,12 @@ TEXT = {
         "prompt at a time.",
         "python bench/generate.py --prompts 32 --max-tokens 64 --batches 8,32",
     ),
+    "endpoint_teach.md": (
+        "Teaching through a server",
+        "A cache taught through `potstill serve` on loopback (the server's prompt "
+        "log-probabilities, top 20) against one taught here, and the students of each.",
+        "python bench/endpoint_teach.py --seeds 0,1,2",
+    ),
     "serve.txt": (
         "Serving concurrent clients",
         "`potstill serve` under 8 concurrent OpenAI clients, against 1.",
