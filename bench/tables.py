@@ -41,6 +41,9 @@ TWINS = {
 }
 # Write-ups of how a default was found: told, with their numbers, in docs/history.md.
 IN_HISTORY = ("default_run.md", "defaults.md", "stability.md")
+# Write-ups a guide summarises with their numbers, kept as their script writes them (so a
+# rerun adding seeds changes no generated page): docs/guides/scale.md.
+IN_GUIDES = ("endpoint_teach.md",)
 
 Data = dict[str, Any]  # a result file's name -> its parsed JSON, or its text
 
@@ -721,12 +724,6 @@ TEXT = {
         "prompt at a time.",
         "python bench/generate.py --prompts 32 --max-tokens 64 --batches 8,32",
     ),
-    "endpoint_teach.md": (
-        "Teaching through a server",
-        "A cache taught through `potstill serve` on loopback (the server's prompt "
-        "log-probabilities, top 20) against one taught here, and the students of each.",
-        "python bench/endpoint_teach.py --seeds 0,1,2",
-    ),
     "serve.txt": (
         "Serving concurrent clients",
         "`potstill serve` under 8 concurrent OpenAI clients, against 1.",
@@ -885,8 +882,10 @@ machines. How the defaults these numbers measure were chosen:
 
 
 def unplaced() -> list[str]:
-    """Result files no section reads and not placed elsewhere (a twin, the history page)."""
+    """Result files no section reads and not placed elsewhere (a twin, the history page, a
+    guide)."""
     placed = {name for s in SECTIONS for name in s.files} | set(TWINS) | set(IN_HISTORY)
+    placed |= set(IN_GUIDES)
     return sorted(
         path.name
         for path in RESULTS.iterdir()
