@@ -110,7 +110,7 @@ def teach_through_endpoint(
             f"({usage.retries} retries); mean mass outside the top {scorer.top_k}: "
             f"{tail_mass / positions:.4f}"
         )
-    return TeacherCache.load(directory, source)
+    return TeacherCache.load(directory, source, memory_mb=settings.cache_memory_mb)
 
 
 def _ask(
