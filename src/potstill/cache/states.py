@@ -113,7 +113,7 @@ def fit_basis(states: np.ndarray, error: float) -> Basis:
         mean16 = mean.to(torch.float16).double()  # what decoding will use
         directions16 = directions.to(torch.float16).double()
         step = _step_for(h, mean16, directions16, spread, error)
-        kept = max(1, int((spread > KEEP_SPREAD * step).sum()))
+        kept = _kept(spread, step)
         means.append(mean16.float().numpy())
         components.append(np.ascontiguousarray(directions16[:kept].float().numpy()))
         steps.append(step)
@@ -192,6 +192,11 @@ def _relative_error(h: torch.Tensor, rebuilt: torch.Tensor) -> float:
     return float((((rebuilt - h) ** 2).sum(-1) / size).mean())
 
 
+def _kept(spread: torch.Tensor, step: float) -> int:
+    """How many leading directions (by falling ``spread``) a basis keeps at ``step``."""
+    return max(1, int((spread > KEEP_SPREAD * step).sum()))
+
+
 def _step_for(
     h: torch.Tensor,
     mean: torch.Tensor,
@@ -209,7 +214,7 @@ def _step_for(
     width = coords.shape[-1]
 
     def measured(step: float) -> float:
-        kept = max(1, int((spread > KEEP_SPREAD * step).sum()))
+        kept = _kept(spread, step)
         lost = (torch.round(coords[:, :kept] / step) * step - coords[:, :kept]).square().sum(-1)
         if kept < width:
             lost = lost + dropped[:, kept]
