@@ -97,7 +97,10 @@ def test_a_rollback_trains_on_the_batches_after_the_ones_that_broke_it(
     assert on.asked[:prepare] == off.asked[:prepare]
     trained_on, trained_off = on.asked[prepare:], off.asked[prepare:]
     assert trained_on[:6] == trained_off[:6]  # steps 1-6, the 3 abandoned included
-    assert trained_on[6:] == trained_off[6:]  # step 4 again took step 7's batch, and on
+    assert trained_on[6:24] == trained_off[6:24]  # step 4 again took step 7's batch, and on
+    # steps 22-24 would take batches 25-27, past the 24 planned: the schedule starts over,
+    # so the run visits only the blocks a cache taught for its schedule holds
+    assert trained_on[24:] == trained_off[:3]
     assert len(trained_on) == 24 + 3  # 24 steps, 3 of them trained twice
 
 

@@ -170,15 +170,18 @@ def train(
     with bar(f"{name:>8}", total=cfg.steps, completed=state.step) as progress:
         while state.step < stop:
             started = time.perf_counter()
-            # The step's micro-batches: past any a rollback passed over (`data_skip`); a
-            # curriculum's order starts again from its beginning when that runs it out.
+            # The step's micro-batches: past any a rollback passed over (`data_skip`). The
+            # schedule starts again from its beginning when that runs it out, so a run only
+            # ever visits the blocks its schedule plans (all a `teach.blocks: schedule`
+            # cache holds).
             first = (state.step + state.data_skip) * cfg.grad_accum
+            planned = cfg.steps * cfg.grad_accum
             micro = [
                 data.batch(
                     my_share(
-                        _micro_index(len(data), cfg, first + i)
+                        _micro_index(len(data), cfg, (first + i) % planned)
                         if schedule is None
-                        else torch.tensor(schedule[(first + i) % len(schedule)]),
+                        else torch.tensor(schedule[(first + i) % planned]),
                         world,
                     )
                 )

@@ -24,9 +24,12 @@ from an earlier checkpoint and skip the data around it). Replaying the same batc
 help: on the code corpus the baseline went back to step 40 three times, at lr x0.5, x0.25
 and x0.125, and each time steps 41-50 sent its held-out loss up again (6.45 to 7.72, 7.76,
 6.78 nats). The data order stays a function of the step plus the batches passed over
-(``TrainState.data_skip``); the schedule's length, and so the lr, is unchanged. Once the
-rollbacks are used up a check that rose is neither accepted nor acted on; the report's
-health check judges the end.
+(``TrainState.data_skip``); the schedule's length, and so the lr, is unchanged. Steps that
+the skip pushes past the schedule's end take its first batches again, so a run visits only
+the blocks its schedule plans: a teacher cache taught for that schedule (``teach.blocks:
+schedule``) holds every one (before, a rollback near the end asked it for blocks it
+lacked). Once the rollbacks are used up a check that rose is neither accepted nor acted
+on; the report's health check judges the end.
 
 A rollback is logged in ``metrics.jsonl`` as a row with ``event: rollback`` (the step it
 went back to, the step and number that rose, the best, the new learning-rate scale); the
