@@ -2,7 +2,8 @@
 
 `registry` is the one list of loss names (function, kind, parameters); `divergences` the
 token-level losses (CE, forward/reverse KL, JSD, TVD, skew KL) on dense or sparse
-teachers (`sparse`); `inside` the hidden-state and attention losses and their layer maps
+teachers (`sparse`); `universal` ULD's sorted-distribution loss, for a student of another
+tokenizer; `inside` the hidden-state and attention losses and their layer maps
 (`layers`); `terms` weighs them into one scalar; `chunked` computes the token terms fused
 with the student's output layer, a chunk of tokens at a time.
 """
@@ -18,7 +19,15 @@ from potstill.losses.divergences import (
     tvd,
 )
 from potstill.losses.inside import attention_kl, hidden_cosine, hidden_mse, hidden_projections
-from potstill.losses.registry import KD_LOSSES, LOSS_NAMES, REGISTRY, LossSpec, Param, loss_spec
+from potstill.losses.registry import (
+    KD_LOSSES,
+    LOSS_NAMES,
+    REGISTRY,
+    LossSpec,
+    Param,
+    cross_tokenizer_problem,
+    loss_spec,
+)
 from potstill.losses.sparse import top_k_signal
 from potstill.losses.terms import (
     LossTerm,
@@ -27,6 +36,7 @@ from potstill.losses.terms import (
     resolve_layers,
     signal_request,
 )
+from potstill.losses.universal import uld
 from potstill.signals import DenseSignal, SparseSignal, TeacherSignal, as_signal
 
 __all__ = [
@@ -45,6 +55,7 @@ __all__ = [
     "chunked_kd_loss",
     "combine_losses",
     "cross_entropy",
+    "cross_tokenizer_problem",
     "forward_kl",
     "hidden_cosine",
     "hidden_mse",
@@ -58,4 +69,5 @@ __all__ = [
     "skew_kl",
     "top_k_signal",
     "tvd",
+    "uld",
 ]

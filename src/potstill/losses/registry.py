@@ -5,6 +5,9 @@ each term's function from it, and a new loss (hidden states, attention maps) bec
 more entry. ``kind`` says what a term compares: ``"tokens"`` (next-token distributions,
 computed inside the fused output-layer chunks), ``"hidden"`` (hidden states through a
 layer map, `inside`) and ``"attention"`` (attention maps through a layer map).
+``any_tokenizer`` says whether a term can train a student of another tokenizer than the
+teacher's: cross-entropy (the student's own tokens) and ``uld`` (sorted distributions,
+`universal`); every other term compares token ids or positions one to one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from potstill.losses.divergences import cross_entropy, forward_kl, jsd, reverse_kl, skew_kl, tvd
 from potstill.losses.inside import attention_kl, hidden_cosine, hidden_mse
+from potstill.losses.universal import uld
 
 Kind = Literal["tokens", "hidden", "attention"]
 
@@ -52,12 +56,20 @@ class LossSpec:
     needs_teacher: bool
     tempered: bool  # takes a temperature (T² scaling); cross_entropy does not
     params: Mapping[str, Param] = field(default_factory=dict)
+    any_tokenizer: bool = False  # needs no shared vocabulary or positions with the teacher
 
 
 REGISTRY: dict[str, LossSpec] = {
     spec.name: spec
     for spec in (
-        LossSpec("cross_entropy", "tokens", cross_entropy, needs_teacher=False, tempered=False),
+        LossSpec(
+            "cross_entropy",
+            "tokens",
+            cross_entropy,
+            needs_teacher=False,
+            tempered=False,
+            any_tokenizer=True,
+        ),
         LossSpec("forward_kl", "tokens", forward_kl, needs_teacher=True, tempered=True),
         LossSpec("reverse_kl", "tokens", reverse_kl, needs_teacher=True, tempered=True),
         LossSpec(
@@ -77,6 +89,7 @@ REGISTRY: dict[str, LossSpec] = {
             tempered=True,
             params={"alpha": Param(0.1, 0, 1, low_closed=True)},
         ),
+        LossSpec("uld", "tokens", uld, needs_teacher=True, tempered=False, any_tokenizer=True),
         LossSpec("hidden_mse", "hidden", hidden_mse, needs_teacher=True, tempered=False),
         LossSpec("hidden_cosine", "hidden", hidden_cosine, needs_teacher=True, tempered=False),
         LossSpec("attention_kl", "attention", attention_kl, needs_teacher=True, tempered=False),
@@ -87,6 +100,21 @@ LOSS_NAMES: tuple[str, ...] = tuple(REGISTRY)
 KD_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     name: spec.fn for name, spec in REGISTRY.items() if spec.needs_teacher and spec.kind == "tokens"
 }
+
+
+def cross_tokenizer_problem(names: list[str]) -> str | None:
+    """Why the loss terms ``names`` cannot train a student of another tokenizer than the
+    teacher's, or None when they can.
+
+    >>> cross_tokenizer_problem(["uld", "cross_entropy"]) is None
+    True
+    >>> cross_tokenizer_problem(["forward_kl", "cross_entropy"])
+    'loss terms forward_kl compare token ids or positions one to one'
+    """
+    needs_ids = sorted({n for n in names if not loss_spec(n).any_tokenizer})
+    if not needs_ids:
+        return None
+    return f"loss terms {', '.join(needs_ids)} compare token ids or positions one to one"
 
 
 def loss_spec(name: str) -> LossSpec:
