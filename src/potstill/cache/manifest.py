@@ -30,6 +30,7 @@ SOURCE_FIELDS = {
     "tokenizer_sha256": "tokenizer",
     "data_fingerprint": "dataset",
     "block_size": "block size",
+    "teacher_tokenizer_sha256": "teacher tokenizer (a cache across tokenizers)",
 }
 SETTINGS_FIELDS = {
     "vocab_size": "vocabulary size",
@@ -83,6 +84,10 @@ class Source(BaseModel):
     data_fingerprint: str
     block_size: int
     vocab_size: int  # the teacher's output rows: what the stored ids index
+    # Taught across tokenizers (`potstill.cache.cross_teach`): the teacher's own tokenizer,
+    # whose ids the cache holds at the positions aligned by character; None when the data's
+    # tokenizer (``tokenizer_sha256``) is the teacher's.
+    teacher_tokenizer_sha256: str | None = None
 
 
 class TopK(BaseModel):
@@ -279,6 +284,10 @@ class Manifest(BaseModel):
     @property
     def vocab_size(self) -> int:
         return self.source.vocab_size
+
+    @property
+    def teacher_tokenizer_sha256(self) -> str | None:
+        return self.source.teacher_tokenizer_sha256
 
     @property
     def top_k(self) -> int:

@@ -6,11 +6,13 @@ Then wrap it for training as a full fine-tune or as LoRA / PiSSA adapters (PEFT)
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from potstill.losses.registry import cross_tokenizer_problem
 from potstill.models.load import load_causal_lm, quantized_folder
 from potstill.models.quantize import QuantizationSpec
 from potstill.models.settings import StudentConfig
@@ -19,9 +21,18 @@ from potstill.util.io import atomic_dir
 
 
 def build_student(
-    cfg: StudentConfig, teacher: torch.nn.Module, teacher_tokenizer: Any, *, seed: int = 0
+    cfg: StudentConfig,
+    teacher: torch.nn.Module,
+    teacher_tokenizer: Any,
+    *,
+    seed: int = 0,
+    loss_names: Sequence[str] | None = None,
 ) -> tuple[torch.nn.Module, Any]:
-    """Return ``(student, tokenizer)``, the student in float32, not yet adapter-wrapped."""
+    """Return ``(student, tokenizer)``, the student in float32, not yet adapter-wrapped.
+
+    A ``student.model`` of another tokenizer than the teacher's is taken when
+    ``loss_names`` (the active terms) all work across tokenizers (`check_same_vocab`).
+    """
     if cfg.source == "model":
         assert cfg.model is not None
         quantized = quantized_folder(cfg.model)
@@ -32,7 +43,7 @@ def build_student(
                 "quantize), or train quantization-aware (student.qat)"
             )
         student, tokenizer = load_causal_lm(cfg.model)
-        check_same_vocab(teacher_tokenizer, tokenizer, teacher, student)
+        check_same_vocab(teacher_tokenizer, tokenizer, teacher, student, loss_names=loss_names)
         return student, tokenizer
     if cfg.source == "fresh":
         assert cfg.fresh is not None
@@ -112,19 +123,35 @@ def fresh_student(teacher: torch.nn.Module, fresh: Any, *, seed: int = 0) -> tor
     return model.to(torch.float32)
 
 
+def same_tokenizer(teacher_tokenizer: Any, student_tokenizer: Any) -> bool:
+    """Whether two tokenizers map the same strings to the same ids."""
+    return teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
+
+
 def check_same_vocab(
-    teacher_tokenizer: Any, student_tokenizer: Any, teacher: Any = None, student: Any = None
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    teacher: Any = None,
+    student: Any = None,
+    *,
+    loss_names: Sequence[str] | None = None,
 ) -> None:
-    """Distilling token distributions needs one vocabulary: refuse a mismatch clearly."""
+    """Refuse, clearly, a teacher and student whose vocabularies differ when a loss term
+    compares token ids: every term but ``uld`` and ``cross_entropy`` does (``loss_names``
+    None: assume one does). With the same tokenizer the output sizes must agree too."""
     t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if t_vocab != s_vocab:
+        problem = cross_tokenizer_problem(list(loss_names)) if loss_names is not None else ""
+        if problem is None:
+            return  # the terms need no shared ids: the output sizes may differ too
         differing = len(set(t_vocab.items()) ^ set(s_vocab.items()))
         raise PotstillError(
             f"teacher and student vocabularies differ (teacher {len(t_vocab)} tokens, student "
-            f"{len(s_vocab)}, {differing} entries differ), so logit terms cannot compare "
-            "them; choose a student with the teacher's tokenizer (or student.from_teacher / "
-            "student.fresh), or learn from the teacher's text alone with a cross_entropy-only "
-            "loss on its generations (potstill generate; task.kind: reason)"
+            f"{len(s_vocab)}, {differing} entries differ), and "
+            f"{problem or 'logit terms compare token ids one to one'}: use the loss that "
+            "works across tokenizers (loss: [{loss: uld}, {loss: cross_entropy}]), choose a "
+            "student with the teacher's tokenizer (student.from_teacher / student.fresh), "
+            "or learn from the teacher's text alone (potstill generate, cross_entropy only)"
         )
     if teacher is not None and student is not None:
         t_out = teacher.get_output_embeddings().weight.shape[0]
