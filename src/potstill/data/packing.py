@@ -52,6 +52,11 @@ class Blocks:
         """Blocks ``index`` as a `Batch` (packed: no padding, so the mask is all True)."""
         return Batch.of(self.input_ids[index], self.labels[index], index)
 
+    def chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(ids, labels)`` over every block, as `StoredBlocks` walks its rows: here one
+        chunk, all of them."""
+        yield self.input_ids, self.labels
+
 
 @dataclass
 class TokenizedDoc:
@@ -227,15 +232,22 @@ def split_blocks(
 ) -> tuple[Blocks, Blocks]:
     """One document: its last ceil(fraction × N) blocks (at most ``max_blocks``) are held
     out, contiguous, so no text is on both sides; at least one block stays for training."""
-    n = len(blocks)
-    k = math.ceil(fraction * n)
-    if max_blocks is not None:
-        k = min(k, max_blocks)
-    k = min(max(1, k), n - 1) if n >= 2 else 0
-    cut = n - k
+    cut = len(blocks) - heldout_block_count(len(blocks), fraction, max_blocks)
     train = Blocks(blocks.input_ids[:cut], blocks.labels[:cut])
     heldout = Blocks(blocks.input_ids[cut:], blocks.labels[cut:])
     return train, heldout
+
+
+def heldout_block_count(n: int, fraction: float, max_blocks: int | None = None) -> int:
+    """How many of one document's ``n`` blocks `split_blocks` holds out.
+
+    >>> heldout_block_count(10, 0.05), heldout_block_count(100, 0.5, max_blocks=8)
+    (1, 8)
+    """
+    k = math.ceil(fraction * n)
+    if max_blocks is not None:
+        k = min(k, max_blocks)
+    return min(max(1, k), n - 1) if n >= 2 else 0
 
 
 def cap_blocks(blocks: Blocks, max_tokens: int | None) -> Blocks:

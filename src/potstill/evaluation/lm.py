@@ -13,7 +13,13 @@ from potstill.data import Blocks, LMData
 from potstill.evaluation.size import count_params, size_on_disk
 from potstill.evaluation.speed import generation_tokens_per_second, pad_token_id
 from potstill.models.load import load_causal_lm, resolve
-from potstill.tasks.causal_lm.metrics import Disagreement, LMScores, TokenBands, score_models
+from potstill.tasks.causal_lm.metrics import (
+    Disagreement,
+    LMScores,
+    TokenBands,
+    score_models,
+    token_counts,
+)
 from potstill.util.log import bar
 from potstill.util.modes import eval_mode
 
@@ -48,7 +54,8 @@ def evaluate_models(
         if key not in models:
             models[key] = load_causal_lm(ref)[0].to(device)
     heldout = data.heldout
-    bands = TokenBands.by_frequency(data.train.input_ids) if len(data.train) else None
+    train_ids = (ids for ids, _ in data.train.chunks())
+    bands = TokenBands.from_counts(token_counts(train_ids)) if len(data.train) else None
     with bar("    eval", total=len(heldout)) as progress:
         done = [0]
 

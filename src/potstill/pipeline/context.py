@@ -71,7 +71,7 @@ class RunContext:
 
     @functools.cached_property
     def data(self) -> LMData:
-        data = load_data(self.recipe.data, self.tokenizer)
+        data = load_data(self.recipe.data, self.tokenizer, store=self.run_dir / "data")
         log(
             f"data {data.name}: {data.train.num_tokens:,} train tokens, "
             f"{data.heldout.num_tokens:,} held-out ({data.split})"

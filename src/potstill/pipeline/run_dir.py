@@ -11,7 +11,15 @@ from potstill.util.io import atomic_write_text
 
 # What `potstill teach`, `label` and `generate` leave in a run folder: a later `distill`
 # or `run` of the same recipe starts from it without --resume.
-TEACH_OUTPUTS = {"config.yaml", "cache", "stages", "labels.parquet", *GENERATE_OUTPUTS}
+TEACH_OUTPUTS = {
+    "config.yaml",
+    "data",
+    ".data.lock",
+    "cache",
+    "stages",
+    "labels.parquet",
+    *GENERATE_OUTPUTS,
+}
 
 
 def run_dir_of(recipe: Recipe) -> Path:

@@ -169,3 +169,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def exclusive(lock_path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if missing) while the block runs:
+    processes that build one thing (the ranks of one launch) take turns. No lock where
+    ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -53,14 +53,16 @@ class TokenBands:
         """Bands of the ids in ``token_ids`` (any shape, integer) by frequency rank: ranks
         1..edges[0], edges[0]+1..edges[1], …, and the rest with the unseen ids. Ties in
         count are ranked by id."""
-        if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
-            raise ValueError(f"token_ids must hold integer ids, got {token_ids.dtype}")
+        return cls.from_counts(token_counts([token_ids]), edges)
+
+    @classmethod
+    def from_counts(cls, counts: torch.Tensor, edges: Sequence[int] = BAND_EDGES) -> TokenBands:
+        """Bands from ``counts[i]``, how often id ``i`` occurs (``(V,)`` long, as
+        `token_counts` gives)."""
+        if counts.dim() != 1 or counts.dtype != torch.long:
+            raise ValueError(f"counts must be (V,) long, got {tuple(counts.shape)} {counts.dtype}")
         if len(edges) == 0 or any(e < 1 for e in edges) or list(edges) != sorted(set(edges)):
             raise ValueError(f"edges must be increasing ranks >= 1, got {list(edges)}")
-        ids = token_ids.reshape(-1).long().cpu()
-        if ids.numel() and int(ids.min()) < 0:
-            raise ValueError("token_ids must be >= 0")
-        counts = torch.bincount(ids)  # (V,)
         order = torch.sort(counts, descending=True, stable=True).indices  # most frequent first
         rank = torch.empty_like(order)
         rank[order] = torch.arange(1, len(order) + 1)  # (V,) 1-based
@@ -78,6 +80,27 @@ class TokenBands:
             return torch.full_like(ids, last)
         inside = ids < len(self.band_of)
         return torch.where(inside, self.band_of[ids.clamp(max=len(self.band_of) - 1)], last)
+
+
+def token_counts(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """How often each id occurs over ``chunks`` of ids (any shape, integer): ``(V,)`` long,
+    V one past the largest id. A corpus on disk is counted a chunk at a time.
+
+    >>> token_counts([torch.tensor([2, 0]), torch.tensor([[2]])]).tolist()
+    [1, 0, 2]
+    """
+    counts = torch.zeros(0, dtype=torch.long)
+    for chunk in chunks:
+        if chunk.dtype.is_floating_point or chunk.dtype == torch.bool:
+            raise ValueError(f"token_ids must hold integer ids, got {chunk.dtype}")
+        ids = chunk.reshape(-1).long().cpu()
+        if ids.numel() and int(ids.min()) < 0:
+            raise ValueError("token_ids must be >= 0")
+        part = torch.bincount(ids)
+        if len(part) > len(counts):
+            counts = torch.cat([counts, torch.zeros(len(part) - len(counts), dtype=torch.long)])
+        counts[: len(part)] += part
+    return counts
 
 
 @dataclass
