@@ -30,7 +30,6 @@ from potstill.cache import codec
 from potstill.cache.settings import TeachConfig
 from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
 from potstill.cache.teach import cache_source
-from potstill.data import Blocks
 from potstill.data.align import Alignment, align
 from potstill.losses import top_k_signal
 from potstill.models.load import tokenizer_sha256
@@ -57,7 +56,7 @@ def teach_across(
     teacher: torch.nn.Module,
     teacher_tokenizer: Any,
     data_tokenizer: Any,
-    blocks: Blocks,
+    blocks: Any,
     *,
     directory: Path,
     source: dict[str, Any],
@@ -74,7 +73,7 @@ def teach_across(
         teacher: the teacher, in eval mode on its device.
         teacher_tokenizer: its fast tokenizer (offsets).
         data_tokenizer: the tokenizer ``blocks`` were cut by (the student's).
-        blocks: the training blocks, ``(N, L)`` student ids.
+        blocks: the training blocks (`Blocks` or stored blocks), ``(N, L)`` student ids.
         source: `cross_source`.
     """
     if settings.samples or settings.top_k < 1:
@@ -101,9 +100,9 @@ def teach_across(
             rows = []
             for offset in range(0, len(shard), settings.batch_size):
                 index = shard[offset : offset + settings.batch_size]
+                student_ids = blocks.batch(torch.tensor(index)).input_ids  # (b, L)
                 alignments = [
-                    align(data_tokenizer, blocks.input_ids[b].tolist(), teacher_tokenizer)
-                    for b in index
+                    align(data_tokenizer, ids.tolist(), teacher_tokenizer) for ids in student_ids
                 ]
                 rows.append(aligned_rows(teacher, alignments, manifest))
                 aligned += sum(int(a.aligned.sum()) for a in alignments)

@@ -18,6 +18,7 @@ from potstill.losses import signal_request
 from potstill.models.load import load_causal_lm, weights_sha256
 from potstill.models.quantize import QuantizationSpec, prepare_qat
 from potstill.models.student import build_student, student_qat
+from potstill.pipeline.cross import data_tokenizer
 from potstill.signals import SignalRequest
 from potstill.tasks.causal_lm import resolve_inside
 from potstill.util.device import autocast_dtype, resolve_device
@@ -70,8 +71,19 @@ class RunContext:
         return self._teacher[1]
 
     @functools.cached_property
+    def data_tokenizer(self) -> Any:
+        """What the data is cut by: the teacher's tokenizer, or a ``student.model``'s of
+        another tokenizer (a run across tokenizers, `potstill.pipeline.cross`)."""
+        return data_tokenizer(self.recipe, self.tokenizer)
+
+    @property
+    def across(self) -> bool:
+        """Whether the student's tokenizer is not the teacher's."""
+        return self.data_tokenizer is not self.tokenizer
+
+    @functools.cached_property
     def data(self) -> LMData:
-        data = load_data(self.recipe.data, self.tokenizer, store=self.run_dir / "data")
+        data = load_data(self.recipe.data, self.data_tokenizer, store=self.run_dir / "data")
         log(
             f"data {data.name}: {data.train.num_tokens:,} train tokens, "
             f"{data.heldout.num_tokens:,} held-out ({data.split})"

@@ -37,6 +37,7 @@ from potstill.models.quantize import (
 )
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
+from potstill.pipeline.cross import across_source, teach_across_stage
 from potstill.pipeline.markers import finished, forget, mark_finished
 from potstill.pipeline.served_teach import (
     check_served_teach,
@@ -104,12 +105,19 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
         return live, live_print
     directory = recipe.cache_dir
     if not teach_now and not (directory / "manifest.json").is_file():
+        if ctx.across:
+            raise PotstillError(
+                f"no teacher cache at {directory}, and a student of another tokenizer learns "
+                "from a cache taught across tokenizers: run potstill teach RECIPE first"
+            )
         log(
             f"no teacher cache at {directory}: the teacher runs live at every step "
             "(`potstill teach` first pays it once)"
         )
         return live, live_print
     source = _source(ctx) if served is None else served_cache_source(ctx)
+    if ctx.across:  # the cache holds the teacher's ids at the aligned positions
+        source = across_source(ctx)
     plan = cache_plan(ctx)
     # Teaching through a server: its model's name is in the source, and how it is reached
     # changes no signal. Teaching here: fingerprinted as before the server's keys existed.
@@ -127,7 +135,9 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
     if teach_now:
         on_main(lambda: _drop_stale_cache(ctx, content))
         started = time.perf_counter()
-        if served is not None:
+        if ctx.across:
+            cache = teach_across_stage(ctx, source=source, plan=plan)
+        elif served is not None:
             cache = teach_served(ctx, source=source, plan=plan)
         else:
             cache = teach(
@@ -197,7 +207,11 @@ def distill_stage(
 
     def build() -> Trainee:
         student, tokenizer = build_student(
-            recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
+            recipe.student,
+            ctx.teacher,
+            ctx.tokenizer,
+            seed=recipe.train.seed,
+            loss_names=[t.loss for t in terms if t.weight > 0],
         )
         # Hidden-state and attention terms: layer maps resolved, projections trained beside
         # the student (checkpointed with it, never saved in student/).
@@ -311,27 +325,29 @@ def evaluate_stage(
     if done is not None:
         log("evaluate: already done for these models, skipping")
         return done["models"], done.get("samples", [])
-    refs = {"teacher": recipe.teacher, **{k: str(ctx.run_dir / k) for k in trained}}
+    # Across tokenizers the teacher reads other tokens: the students are scored alone.
+    teacher = {} if ctx.across else {"teacher": recipe.teacher}
+    refs = {**teacher, **{k: str(ctx.run_dir / k) for k in trained}}
     loaded = {
-        "teacher": ctx.teacher,
+        **({} if ctx.across else {"teacher": ctx.teacher}),
         **{k: load_causal_lm(refs[k])[0].to(ctx.device) for k in trained},
     }
     models = evaluate_models(
         refs,
         ctx.data,
-        teacher_key="teacher",
+        teacher_key=None if ctx.across else "teacher",
         batch_size=recipe.eval.batch_size,
         generate_tokens=recipe.eval.generate_tokens,
         preloaded=loaded,
         device=ctx.device,
-        tokenizer=ctx.tokenizer,
+        tokenizer=ctx.data_tokenizer,
     )
     for key, (seconds, _) in trained.items():
         models[key]["train_seconds"] = seconds
     samples = continuations(
         {name: loaded[name] for name in ROLES if name in loaded},
         ctx.data.heldout,
-        ctx.tokenizer,
+        ctx.data_tokenizer,
         new_tokens=recipe.eval.generate_tokens,
     )
     mark_finished(
