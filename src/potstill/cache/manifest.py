@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
 from potstill.cache import codec
 from potstill.util.errors import PotstillError
@@ -88,6 +88,14 @@ class Source(BaseModel):
     # whose ids the cache holds at the positions aligned by character; None when the data's
     # tokenizer (``tokenizer_sha256``) is the teacher's.
     teacher_tokenizer_sha256: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_across(self, handler: Any) -> dict[str, Any]:
+        """A same-tokenizer cache's source is written as before the field existed."""
+        data = handler(self)
+        if data.get("teacher_tokenizer_sha256") is None:
+            data.pop("teacher_tokenizer_sha256", None)
+        return data
 
 
 class TopK(BaseModel):
