@@ -38,6 +38,7 @@ TWINS = {
     "cache_seed1.txt": "cache_seed1.json",
     "step.txt": "step.json",
     "heldout.md": "heldout.json",
+    "cross_tokenizer.md": "cross_tokenizer.json",
 }
 # Write-ups of how a default was found: told, with their numbers, in docs/history.md.
 IN_HISTORY = ("default_run.md", "defaults.md", "stability.md")
@@ -823,6 +824,42 @@ def scale(data: Data) -> str:
     )
 
 
+def cross_tokenizer(data: Data) -> str:
+    result = data["cross_tokenizer.json"]
+    arms = result["arms"]
+    lines = []
+    for key in ("ce", "uld", "sequence"):
+        arm = arms[key]
+        total = arm["teacher_seconds"] + arm["train_seconds"]
+        lines.append(
+            f"{arm['what']} | {arm['perplexity']:.2f} | {arm['teacher_seconds']:.0f} s | "
+            f"{arm['train_seconds']:.0f} s | {total:.0f} s | {arm['teacher_tokens']:,} | "
+            f"{arm.get('teacher_tflops', 0.0):.1f}"
+        )
+    uld, sequence = arms["uld"], arms["sequence"]
+    return paragraphs(
+        f"Qwen2.5-Coder-0.5B-Instruct teaching a student of SmolLM2-135M-Instruct's "
+        f"tokenizer (its layers {result['student'].split('layers ')[-1]}), "
+        f"{result['steps']} steps of the default's training on the default plays cut by the "
+        "student's tokenizer, every arm from the same student start "
+        "(`cross_tokenizer.json`). ULD trains from a top-64 cache taught across tokenizers "
+        f"({pct(uld['aligned_share'])} of the student's positions aligned with the "
+        "teacher's); the sequence-level arm trains on the teacher's continuations of the "
+        "blocks' openings, generated for as long as the ULD arm's teacher pass and extra "
+        f"training took ({sequence['rows']} continuations, {sequence['new_tokens']:,} new "
+        "tokens). Scored: the student's perplexity on the default's held-out text, over "
+        f"its own {result['heldout_tokens']:,} tokens; the untrained start scores "
+        f"{arms['start']['perplexity']:.2f}. {result['note'].capitalize()}; teacher TFLOP "
+        "count 2 × its parameters (the input embedding excluded) per token it read or wrote.",
+        bash(result["command"]),
+        table(
+            "arm | held-out perplexity | teacher | student training | total | teacher tokens "
+            "| teacher TFLOP",
+            lines,
+        ),
+    )
+
+
 def stored_as_text(data: Data) -> str:
     names = ", ".join(f"`{name}`" for name in IN_HISTORY)
     parts = [
@@ -861,6 +898,7 @@ SECTIONS = (
         hidden_states,
     ),
     Section("A corpus ten times larger", ("scale.json",), scale),
+    Section("Across tokenizers", ("cross_tokenizer.json",), cross_tokenizer),
     Section("Quantization", ("quantize.json",), quantize),
     Section("GGUF in llama.cpp", ("gguf_quality.json", "gguf_speed.json"), gguf),
     Section("Export", ("export.json",), export),

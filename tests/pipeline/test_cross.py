@@ -72,6 +72,7 @@ def test_a_run_across_tokenizers_teaches_trains_and_reports(
         ({"loss": [{"loss": "forward_kl"}, {"loss": "cross_entropy"}]}, ["forward_kl", "uld"]),
         ({"teach": {"enabled": False}}, ["teach.enabled=true"]),
         ({"teach": {"top_k": 0, "samples": 16}}, ["teach.samples=0"]),
+        ({"budget_minutes": 5}, ["budget_minutes=null"]),
     ],
 )
 def test_what_a_run_across_tokenizers_cannot_do_is_refused_first(

@@ -74,6 +74,12 @@ def check_across(recipe: Recipe) -> None:
             "a sorted sample is no unbiased estimate of it; set teach.samples=0 "
             "teach.top_k=64"
         )
+    if recipe.budget_minutes is not None:
+        raise PotstillError(
+            f"budget_minutes={recipe.budget_minutes:g} is not fitted across tokenizers yet "
+            "(its timing runs the teacher on the student's tokens): set budget_minutes=null "
+            "and train.steps"
+        )
     if launched_world().distributed:
         raise PotstillError(
             "teaching across tokenizers is one process: run potstill teach without torchrun "
