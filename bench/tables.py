@@ -38,6 +38,7 @@ TWINS = {
     "cache_seed1.txt": "cache_seed1.json",
     "step.txt": "step.json",
     "heldout.md": "heldout.json",
+    "cross_tokenizer.md": "cross_tokenizer.json",
 }
 # Write-ups of how a default was found: told, with their numbers, in docs/history.md.
 IN_HISTORY = ("default_run.md", "defaults.md", "stability.md")
@@ -897,6 +898,7 @@ SECTIONS = (
         hidden_states,
     ),
     Section("A corpus ten times larger", ("scale.json",), scale),
+    Section("Across tokenizers", ("cross_tokenizer.json",), cross_tokenizer),
     Section("Quantization", ("quantize.json",), quantize),
     Section("GGUF in llama.cpp", ("gguf_quality.json", "gguf_speed.json"), gguf),
     Section("Export", ("export.json",), export),
