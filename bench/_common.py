@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 from potstill.cache.teach import cache_source, plan_blocks, teach
 from potstill.config import Recipe
 from potstill.data import LMData

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from _common import heldout_score, teach_cache
 
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 from potstill.config import Recipe, load_recipe
 from potstill.data import load_data
 from potstill.data.texts import shipped_texts

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = "bundled:smollm2-135m-instruct"

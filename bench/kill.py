@@ -556,7 +556,8 @@ def compare_weights(folder: Path, reference: Path) -> tuple[bool, list[str]]:
 def verify_cache(cache: Path) -> tuple[Any, list[str]]:
     """The loaded cache and what is wrong with it (`read_manifest`, every shard,
     ``TeacherCache.load``)."""
-    from potstill.cache.store import TeacherCache, read_manifest, shard_problem
+    from potstill.cache.reader import TeacherCache
+    from potstill.cache.store import read_manifest, shard_problem
 
     problems = []
     manifest = read_manifest(cache)

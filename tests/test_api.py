@@ -14,7 +14,7 @@ import yaml
 
 import potstill
 import potstill.api
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 from potstill.config import DataConfig, Recipe
 from potstill.data import load_data
 from potstill.evaluation.report import Report

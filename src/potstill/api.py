@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 from potstill.config import DataConfig, Recipe
 from potstill.config import load_recipe as _load_recipe
 from potstill.data import load_data

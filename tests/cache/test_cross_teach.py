@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from potstill.cache.cross_teach import cross_source, teach_across
+from potstill.cache.reader import TeacherCache
 from potstill.cache.settings import TeachConfig
-from potstill.cache.store import MANIFEST, TeacherCache
+from potstill.cache.store import MANIFEST
 from potstill.cache.teach import cache_source
 from potstill.config import TrainConfig
 from potstill.data import load_data

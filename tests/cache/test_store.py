@@ -11,15 +11,8 @@ import torch
 from pydantic import ValidationError
 
 from potstill.cache import codec
-from potstill.cache.store import (
-    MANIFEST,
-    CacheWriter,
-    Fidelity,
-    Manifest,
-    Shard,
-    TeacherCache,
-    read_manifest,
-)
+from potstill.cache.reader import TeacherCache
+from potstill.cache.store import MANIFEST, CacheWriter, Fidelity, Manifest, Shard, read_manifest
 from potstill.util.errors import PotstillError
 
 SOURCE = {

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from potstill.cache import codec
-from potstill.cache.store import MANIFEST, CacheWriter, TeacherCache
+from potstill.cache.reader import TeacherCache
+from potstill.cache.store import MANIFEST, CacheWriter
 from potstill.cache.teach import cache_source, plan_blocks
 from potstill.cache.teach import teach as teach_cache
 from potstill.config import Recipe, TrainConfig

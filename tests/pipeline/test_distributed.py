@@ -17,7 +17,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from potstill.cache.store import TeacherCache, read_manifest
+from potstill.cache.reader import TeacherCache
+from potstill.cache.store import read_manifest
 from potstill.data.batch import Batch
 from potstill.signals import SignalRequest
 from tests.conftest import free_port, run_cli, tiny_recipe

@@ -2,6 +2,6 @@
 
 `teach` runs a live teacher over the planned blocks; `codec` packs each token's top-k ids
 and log-probabilities (ANS-coded, under 100 bytes/token); `manifest` types
-``manifest.json`` (format 2: a section per stored field); `store` writes shards atomically
-and serves a finished cache as a `TeacherSource`.
+``manifest.json`` (format 2: a section per stored field); `store` writes shards atomically;
+`reader` serves a finished cache as a teacher, a shard at a time.
 """

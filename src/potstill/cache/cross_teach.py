@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from potstill.cache import codec
+from potstill.cache.reader import TeacherCache
 from potstill.cache.settings import TeachConfig
-from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
+from potstill.cache.store import CacheWriter, Fidelity, Manifest
 from potstill.cache.teach import cache_source
 from potstill.data.align import Alignment, align
 from potstill.losses import top_k_signal

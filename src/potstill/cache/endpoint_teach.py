@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from potstill.cache import codec
+from potstill.cache.reader import TeacherCache
 from potstill.cache.settings import TeachConfig
-from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
+from potstill.cache.store import CacheWriter, Fidelity, Manifest
 from potstill.data import Blocks
 from potstill.models.load import tokenizer_sha256
 from potstill.teachers.prompt_logprobs import PromptLogprobs, PromptTopK

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from potstill.cache import codec
+from potstill.cache.reader import TeacherCache
 from potstill.cache.settings import TeachConfig
-from potstill.cache.store import CacheWriter, Fidelity, Manifest, TeacherCache
+from potstill.cache.store import CacheWriter, Fidelity, Manifest
 from potstill.data import Blocks
 from potstill.losses import top_k_signal
 from potstill.losses.sampled import sampled_signal

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from potstill.cache.cross_teach import cross_source, teach_across
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 from potstill.config import Recipe
 from potstill.losses import cross_tokenizer_problem
 from potstill.models.load import resolve

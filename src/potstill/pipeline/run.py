@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 from potstill.config import Recipe
 from potstill.evaluation.report import Report
 from potstill.pipeline.budget import fit_budget, refit_after_teach

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from potstill.cache.endpoint_teach import served_source, teach_through_endpoint
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 from potstill.config import Recipe
 from potstill.models.load import endpoint_model, tokenizer_ids
 from potstill.pipeline.context import RunContext
