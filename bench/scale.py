@@ -1,23 +1,26 @@
 """Peak memory and speed of `potstill distill` as the cached corpus grows tenfold.
 
     .venv/bin/python bench/scale.py [--tokens 1000000,10000000] [--steps 40]
-        [--budgets 1024,64,all] [--work runs/scale]
+        [--budgets 64,all] [--rounds 3] [--work runs/scale]
 
 For each corpus size, real text (the shipped Shakespeare plays, copied as often as the
 size needs: the copies are whole new documents) is tokenized with a byte-level BPE
 tokenizer of 1,024 ids trained on it, and a small Llama teacher (width 64, 2 layers,
 random weights: this measures the cache and the data, not a model) teaches the whole
-corpus once (`teach.blocks=all`, top 16 per token, 128-token blocks). Then `potstill
-distill` trains a 1-layer student for ``--steps`` steps from that cache (default
-`teach.cache_memory_mb`): its peak resident memory (``VmHWM``: ``ru_maxrss`` would
-report the parent's, as Linux keeps it across ``exec``) and its training
-tokens per second over its steps (from ``metrics.jsonl``, the first step left out): once
-in the run folder `teach` filled, reading the corpus `teach` packed there (``data/``), and
-once in a new run folder, where it packs the corpus itself first. A
-short run touches few shards, so the whole cache is also read, block by block in
-teaching order as training visits it, once per budget in ``--budgets`` (``all``: every
-decoded shard kept, as every cache was read before caches streamed): the peak memory of
-that read. Each runs in its own process, one after another, on one thread.
+corpus once (`teach.blocks=all`, top 16 per token, 128-token blocks); `teach` packs the
+corpus into its run folder (``data/``) as it starts. Then `potstill distill` trains a
+1-layer student for ``--steps`` steps from that cache (default `teach.cache_memory_mb`),
+in a run folder given that packed corpus, as `distill` after `teach` finds it: its peak
+resident memory (``VmHWM``: ``ru_maxrss`` would report the parent's, as Linux keeps it
+across ``exec``) and its training tokens per second over its steps (from
+``metrics.jsonl``, the first step left out). The sizes take turns, ``--rounds`` times,
+so that both see the same load from other jobs; the largest peak and the median speed of
+each are reported. Once per size `distill` also runs in a new run folder, where it packs
+the corpus itself first. A short run touches few shards, so the whole cache is also
+read, block by block in teaching order as training visits it, once per budget in
+``--budgets`` (``all``: every decoded shard kept, as every cache was read before caches
+streamed): the peak memory of that read. Each runs in its own process, one after
+another, on one thread.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import itertools
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +39,8 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from potstill.cache.store import decoded_bytes_per_token, read_manifest
+from potstill.cache.reader import decoded_bytes_per_token
+from potstill.cache.store import read_manifest
 from potstill.data.corpus import shakespeare_documents
 
 # The process's own peak resident memory, in KB.
@@ -60,7 +65,7 @@ except SystemExit as e:
 READ = (
     """
 import sys, torch
-from potstill.cache.store import TeacherCache
+from potstill.cache.reader import TeacherCache
 budget = sys.argv[2]
 cache = TeacherCache.load(__import__("pathlib").Path(sys.argv[1]), {}, **(
     {"resident": 10**9} if budget == "all" else {"memory_mb": float(budget)}))
@@ -157,6 +162,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--budgets", default="64,all")
     parser.add_argument("--work", type=Path, default=Path("runs/scale"))
+    parser.add_argument("--rounds", type=int, default=3, help="distill runs per size, in turns")
     args = parser.parse_args()
     texts = [text for _, text in shakespeare_documents()]
     rows = []
@@ -182,6 +188,7 @@ def main() -> None:
             flush=True,
         )
         row = {
+            "size": size,
             "text_tokens": total,
             "cache_tokens": manifest.tokens,
             "shards": len(manifest.shards),
@@ -199,23 +206,36 @@ def main() -> None:
                 f"{seconds:.0f} s",
                 flush=True,
             )
-        # As a user runs it: `distill` after `teach` in the run folder, which reads the
-        # corpus `teach` packed (data/); then in a new run folder, which packs it first.
-        for key, extra in (
-            ("distill", []),
-            ("distill_packing", ["name=fresh", f"teach.cache={cache}"]),
-        ):
-            peak, seconds = run(CHILD, "distill", str(path), *extra)
-            folder = work / "runs" / ("fresh" if extra else "scale")
-            row[f"{key}_peak_rss_mb"] = peak / 2**10
-            row[f"{key}_tokens_per_second"] = tokens_per_second(folder)
-            row[f"{key}_seconds"] = seconds
+        peak, seconds = run(CHILD, "distill", str(path), "name=fresh", f"teach.cache={cache}")
+        row["distill_packing_peak_rss_mb"] = peak / 2**10
+        row["distill_packing_seconds"] = seconds
+        print(
+            f"  distill in a new run folder, packing the corpus first: peak {peak / 2**10:.0f} MB"
+        )
+        rows.append(row)
+    # Speed depends on what else the machine runs: the sizes take turns, round after round,
+    # each in a run folder given the corpus its `teach` packed (as `distill` after `teach`
+    # finds it), and each size's median over the rounds is reported.
+    for turn in range(args.rounds):
+        for row in rows:
+            work = args.work / f"{row['size']}"
+            folder = work / "runs" / f"turn{turn}"
+            shutil.copytree(work / "runs" / "scale" / "data", folder / "data")
+            cache = work / "runs" / "scale" / "cache"
+            recipe_path = str(work / "recipe.yaml")
+            peak, seconds = run(
+                CHILD, "distill", recipe_path, f"name={folder.name}", f"teach.cache={cache}"
+            )
+            row.setdefault("distill_peak_rss_mb_turns", []).append(peak / 2**10)
+            row.setdefault("distill_tokens_per_second_turns", []).append(tokens_per_second(folder))
             print(
-                f"  {key} {args.steps} steps (default budget): peak {peak / 2**10:.0f} MB, "
-                f"{row[f'{key}_tokens_per_second']:.0f} tokens/s, {seconds:.0f} s",
+                f"turn {turn}, {row['text_tokens']:,} tokens: distill peak {peak / 2**10:.0f} MB, "
+                f"{row['distill_tokens_per_second_turns'][-1]:.0f} tokens/s",
                 flush=True,
             )
-        rows.append(row)
+    for row in rows:
+        row["distill_peak_rss_mb"] = max(row["distill_peak_rss_mb_turns"])
+        row["distill_tokens_per_second"] = statistics.median(row["distill_tokens_per_second_turns"])
     out = Path("bench/results/scale.json")
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"wrote {out}")
