@@ -44,7 +44,7 @@ TWINS = {
 IN_HISTORY = ("default_run.md", "defaults.md", "stability.md")
 # Write-ups a guide summarises with their numbers, kept as their script writes them (so a
 # rerun adding seeds changes no generated page): docs/guides/scale.md.
-IN_GUIDES = ("endpoint_teach.md",)
+IN_GUIDES = ("endpoint_teach.md", "checkpointing.json")
 
 Data = dict[str, Any]  # a result file's name -> its parsed JSON, or its text
 
