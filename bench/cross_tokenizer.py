@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -184,6 +185,51 @@ def generate_arm(
     return texts, record
 
 
+def characters_scored(s_tok: Any, heldout: Blocks) -> tuple[list[str], int, int]:
+    """The held-out blocks' texts, the characters the student predicts (each block's text
+    after its first token) and the student positions scored."""
+    texts, chars = [], 0
+    for ids in heldout.input_ids.tolist():
+        text = s_tok.decode(ids)
+        texts.append(text)
+        chars += len(text) - len(s_tok.decode(ids[:1]))
+    scored = int((heldout.labels[:, 1:] != -100).sum())
+    return texts, chars, scored
+
+
+def teacher_bits_per_char(teacher: torch.nn.Module, t_tok: Any, texts: list[str]) -> float:
+    """The teacher's bits per character on ``texts`` in its own tokens: its next-token
+    log-loss summed after each text's first token, over the characters after it."""
+    nll, chars = 0.0, 0
+    with torch.inference_mode():
+        for text in texts:
+            encoded = t_tok(text, return_offsets_mapping=True)
+            ids = torch.tensor([encoded["input_ids"]])
+            logits = teacher(input_ids=ids).logits[0, :-1].float()  # (M − 1, V)
+            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            chars += len(text) - encoded["offset_mapping"][0][1]
+    return nll / chars / math.log(2)
+
+
+def add_bits_per_char(out: Path) -> None:
+    """Every arm's held-out perplexity as bits per character, and the teacher's on the
+    same text in its own tokens, added to the result in ``out``."""
+    result = json.loads(out.read_text())
+    recipe = load_recipe(None).model_copy(update={"budget_minutes": None})
+    teacher, t_tok = load_causal_lm(TEACHER)
+    _, s_tok = load_causal_lm(STUDENT_BASE)
+    data = load_data(recipe.data, s_tok)
+    texts, chars, scored = characters_scored(s_tok, data.heldout)
+    for arm in result["arms"].values():
+        arm["bits_per_char"] = math.log(arm["perplexity"]) * scored / chars / math.log(2)
+    result["teacher_bits_per_char"] = teacher_bits_per_char(teacher, t_tok, texts)
+    result["heldout_chars"] = chars
+    result["bits_per_char_command"] = f"python bench/cross_tokenizer.py --bits-per-char --out {out}"
+    atomic_write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result) + "\n")
+    print(markdown(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,7 +240,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/cross-tokenizer"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/cross_tokenizer.json"))
     parser.add_argument("--table", action="store_true", help="print the Markdown table of --out")
+    parser.add_argument(
+        "--bits-per-char",
+        action="store_true",
+        help="add bits per character to --out: the arms' from their perplexity, the teacher's "
+        "measured on the same held-out text in its own tokens",
+    )
     args = parser.parse_args()
+    if args.bits_per_char:
+        add_bits_per_char(args.out)
+        return
     if args.table:
         print(markdown(json.loads(args.out.read_text())))
         return
@@ -296,22 +351,32 @@ def main() -> None:
 
 
 def markdown(result: dict) -> str:
-    """The README's table: one row per arm."""
+    """The README's table: one row per arm (bits per character once measured)."""
     arms = result["arms"]
+    bits = "teacher_bits_per_char" in result
     lines = [
-        "| arm | held-out perplexity | teacher time (s) | student training (s) | total (s) "
-        "| teacher tokens | teacher TFLOP |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | held-out perplexity |"
+        + (" bits per character |" if bits else "")
+        + " teacher time (s) | student training (s) | total (s) | teacher tokens | teacher TFLOP |",
+        "|---|---:|" + ("---:|" if bits else "") + "---:|---:|---:|---:|---:|",
     ]
     for key in ("ce", "uld", "sequence"):
         arm = arms[key]
         total = arm["teacher_seconds"] + arm["train_seconds"]
+        per_char = f" {arm['bits_per_char']:.3f} |" if bits else ""
         lines.append(
-            f"| {arm['what']} | {arm['perplexity']:.2f} | {arm['teacher_seconds']:.0f} | "
+            f"| {arm['what']} | {arm['perplexity']:.2f} |{per_char} {arm['teacher_seconds']:.0f} | "
             f"{arm['train_seconds']:.0f} | {total:.0f} | {arm['teacher_tokens']:,} | "
             f"{arm.get('teacher_tflops', 0.0):.1f} |"
         )
-    lines.append(f"| the student start, untrained | {arms['start']['perplexity']:.2f} | | | | | |")
+    start = arms["start"]
+    per_char = f" {start['bits_per_char']:.3f} |" if bits else ""
+    lines.append(
+        f"| the student start, untrained | {start['perplexity']:.2f} |{per_char} | | | | | |"
+    )
+    if bits:
+        teacher = result["teacher_bits_per_char"]
+        lines.append(f"| the teacher, in its own tokens | – | {teacher:.3f} | | | | | |")
     return "\n".join(lines)
 
 

@@ -839,11 +839,12 @@ def cross_tokenizer(data: Data) -> str:
         arm = arms[key]
         total = arm["teacher_seconds"] + arm["train_seconds"]
         lines.append(
-            f"{arm['what']} | {arm['perplexity']:.2f} | {arm['teacher_seconds']:.0f} s | "
-            f"{arm['train_seconds']:.0f} s | {total:.0f} s | {arm['teacher_tokens']:,} | "
-            f"{arm.get('teacher_tflops', 0.0):.1f}"
+            f"{arm['what']} | {arm['perplexity']:.2f} | {arm['bits_per_char']:.3f} | "
+            f"{arm['teacher_seconds']:.0f} s | {arm['train_seconds']:.0f} s | {total:.0f} s | "
+            f"{arm['teacher_tokens']:,} | {arm.get('teacher_tflops', 0.0):.1f}"
         )
     uld, sequence = arms["uld"], arms["sequence"]
+    trained = [arms[key]["bits_per_char"] for key in ("ce", "uld", "sequence")]
     return paragraphs(
         f"Qwen2.5-Coder-0.5B-Instruct teaching a student of SmolLM2-135M-Instruct's "
         f"tokenizer (its layers {result['student'].split('layers ')[-1]}), "
@@ -856,12 +857,16 @@ def cross_tokenizer(data: Data) -> str:
         f"training took ({sequence['rows']} continuations, {sequence['new_tokens']:,} new "
         "tokens). Scored: the student's perplexity on the default's held-out text, over "
         f"its own {result['heldout_tokens']:,} tokens; the untrained start scores "
-        f"{arms['start']['perplexity']:.2f}. {result['note'].capitalize()}; teacher TFLOP "
-        "count 2 × its parameters (the input embedding excluded) per token it read or wrote.",
-        bash(result["command"]),
+        f"{arms['start']['perplexity']:.2f}. Bits per character put every model on the same "
+        f"text ({result['heldout_chars']:,} characters): the teacher, reading it in its own "
+        f"tokens, scores {result['teacher_bits_per_char']:.3f}, the trained students "
+        f"{min(trained):.3f} to {max(trained):.3f}, so it had something to teach. "
+        f"{result['note'].capitalize()}; teacher TFLOP count 2 × its parameters (the input "
+        "embedding excluded) per token it read or wrote.",
+        bash(result["command"], result["bits_per_char_command"]),
         table(
-            "arm | held-out perplexity | teacher | student training | total | teacher tokens "
-            "| teacher TFLOP",
+            "arm | held-out perplexity | bits per character | teacher | student training "
+            "| total | teacher tokens | teacher TFLOP",
             lines,
         ),
     )

@@ -30,3 +30,17 @@ def test_the_shares_the_readme_states_are_computed_from_the_result():
     assert f"ULD + CE ended {behind:.1%} behind" in PROSE
     assert f"generated text {sequence:.0%} behind" in PROSE
     assert f"--steps {RESULT['steps']}" in PROSE
+
+
+def test_bits_per_character_are_the_measured_ones():
+    arms = RESULT["arms"]
+    for key in ("ce", "uld", "sequence", "start"):
+        row = next(
+            line for line in README.splitlines() if line.startswith(f"| {arms[key]['what']} |")
+        )
+        assert f"| {arms[key]['bits_per_char']:.3f} |" in row, key
+    teacher = f"{RESULT['teacher_bits_per_char']:.3f}"
+    assert f"| the teacher, in its own tokens | – | {teacher} |" in README
+    trained = [arms[key]["bits_per_char"] for key in ("ce", "uld", "sequence")]
+    assert f"at {teacher} bits per character against the students' {min(trained):.3f} to" in PROSE
+    assert f"{max(trained):.3f}" in PROSE
