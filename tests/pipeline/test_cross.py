@@ -73,6 +73,7 @@ def test_a_run_across_tokenizers_teaches_trains_and_reports(
         ({"teach": {"enabled": False}}, ["teach.enabled=true"]),
         ({"teach": {"top_k": 0, "samples": 16}}, ["teach.samples=0"]),
         ({"budget_minutes": 5}, ["budget_minutes=null"]),
+        ({"train": {"steps": 3, "curriculum": "easy_first"}}, ["train.curriculum=none"]),
     ],
 )
 def test_what_a_run_across_tokenizers_cannot_do_is_refused_first(

@@ -74,6 +74,12 @@ def check_across(recipe: Recipe) -> None:
             "a sorted sample is no unbiased estimate of it; set teach.samples=0 "
             "teach.top_k=64"
         )
+    if recipe.train.curriculum != "none":
+        raise PotstillError(
+            f"train.curriculum={recipe.train.curriculum} orders blocks by the teacher's "
+            "entropy, which a cache across tokenizers lacks at its unaligned positions: set "
+            "train.curriculum=none"
+        )
     if recipe.budget_minutes is not None:
         raise PotstillError(
             f"budget_minutes={recipe.budget_minutes:g} is not fitted across tokenizers yet "
