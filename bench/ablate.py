@@ -124,11 +124,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*PREVIOUS, "teach.enabled=false", f"loss=[{KD}, {{loss: hidden_cosine}}]"],
     ),
     "fp16-states": (
-        "the default, hidden states kept in float16 (teach.hidden_error=0)",
+        "the default but hidden states kept in float16 (teach.hidden_error=0)",
         ["teach.hidden_error=0"],
     ),
     "compact-states": (
-        "the default, hidden states coded at relative error 0.04 (teach.hidden_error=0.04)",
+        "the default: hidden states coded at relative error 0.04 (teach.hidden_error=0.04)",
         ["teach.hidden_error=0.04"],
     ),
     "live-attention": (
