@@ -229,7 +229,7 @@ def _other_vocab(tmp_path: Path) -> str:
         (lambda p: "train.steps=three", "train.steps"),
         (_bad_jsonl, "bad.jsonl:2"),
         (_empty, "empty.txt"),
-        (_other_vocab, "vocabularies differ"),
+        (_other_vocab, "has another tokenizer than the teacher"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_and_touch_nothing(

@@ -25,7 +25,7 @@ from potstill.data.packing import Blocks
 from potstill.data.settings import DataConfig
 from potstill.data.sources import Source, read_source
 from potstill.data.stored import IDS_FILE, LABELS_FILE, StoredBlocks
-from potstill.util.io import atomic_dir, atomic_write_text, exclusive, settle_dir
+from potstill.util.io import atomic_dir, atomic_write_text, locked_folder, settle_dir
 
 __all__ = ["Blocks", "LMData", "StoredBlocks", "load_data", "shakespeare_documents"]
 
@@ -63,7 +63,7 @@ def load_data(cfg: DataConfig, tokenizer: Any, store: Path | None = None) -> LMD
         return _load(cfg, tokenizer, None, None)
     key = _source_key(cfg, tokenizer)
     # One process packs; the others (the ranks of one launch) wait, then read its folder.
-    with exclusive(store.with_name(f".{store.name}.lock")):
+    with locked_folder(store.parent):
         kept = _open(store, key)
         return kept if kept is not None else _load(cfg, tokenizer, store, key)
 

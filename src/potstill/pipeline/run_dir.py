@@ -14,7 +14,6 @@ from potstill.util.io import atomic_write_text
 TEACH_OUTPUTS = {
     "config.yaml",
     "data",
-    ".data.lock",
     "cache",
     "stages",
     "labels.parquet",
