@@ -235,8 +235,9 @@ def serve(
     """An OpenAI-compatible endpoint over MODEL until Ctrl-C.
 
     /v1/models, /v1/completions and /v1/chat/completions (streaming, logprobs, stop
-    strings), on 127.0.0.1 unless --host says otherwise. With --api-key-env NAME, requests
-    must send 'Authorization: Bearer $NAME'.
+    strings; echo with a prompt's own log-probabilities, as another run's teach.endpoint
+    reads them), on 127.0.0.1 unless --host says otherwise. With --api-key-env NAME,
+    requests must send 'Authorization: Bearer $NAME'.
     """
     from potstill.serve import serve as serve_model
 
