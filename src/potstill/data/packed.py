@@ -182,15 +182,11 @@ def _split(
     unit = "documents" if source.kind == "text" else "examples"
     lengths = tokens.lengths[:n_train]
     total = sum(lengths)
-    writer = BlockWriter(folder, bs)
+    held_set: set[int] = set()  # training documents held out
     if n_held is not None:  # the data's own split
         heldout = pack([tokens.doc(n_train + i) for i in range(n_held)], bs)
         capped = cap is not None and len(heldout) * bs > cap
         split = f"held-out: the dataset's '{source.heldout_split}' split, {_plural(n_held, unit)}"
-        for i in range(n_train):
-            writer.add(tokens.doc(i))
-        rows = writer.close()
-        train = StoredBlocks(folder, rows, bs, writer.tokens)
     elif n_train >= 2:
         min_tokens = bs
         while True:  # grow the held-out set until it packs into a block with a label
@@ -200,22 +196,19 @@ def _split(
                 break
             min_tokens *= 2
         held_set = set(chosen)
-        for i in range(n_train):
-            if i not in held_set:
-                writer.add(tokens.doc(i))
-        rows = writer.close()
-        train = StoredBlocks(folder, rows, bs, writer.tokens)
         share = sum(lengths[i] for i in chosen) / total
         capped = cap is not None and cfg.heldout * total > cap
         split = f"held-out: {len(chosen)} of {n_train} {unit} ({share:.1%} of tokens)"
-    else:
-        for i in range(n_train):
+    writer = BlockWriter(folder, bs)
+    for i in range(n_train):
+        if i not in held_set:
             writer.add(tokens.doc(i))
-        rows = writer.close()
+    rows = writer.close()
+    train = StoredBlocks(folder, rows, bs, writer.tokens)
+    if n_held is None and n_train < 2:  # one document: its last blocks are held out
         max_blocks = None if cap is None else max(1, cap // bs)
         cut = rows - heldout_block_count(rows, cfg.heldout, max_blocks)
-        every = StoredBlocks(folder, rows, bs)
-        heldout = every.rows(cut, rows)
+        heldout = train.rows(cut, rows)
         train = StoredBlocks(folder, cut, bs)
         capped = max_blocks is not None and math.ceil(cfg.heldout * rows) > max_blocks
         split = f"held-out: the last {len(heldout)} of {rows} blocks of the one {unit[:-1]}"

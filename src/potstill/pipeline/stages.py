@@ -115,9 +115,10 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
             "(`potstill teach` first pays it once)"
         )
         return live, live_print
-    source = _source(ctx) if served is None else served_cache_source(ctx)
     if ctx.across:  # the cache holds the teacher's ids at the aligned positions
         source = across_source(ctx)
+    else:
+        source = _source(ctx) if served is None else served_cache_source(ctx)
     plan = cache_plan(ctx)
     # Teaching through a server: its model's name is in the source, and how it is reached
     # changes no signal. Teaching here: fingerprinted as before the server's keys existed.

@@ -172,26 +172,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 @contextmanager
-def exclusive(lock_path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created if missing) while the block runs:
-    processes that build one thing (the ranks of one launch) take turns. No lock where
-    ``fcntl`` is missing (Windows)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
 def locked_folder(folder: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` itself (created if missing) while the block runs,
     leaving no lock file behind: processes that build one thing in it take turns. No lock
