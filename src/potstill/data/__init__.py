@@ -2,9 +2,9 @@
 blocks, and hold out whole documents for evaluation.
 
 ``load_data(cfg, tokenizer, store=...)`` is the one entry point; see `sources` for the
-formats read, `packing` for tokenizing, packing and the held-out split, `packed` for how a
-corpus is packed a chunk at a time, `stored` for blocks read from disk, and `corpus` for
-the default corpus.
+formats read, `stream` for reading them a file (or a batch of rows) at a time, `packing`
+for tokenizing, packing and the held-out split, `packed` for how a corpus is packed a
+chunk at a time, `stored` for blocks read from disk, and `corpus` for the default corpus.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from potstill.data.corpus import SHAKESPEARE_SHA256, shakespeare_documents
 from potstill.data.packed import FINGERPRINT_VERSION, HELDOUT_FILE, META_FILE, build
 from potstill.data.packing import Blocks
 from potstill.data.settings import DataConfig
-from potstill.data.sources import Source, read_source
+from potstill.data.sources import Source
 from potstill.data.stored import IDS_FILE, LABELS_FILE, StoredBlocks
+from potstill.data.stream import StreamedSource, open_source
 from potstill.util.io import (
     atomic_dir,
     atomic_write_text,
@@ -75,10 +76,11 @@ def load_data(cfg: DataConfig, tokenizer: Any, store: Path | None = None) -> LMD
 
 
 def _load(cfg: DataConfig, tokenizer: Any, store: Path | None, key: str | None) -> LMData:
+    source: Source | StreamedSource
     if cfg.path is None:
         source = Source("shakespeare", "text", [text for _, text in shakespeare_documents()])
     else:
-        source = read_source(cfg.path, cfg)
+        source = open_source(cfg.path, cfg)  # read from the files as it is packed
     if store is None:
         with tempfile.TemporaryDirectory(prefix="potstill-data-") as tmp:
             built = build(Path(tmp), source, cfg, tokenizer)

@@ -1,7 +1,8 @@
 """Tokenize a source's documents and pack them into a folder, a bounded chunk at a time.
 
-`build` writes every document's tokens to ``tokens.bin`` as the tokenizer gives them
-(chunks of about `_CHUNK_CHARS` characters), chooses the held-out documents from their
+`build` reads the documents once, in order (a `stream.StreamedSource` reads them from the
+files as it goes), writes every document's tokens to ``tokens.bin`` as the tokenizer gives
+them (chunks of about `_CHUNK_CHARS` characters), chooses the held-out documents from their
 lengths alone, then packs the training documents into `StoredBlocks` files with
 `BlockWriter` and the held-out ones into ``heldout.safetensors``. So the tokens of the
 corpus are never all in memory: only a chunk of them, the held-out blocks and one
@@ -40,6 +41,7 @@ from potstill.data.packing import (
 from potstill.data.settings import DataConfig
 from potstill.data.sources import Document, Source
 from potstill.data.stored import BlockWriter, StoredBlocks
+from potstill.data.stream import StreamedSource
 from potstill.util.errors import PotstillError
 
 FINGERPRINT_VERSION = 1
@@ -95,8 +97,10 @@ class _Tokens:
         self.path.unlink(missing_ok=True)
 
 
-def build(folder: Path, source: Source, cfg: DataConfig, tokenizer: Any) -> Built:
-    """Tokenize and pack ``source`` into ``folder`` (see the module's docstring)."""
+def build(folder: Path, source: Source | StreamedSource, cfg: DataConfig, tokenizer: Any) -> Built:
+    """Tokenize and pack ``source`` into ``folder`` (see the module's docstring). Its
+    documents are read once, in order: a `StreamedSource` reads them from its files as
+    they are tokenized."""
     digest = hashlib.sha256()
     digest.update(json.dumps(_settings(cfg, tokenizer, source), sort_keys=True).encode())
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
@@ -138,8 +142,8 @@ def build(folder: Path, source: Source, cfg: DataConfig, tokenizer: Any) -> Buil
 
 def _tokenize_into(
     tokens: _Tokens,
-    source: Source,
-    documents: list[Document],
+    source: Source | StreamedSource,
+    documents: Iterable[Document],
     tokenizer: Any,
     cfg: DataConfig,
     digest: Any,
@@ -174,7 +178,7 @@ def _split(
     n_train: int,
     n_held: int | None,
     cfg: DataConfig,
-    source: Source,
+    source: Source | StreamedSource,
 ) -> tuple[StoredBlocks, Blocks, str]:
     """Pack train (to disk) and held-out (in memory) separately; returns them and a
     one-line description of the split."""
@@ -237,7 +241,7 @@ def _tokenize(
     return tokenize_examples(tokenizer, documents)  # type: ignore[arg-type]
 
 
-def _settings(cfg: DataConfig, tokenizer: Any, source: Source) -> dict[str, Any]:
+def _settings(cfg: DataConfig, tokenizer: Any, source: Source | StreamedSource) -> dict[str, Any]:
     """The settings the fingerprint hashes first (a key is added only when it is set, so
     older fingerprints, and the caches that name them, stay valid)."""
     settings: dict[str, Any] = {

@@ -14,7 +14,7 @@ import csv
 import difflib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +119,12 @@ def _unreadable(path: Path, error: OSError) -> PotstillError:
 def _jsonl_rows(path: Path, text: str | None = None) -> Iterable[tuple[str, Any]]:
     text = _read_text(path) if text is None else text
     # split on "\n" only: str.splitlines would also split inside strings at U+2028 etc.
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    yield from _json_lines(path, text.split("\n"))
+
+
+def _json_lines(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
+    """The rows of a file's lines (without their "\n"), numbered from 1; blank ones skipped."""
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -168,9 +173,20 @@ def _csv_rows(path: Path) -> Iterable[tuple[str, Any]]:
 
 def _documents(rows: Iterable[tuple[str, Any]], cfg: DataConfig) -> tuple[Kind, list[Document]]:
     """Documents of rows, all of one kind (the first row's)."""
+    kind: Kind = "text"
+    docs: list[Document] = []
+    for kind, doc in _row_documents(rows, cfg):  # noqa: B007 - the last kind is every row's
+        docs.append(doc)
+    return kind, docs
+
+
+def _row_documents(
+    rows: Iterable[tuple[str, Any]], cfg: DataConfig
+) -> Iterator[tuple[Kind, Document]]:
+    """Each row's kind and document, as they come; a row of another kind than the first
+    is an error."""
     kind: Kind | None = None
     first = ""
-    docs: list[Document] = []
     for where, row in rows:
         if not isinstance(row, dict):
             raise PotstillError(
@@ -185,8 +201,7 @@ def _documents(rows: Iterable[tuple[str, Any]], cfg: DataConfig) -> tuple[Kind, 
                 f"{where}: a {_KIND_WORDS[row_kind]} row, but {first} is a "
                 f"{_KIND_WORDS[kind]} row; keep one kind of row per file"
             )
-        docs.append(doc)
-    return kind or "text", docs
+        yield kind, doc
 
 
 def _row_document(row: dict[str, Any], where: str, cfg: DataConfig) -> tuple[Kind, Document]:
@@ -259,33 +274,57 @@ def read_parquet(path: Path):  # -> pyarrow.Table
 
 def _table_documents(table, where: str, cfg: DataConfig) -> tuple[Kind, list[Document]]:
     """Documents of a pyarrow table; its columns decide the kind, like a row's fields."""
-    import pyarrow as pa
-
     if table.num_rows == 0:
         return "text", []
-    kind, _ = _row_document(table.slice(0, 1).to_pylist()[0], f"{where} row 1", cfg)
-    if kind == "prompt_response":
-        keys = [("prompt_field", cfg.prompt_field), ("response_field", cfg.response_field)]
-    else:
-        keys = [("text_field", cfg.text_field)]
+    kind = _table_kind(table.slice(0, 1).to_pylist()[0], where, cfg)
     columns = []
-    for cfg_key, field in keys:
+    for cfg_key, field in table_fields(kind, cfg):
         column = table.column(field)
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            raise PotstillError(
-                f"{where}: column '{field}' holds {column.type}, not text; "
-                f"point data.{cfg_key} at a text column"
-            )
-        values = column.to_pylist()
-        if column.null_count:
-            row = values.index(None) + 1
-            raise PotstillError(
-                f"{where} row {row}: field '{field}' is empty (null); fill it in or drop that row"
-            )
-        columns.append(values)
+        check_text_column(column.type, lambda: first_null(column), where, field, cfg_key)  # noqa: B023
+        columns.append(column.to_pylist())
     if kind == "text":
         return kind, columns[0]
     return kind, list(zip(columns[0], columns[1], strict=True))
+
+
+def _table_kind(first_row: dict[str, Any], where: str, cfg: DataConfig) -> Kind:
+    """A table's kind, from its first row (an error names that row)."""
+    return _row_document(first_row, f"{where} row 1", cfg)[0]
+
+
+def table_fields(kind: Kind, cfg: DataConfig) -> list[tuple[str, str]]:
+    """``(config key, column)`` of the columns documents of ``kind`` are read from."""
+    if kind == "prompt_response":
+        return [("prompt_field", cfg.prompt_field), ("response_field", cfg.response_field)]
+    return [("text_field", cfg.text_field)]
+
+
+def check_text_column(
+    column_type, first_null: Callable[[], int | None], where: str, field: str, cfg_key: str
+) -> None:
+    """A column documents are read from holds text (its pyarrow ``column_type``) and no
+    null (``first_null()``: the row index of the first, or None)."""
+    import pyarrow as pa
+
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        raise PotstillError(
+            f"{where}: column '{field}' holds {column_type}, not text; "
+            f"point data.{cfg_key} at a text column"
+        )
+    row = first_null()
+    if row is not None:
+        raise PotstillError(
+            f"{where} row {row + 1}: field '{field}' is empty (null); fill it in or drop that row"
+        )
+
+
+def first_null(column) -> int | None:
+    """The index of a pyarrow column's first null, or None."""
+    import pyarrow.compute as pc
+
+    if not column.null_count:
+        return None
+    return pc.index(pc.is_null(column), True).as_py()
 
 
 def _is_datasets_folder(path: Path) -> bool:
@@ -299,13 +338,7 @@ def _read_datasets_folder(path: Path, name: str, cfg: DataConfig) -> Source:
     split trains and whose 'test' (else 'validation') split, if any, is held out."""
     import datasets
 
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise PotstillError(
-            f"{path} looks like a datasets folder but does not load ({e}); "
-            "save it again with Dataset.save_to_disk"
-        ) from None
+    loaded = _load_from_disk(path)
     if isinstance(loaded, datasets.Dataset):
         kind, docs = _dataset_documents(loaded, str(path), cfg)
         return Source(name, kind, docs)
@@ -328,6 +361,18 @@ def _read_datasets_folder(path: Path, name: str, cfg: DataConfig) -> Source:
     return Source(name, kind, docs, heldout=parts[1][2], heldout_split=held)
 
 
+def _load_from_disk(path: Path):  # -> datasets.Dataset | datasets.DatasetDict
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise PotstillError(
+            f"{path} looks like a datasets folder but does not load ({e}); "
+            "save it again with Dataset.save_to_disk"
+        ) from None
+
+
 def _dataset_documents(ds, where: str, cfg: DataConfig) -> tuple[Kind, list[Document]]:
     return _table_documents(ds.with_format("arrow")[:], where, cfg)
 
@@ -338,9 +383,15 @@ def _one_kind(parts: list[tuple[str, Kind, list[Document]]], where: str) -> Kind
     for part, kind, docs in parts:
         if docs:
             kinds.setdefault(kind, part)
+    return one_kind(kinds, where)
+
+
+def one_kind(kinds: dict[str, str], where: str) -> Kind:
+    """The kind of ``kinds`` (each kind found, to the first part that holds it); two kinds
+    are an error naming a part of each."""
     if len(kinds) > 1:
         raise PotstillError(
             f"{where}: {kinds['text']} holds text documents but {kinds['prompt_response']} "
             "holds prompt/response examples; keep one kind of data per data.path"
         )
-    return next(iter(kinds), "text")
+    return next(iter(kinds), "text")  # type: ignore[return-value]
