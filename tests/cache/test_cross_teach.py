@@ -20,7 +20,8 @@ from potstill.data import load_data
 from potstill.data.align import align
 from potstill.data.order import scheduled_blocks
 from potstill.data.settings import DataConfig
-from potstill.losses import LossTerm, top_k_signal, uld
+from potstill.data.vocab import shared_ids
+from potstill.losses import LossTerm, shared_kl, top_k_signal, uld
 from potstill.losses.universal import NO_SIGNAL
 from potstill.tasks.causal_lm import CausalLM
 from potstill.train.loop import train
@@ -112,24 +113,29 @@ def test_a_sampled_cache_is_refused(pair, tmp_path):
         teach(pair, tmp_path / "cache", [0], samples=16)
 
 
-def test_a_student_of_the_other_tokenizer_trains_from_it(pair, tmp_path, one_thread):
-    _, _, student_tokenizer, data = pair
+@pytest.mark.parametrize("loss", ["uld", "shared_kl"])
+def test_a_student_of_the_other_tokenizer_trains_from_it(pair, tmp_path, one_thread, loss):
+    _, teacher_tokenizer, student_tokenizer, data = pair
     cfg = TrainConfig(steps=30, batch_size=2, warmup=1, lr=3e-2, eval_every=None, clip=10.0)
     plan = scheduled_blocks(len(data.train), micro_batches=30, batch_size=2, seed=0)
     cache, _ = teach(pair, tmp_path / "cache", plan)
+    if loss == "shared_kl":  # the teacher's ids read as the student's of the same bytes
+        mapping = shared_ids(teacher_tokenizer, student_tokenizer, cache.manifest.vocab_size)
+        cache.read_ids_as(torch.from_numpy(mapping))
     student = make_llama(len(student_tokenizer), layers=1, seed=1)
     seen = torch.tensor(sorted(set(plan)))
+    fn = {"uld": uld, "shared_kl": shared_kl}[loss]
 
-    def distance() -> float:  # the student's ULD from the cache over every taught block
+    def distance() -> float:  # the student's loss from the cache over every taught block
         with torch.no_grad():
             logits = student(input_ids=data.train.input_ids[seen]).logits[:, :-1]
-        return uld(logits, cache.signal(seen)).item()
+        return fn(logits, cache.signal(seen)).item()
 
     before = distance()
     train(
         student,
         data.train,
-        CausalLM([LossTerm("uld"), LossTerm("cross_entropy", weight=0.1)]),
+        CausalLM([LossTerm(loss), LossTerm("cross_entropy", weight=0.1)]),
         cfg,
         teacher=cache,
         name="student",
@@ -137,8 +143,22 @@ def test_a_student_of_the_other_tokenizer_trains_from_it(pair, tmp_path, one_thr
         metrics_path=tmp_path / "metrics.jsonl",
     )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "uld" in r]
+    steps = [r for r in rows if loss in r]
     assert len(steps) == 30
-    assert all(np.isfinite(r["uld"]) and 0 < r["uld"] <= 2 for r in steps)
-    assert before > 0.5  # the sure teacher's shape is far from the student's
+    assert all(np.isfinite(r[loss]) and r[loss] > 0 for r in steps)
+    assert before > 0.5  # the sure teacher is far from the student's start
     assert distance() < 0.8 * before  # and the student learns it
+
+
+def test_read_ids_as_hands_out_the_mapped_ids_and_refuses_a_bad_mapping(pair, tmp_path):
+    _, teacher_tokenizer, student_tokenizer, _ = pair
+    cache, _ = teach(pair, tmp_path / "cache", [0, 2])
+    raw = cache.signal(torch.tensor([2, 0])).ids.long()
+    mapping = shared_ids(teacher_tokenizer, student_tokenizer, cache.manifest.vocab_size)
+    cache.read_ids_as(torch.from_numpy(mapping))
+    assert torch.equal(cache.signal(torch.tensor([2, 0])).ids, torch.from_numpy(mapping)[raw])
+    for bad in (torch.from_numpy(mapping).int(), torch.zeros(3, dtype=torch.long)):
+        with pytest.raises(ValueError, match="one entry per stored id"):
+            cache.read_ids_as(bad)
+    with pytest.raises(ValueError, match="ids or -1"):
+        cache.read_ids_as(torch.full((cache.manifest.vocab_size,), -2))

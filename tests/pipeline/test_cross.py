@@ -42,10 +42,12 @@ def across(tmp_path, teacher_dir, student_dir, corpus, **changes) -> dict:
     return recipe
 
 
+@pytest.mark.parametrize("loss", ["uld", "shared_kl"])
 def test_a_run_across_tokenizers_teaches_trains_and_reports(
-    tmp_path, tiny_teacher_dir, tiny_tokenizer, student_dir, corpus_file, capsys
+    tmp_path, tiny_teacher_dir, tiny_tokenizer, student_dir, corpus_file, capsys, loss
 ):
     recipe = across(tmp_path, tiny_teacher_dir, student_dir, corpus_file)
+    recipe["loss"] = [{"loss": loss}, {"loss": "cross_entropy"}]
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     code, _, err = run_cli("run", str(path), capsys=capsys)
@@ -61,7 +63,8 @@ def test_a_run_across_tokenizers_teaches_trains_and_reports(
     assert {"student", "baseline"} <= set(report["models"])
     assert "teacher" not in report["models"]  # it reads other tokens: not scored beside them
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert any("uld" in row for row in rows if row.get("model") == "student")
+    assert any(loss in row for row in rows if row.get("model") == "student")
+    assert ("of the same bytes" in err) == (loss == "shared_kl")
     student = json.loads((folder / "student" / "config.json").read_text())
     assert student["vocab_size"] == len(make_tokenizer(120)) != len(tiny_tokenizer)
 

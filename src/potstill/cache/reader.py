@@ -154,6 +154,7 @@ class TeacherCache:
         self._pool: ThreadPoolExecutor | None = None
         self._bases: dict[str, states_codec.Basis] = {}
         self._lock = threading.Lock()  # the bases dict, shared with the read-ahead thread
+        self._id_map: torch.Tensor | None = None
 
     @classmethod
     def load(
@@ -194,6 +195,23 @@ class TeacherCache:
             per_shard = largest * manifest.positions * decoded_bytes_per_token(manifest)
             resident = max(2, int(memory_mb * 2**20 // max(per_shard, 1)))
         return cls(directory, manifest, resident=resident)
+
+    def read_ids_as(self, mapping: torch.Tensor) -> None:
+        """From now on hand out every stored id ``i`` as ``mapping[i]``: a cache taught
+        across tokenizers read in the student's ids (`potstill.data.vocab.shared_ids`, -1
+        where the student has no such token; `potstill.losses.shared`).
+
+        Args:
+            mapping: ``(vocab_size,)`` int64, the manifest's ``vocab_size`` entries.
+        """
+        if mapping.dtype != torch.int64 or tuple(mapping.shape) != (self.manifest.vocab_size,):
+            raise ValueError(
+                f"mapping must be int64 ({self.manifest.vocab_size},), one entry per stored "
+                f"id, got {mapping.dtype} {tuple(mapping.shape)}"
+            )
+        if len(mapping) and int(mapping.min()) < -1:
+            raise ValueError(f"mapping holds ids or -1, got {int(mapping.min())}")
+        self._id_map = mapping.cpu()
 
     @property
     def num_blocks(self) -> int:
@@ -287,6 +305,8 @@ class TeacherCache:
             last = shard
         if last is not None and last in self._next:
             self._read_ahead(self._next[last])
+        if self._id_map is not None and "ids" in parts:
+            parts["ids"] = self._id_map[parts["ids"].long()]
         return parts
 
     def _get(self, shard: int) -> _Decoded:

@@ -28,6 +28,7 @@ from potstill.losses.registry import (
     cross_tokenizer_problem,
     loss_spec,
 )
+from potstill.losses.shared import shared_kl
 from potstill.losses.sparse import top_k_signal
 from potstill.losses.terms import (
     LossTerm,
@@ -65,6 +66,7 @@ __all__ = [
     "loss_spec",
     "resolve_layers",
     "reverse_kl",
+    "shared_kl",
     "signal_request",
     "skew_kl",
     "top_k_signal",

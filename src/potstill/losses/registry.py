@@ -6,8 +6,9 @@ more entry. ``kind`` says what a term compares: ``"tokens"`` (next-token distrib
 computed inside the fused output-layer chunks), ``"hidden"`` (hidden states through a
 layer map, `inside`) and ``"attention"`` (attention maps through a layer map).
 ``any_tokenizer`` says whether a term can train a student of another tokenizer than the
-teacher's: cross-entropy (the student's own tokens) and ``uld`` (sorted distributions,
-`universal`); every other term compares token ids or positions one to one.
+teacher's: cross-entropy (the student's own tokens), ``uld`` (sorted distributions,
+`universal`) and ``shared_kl`` (the tokens both vocabularies hold, `shared`); every other
+term compares token ids or positions one to one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from potstill.losses.divergences import cross_entropy, forward_kl, jsd, reverse_kl, skew_kl, tvd
 from potstill.losses.inside import attention_kl, hidden_cosine, hidden_mse
+from potstill.losses.shared import shared_kl
 from potstill.losses.universal import uld
 
 Kind = Literal["tokens", "hidden", "attention"]
@@ -90,6 +92,9 @@ REGISTRY: dict[str, LossSpec] = {
             params={"alpha": Param(0.1, 0, 1, low_closed=True)},
         ),
         LossSpec("uld", "tokens", uld, needs_teacher=True, tempered=False, any_tokenizer=True),
+        LossSpec(
+            "shared_kl", "tokens", shared_kl, needs_teacher=True, tempered=False, any_tokenizer=True
+        ),
         LossSpec("hidden_mse", "hidden", hidden_mse, needs_teacher=True, tempered=False),
         LossSpec("hidden_cosine", "hidden", hidden_cosine, needs_teacher=True, tempered=False),
         LossSpec("attention_kl", "attention", attention_kl, needs_teacher=True, tempered=False),

@@ -184,18 +184,28 @@ def _log_mass_outside(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor
     Args:
         logprobs: ``(..., V)`` log-probabilities.
         ids: ``(..., K)`` distinct ids into the last dimension.
-
-    Returns:
-        ``(...)``, with a zero gradient (never NaN) for the rows whose tail is empty.
     """
     in_top = torch.zeros_like(logprobs, dtype=torch.bool).scatter_(-1, ids, True)  # (..., V)
-    has_tail = ~in_top.all(dim=-1)  # (...)
-    # The top-k entries read −inf, except in rows with no tail: an all-(−inf) row would
+    return log_mass_off(logprobs, in_top)
+
+
+def log_mass_off(logprobs: torch.Tensor, marked: torch.Tensor) -> torch.Tensor:
+    """``log Σ_{v not marked} exp(logprobs[v])`` per row; ``−inf`` where every id is marked.
+
+    Args:
+        logprobs: ``(..., V)`` log-probabilities.
+        marked: ``(..., V)`` bool, the ids left out.
+
+    Returns:
+        ``(...)``, with a zero gradient (never NaN) for the rows whose rest is empty.
+    """
+    has_rest = ~marked.all(dim=-1)  # (...)
+    # The marked entries read −inf, except in rows with no rest: an all-(−inf) row would
     # give a NaN gradient through logsumexp, so those read 0 and take −inf from the final
     # `where`, which passes them no gradient.
-    fill = torch.where(has_tail, -torch.inf, 0.0).to(logprobs.dtype)[..., None]  # (..., 1)
-    outside = torch.where(in_top, fill, logprobs)  # (..., V)
-    return torch.where(has_tail, outside.logsumexp(dim=-1), -torch.inf)
+    fill = torch.where(has_rest, -torch.inf, 0.0).to(logprobs.dtype)[..., None]  # (..., 1)
+    outside = torch.where(marked, fill, logprobs)  # (..., V)
+    return torch.where(has_rest, outside.logsumexp(dim=-1), -torch.inf)
 
 
 def _check_shapes(student_logits: torch.Tensor, signal: SparseSignal) -> None:

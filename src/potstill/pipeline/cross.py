@@ -2,8 +2,9 @@
 
 The data is then cut by the student's tokenizer, the cache is taught across tokenizers
 (`potstill.cache.cross_teach`: each block decoded, re-tokenized by the teacher, its
-positions aligned by character), and only terms that need no shared ids train
-(``uld`` and ``cross_entropy``). The evaluation scores the students on the student's
+positions aligned by character), and only terms that work across tokenizers train
+(``shared_kl``, which reads the cache's teacher ids as the student ids of the same bytes,
+``uld`` and ``cross_entropy``). The evaluation scores the students on the student's
 tokens; the teacher, whose tokens differ, is not scored beside them.
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from potstill.cache.cross_teach import cross_source, teach_across
 from potstill.cache.reader import TeacherCache
 from potstill.config import Recipe
+from potstill.data.vocab import shared_ids
 from potstill.losses import cross_tokenizer_problem
 from potstill.models.load import resolve
 from potstill.models.student import same_tokenizer
@@ -53,9 +57,9 @@ def check_across(recipe: Recipe) -> None:
     if problem is not None:
         raise PotstillError(
             f"student.model {recipe.student.model} has another tokenizer than the teacher "
-            f"{recipe.teacher}, and {problem}: use the loss that works across tokenizers "
-            "(loss: [{loss: uld}, {loss: cross_entropy}]), or a student with the teacher's "
-            "tokenizer"
+            f"{recipe.teacher}, and {problem}: use a loss that works across tokenizers "
+            "(loss: [{loss: shared_kl}, {loss: cross_entropy}], or uld in shared_kl's "
+            "place), or a student with the teacher's tokenizer"
         )
     if recipe.needs_teacher_logits and not recipe.teach.enabled:
         raise PotstillError(
@@ -122,4 +126,17 @@ def teach_across_stage(ctx: Any, *, source: dict[str, Any], plan: list[int]) -> 
         temperature=recipe.teach_temperature,
         plan=plan,
         log=log,
+    )
+
+
+def read_in_student_ids(ctx: Any, cache: TeacherCache) -> None:
+    """Have ``cache`` (taught across tokenizers) hand out the student's ids for the
+    teacher's, when a ``shared_kl`` term reads them (``uld`` reads no ids)."""
+    if not any(t.loss == "shared_kl" and t.weight > 0 for t in ctx.recipe.terms):
+        return
+    mapping = shared_ids(ctx.tokenizer, ctx.data_tokenizer, cache.manifest.vocab_size)
+    cache.read_ids_as(torch.from_numpy(mapping))
+    log(
+        f"shared_kl: {int((mapping >= 0).sum()):,} of the teacher's {len(mapping):,} ids have "
+        "a student token of the same bytes; the rest of the teacher's mass is one bucket"
     )

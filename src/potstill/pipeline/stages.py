@@ -37,7 +37,7 @@ from potstill.models.quantize import (
 )
 from potstill.models.student import build_student, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext, kept_layers
-from potstill.pipeline.cross import across_source, teach_across_stage
+from potstill.pipeline.cross import across_source, read_in_student_ids, teach_across_stage
 from potstill.pipeline.markers import finished, forget, mark_finished
 from potstill.pipeline.served_teach import (
     check_served_teach,
@@ -163,6 +163,8 @@ def teacher_signal(ctx: RunContext, *, teach_now: bool) -> tuple[TeacherSource |
     else:
         cache = TeacherCache.load(directory, source, memory_mb=recipe.teach.cache_memory_mb)
         log(f"teacher cache {directory}: {cache.manifest.describe()}")
+    if ctx.across:
+        read_in_student_ids(ctx, cache)
     cache.check_covers(schedule(ctx))
     return cache, print_
 
