@@ -5,7 +5,8 @@
 (``save_to_disk``), or a plain folder of such files. A row with both ``data.prompt_field``
 and ``data.response_field`` is a prompt/response example; otherwise it needs
 ``data.text_field``. Every mistake in the data is one `PotstillError` naming the file, the
-row, and the fix.
+row, and the fix. `stream.open_source` reads the same documents, with the same errors, a
+file (or a batch of rows) at a time, as packing a corpus does.
 """
 
 from __future__ import annotations
