@@ -4,7 +4,8 @@ Two tokenizers of one language share most of their common tokens (`` the``, ``in
 ``.\\n``): the same bytes, under other ids. A teacher id and a student id whose tokens
 decode to the same bytes predict the same next text, so the teacher's probability of one
 is a target for the student's probability of the other (`potstill.losses.shared`; the
-exact vocabulary mapping of GOLD, Hugging Face TRL's cross-tokenizer distillation).
+exact vocabulary matches of GOLD's hybrid loss, Hugging Face TRL's cross-tokenizer
+distillation).
 
 Each token's bytes are read from the vocabulary itself, not by decoding it alone (a
 byte-level token that holds half a character decodes to a replacement mark, and

@@ -15,17 +15,21 @@ is one *rest* bucket:
 
 The loss is ``Σ_v p_v log(p_v / q_v) + p_rest log(p_rest / q_rest)`` per position: a
 forward KL between two distributions on the same buckets, so ``≥ 0`` and ``0`` exactly
-when the student gives every shared kept id and the rest what the teacher does. It is the
-exact vocabulary mapping of GOLD (TRL's ``GOLDTrainer``) on a top-k cache, with ids
-matched by bytes instead of by string; unlike ULD (`potstill.losses.universal`) it says
+when the student gives every shared kept id and the rest what the teacher does. It is
+the matched half of GOLD's hybrid loss (TRL's ``GOLDTrainer`` with
+``uld_use_hybrid_loss``, which compares exact vocabulary matches directly and the
+unmatched tokens by ULD), as a forward KL on a top-k cache, with ids matched by bytes (a
+recipe may add ``uld`` beside it). Unlike ULD (`potstill.losses.universal`) it says
 *which* token, not only how sure. With one tokenizer and every id kept it is the forward
 KL at temperature 1.
 
-The bias: a token one tokenizer merges and the other splits (``" distillation"`` is one
-SmolLM2 token, two Qwen ones) is in the rest on one side, so the teacher's mass on the
-merged token is not pulled onto the student's first piece of it. Positions with no
-teacher signal (every log-probability at the codec's floor, `universal.NO_SIGNAL`) count
-only in the token count the loss is divided by, as in ``uld``.
+The bias: where one tokenizer merges what the other splits, the same text's probability
+sits on different ids. Qwen writes ``" distillation"`` as ``" dist" + "illation"``,
+SmolLM2 as one token, so the teacher's mass for that word lands on the student's
+``" dist"``, which the student's own tokenization never writes there, and none on its
+``" distillation"``. Positions with no teacher signal (every log-probability at the
+codec's floor, `universal.NO_SIGNAL`) count only in the token count the loss is divided
+by, as in ``uld``.
 """
 
 from __future__ import annotations
