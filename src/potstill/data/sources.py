@@ -43,27 +43,38 @@ class Source:
 
 def read_source(path: str | Path, cfg: DataConfig) -> Source:
     """Read every document under ``path`` (a file, a ``datasets`` folder, or a folder)."""
-    path = Path(path).expanduser()
-    name = path.resolve().name
-    if not path.exists():
-        raise PotstillError(
-            f"data.path {path} does not exist: give a {', '.join(SUPPORTED)} file, "
-            "a datasets folder, or a folder of such files"
-        )
+    path, name = existing(path)
     if path.is_dir() and _is_datasets_folder(path):
         return _read_datasets_folder(path, name, cfg)
     if path.is_dir():
-        files = _data_files(path)
-        if not files:
-            raise PotstillError(
-                f"data.path {path} holds no data files ({', '.join(SUPPORTED)}); "
-                "put your text in such files or point data.path at one"
-            )
+        files = folder_files(path)
         parts = [(str(f), *_read_file(f, cfg)) for f in files]
         kind = _one_kind(parts, str(path))
         return Source(name, kind, [doc for _, _, docs in parts for doc in docs])
     kind, docs = _read_file(path, cfg)
     return Source(name, kind, docs)
+
+
+def existing(path: str | Path) -> tuple[Path, str]:
+    """``data.path`` with ``~`` expanded, and its name; refused when it does not exist."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PotstillError(
+            f"data.path {path} does not exist: give a {', '.join(SUPPORTED)} file, "
+            "a datasets folder, or a folder of such files"
+        )
+    return path, path.resolve().name
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """The data files of a plain folder (`_data_files`); refused when it holds none."""
+    files = _data_files(folder)
+    if not files:
+        raise PotstillError(
+            f"data.path {folder} holds no data files ({', '.join(SUPPORTED)}); "
+            "put your text in such files or point data.path at one"
+        )
+    return files
 
 
 def _data_files(folder: Path) -> list[Path]:

@@ -24,7 +24,6 @@ from potstill.data.sources import (
     Document,
     Kind,
     _csv_rows,
-    _data_files,
     _is_datasets_folder,
     _json_lines,
     _json_rows,
@@ -34,7 +33,9 @@ from potstill.data.sources import (
     _table_kind,
     _unreadable,
     check_text_column,
+    existing,
     first_null,
+    folder_files,
     one_kind,
     read_parquet,
     table_fields,
@@ -74,22 +75,11 @@ class StreamedSource:
 def open_source(path: str | Path, cfg: DataConfig) -> StreamedSource:
     """Check every document under ``path`` (as `read_source` reads it, with its errors)
     and return them as a stream; see the module's docstring."""
-    path = Path(path).expanduser()
-    name = path.resolve().name
-    if not path.exists():
-        raise PotstillError(
-            f"data.path {path} does not exist: give a {', '.join(SUPPORTED)} file, "
-            "a datasets folder, or a folder of such files"
-        )
+    path, name = existing(path)
     if path.is_dir() and _is_datasets_folder(path):
         return _open_datasets_folder(path, name, cfg)
     if path.is_dir():
-        files = _data_files(path)
-        if not files:
-            raise PotstillError(
-                f"data.path {path} holds no data files ({', '.join(SUPPORTED)}); "
-                "put your text in such files or point data.path at one"
-            )
+        files = folder_files(path)
         parts = [(str(f), _file_stream(f, cfg)) for f in files]
         return StreamedSource(name, _kind(parts, str(path)), _Documents(parts))
     parts = [(str(path), _file_stream(path, cfg))]
