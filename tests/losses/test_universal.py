@@ -122,6 +122,8 @@ def test_wrong_dtype_or_shape_is_refused():
         )
     with pytest.raises(ValueError, match="mask shape"):
         uld(torch.zeros(1, 3, 4), teacher, torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        uld(torch.zeros(1, 3, 4), teacher, torch.full((1, 3), -100))  # labels, not a mask
 
 
 def test_a_recipe_term_trains_through_the_fused_chunks():

@@ -38,7 +38,7 @@ import torch
 
 from potstill.losses.divergences import forward_kl
 from potstill.losses.sparse import log_mass_off, retemper_buckets
-from potstill.losses.tokens import select_tokens
+from potstill.losses.tokens import checked_tokens, select_tokens
 from potstill.losses.universal import NO_SIGNAL
 from potstill.signals.distributions import SparseSignal, TeacherSignal, as_signal
 
@@ -73,25 +73,12 @@ def shared_kl(
     >>> round(value, 6)
     0.192042
     """
-    if not student_logits.is_floating_point() or student_logits.dim() != 3:
-        raise ValueError(
-            f"student_logits must be float (B, T, V), got {student_logits.dtype} "
-            f"{tuple(student_logits.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    valid = checked_tokens(student_logits, mask, temperature)
     signal = as_signal(teacher)
     if not isinstance(signal, SparseSignal):
         return forward_kl(student_logits, signal, mask, temperature, num_tokens=num_tokens)
     bt = tuple(student_logits.shape[:2])
     _check(signal, bt, student_logits.shape[-1])
-    valid = torch.ones(bt, dtype=torch.bool, device=student_logits.device)
-    if mask is not None:
-        if tuple(mask.shape) != bt:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != logits (B, T) {bt}")
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be bool (True where a token counts), got {mask.dtype}")
-        valid = mask
     count = valid.sum() if num_tokens is None else torch.as_tensor(num_tokens)
     rows = valid & (signal.logprobs.amax(dim=-1) > NO_SIGNAL)  # (B, T)
     dtype = torch.promote_types(student_logits.dtype, signal.logprobs.dtype)

@@ -22,3 +22,26 @@ def tempered_logprobs(
     if temperature != 1.0:
         selected = selected / temperature
     return F.log_softmax(selected, dim=-1)
+
+
+def checked_tokens(
+    student_logits: torch.Tensor, mask: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """The ``(B, T)`` bool tokens a loss counts (every one without ``mask``), after checking
+    that the student's logits are float ``(B, T, V)``, the mask a bool ``(B, T)`` (labels
+    passed as a mask are refused, never read as one) and the temperature positive."""
+    if not student_logits.is_floating_point() or student_logits.dim() != 3:
+        raise ValueError(
+            f"student_logits must be float (B, T, V), got {student_logits.dtype} "
+            f"{tuple(student_logits.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    bt = tuple(student_logits.shape[:2])
+    if mask is None:
+        return torch.ones(bt, dtype=torch.bool, device=student_logits.device)
+    if tuple(mask.shape) != bt:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != logits (B, T) {bt}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool (True where a token counts), got {mask.dtype}")
+    return mask

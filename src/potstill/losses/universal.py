@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from potstill.losses.sparse import retemper_buckets
-from potstill.losses.tokens import select_tokens
+from potstill.losses.tokens import checked_tokens, select_tokens
 from potstill.signals.distributions import DenseSignal, SparseSignal, TeacherSignal, as_signal
 
 # A kept log-probability at or below this is no signal (the codec's floor is −32; a real
@@ -93,20 +93,9 @@ def uld(
     >>> round(uld(logits, logits[..., [2, 0, 1]]).item(), 6)  # the same, other ids
     0.0
     """
-    if not student_logits.is_floating_point() or student_logits.dim() != 3:
-        raise ValueError(
-            f"student_logits must be float (B, T, V), got {student_logits.dtype} "
-            f"{tuple(student_logits.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    valid = checked_tokens(student_logits, mask, temperature)
     signal = as_signal(teacher)
     bt = tuple(student_logits.shape[:2])
-    valid = torch.ones(bt, dtype=torch.bool, device=student_logits.device)
-    if mask is not None:
-        if tuple(mask.shape) != bt:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != logits (B, T) {bt}")
-        valid = mask.to(torch.bool)
     count = valid.sum() if num_tokens is None else torch.as_tensor(num_tokens)
     if isinstance(signal, SparseSignal):
         _check_sparse(signal, bt)
