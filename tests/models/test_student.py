@@ -12,7 +12,7 @@ from potstill.models.student import (
     wrap_adapter,
 )
 from potstill.util.errors import PotstillError
-from tests.conftest import make_llama, make_tokenizer
+from tests.conftest import llama_folder, make_llama, make_tokenizer
 
 
 @pytest.fixture
@@ -107,3 +107,21 @@ def test_saved_adapter_student_loads_as_a_plain_model(tmp_path, teacher, tiny_to
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
     assert (tmp_path / "student" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_student_layers_cut_a_student_model(tmp_path, tiny_tokenizer, teacher):
+    folder = llama_folder(tmp_path / "other", tiny_tokenizer, layers=4)
+    whole = AutoModelForCausalLM.from_pretrained(folder)
+    cut, tokenizer = build_student(
+        StudentConfig(model=str(folder), layers=[0, 3]), teacher, tiny_tokenizer
+    )
+    assert cut.config.num_hidden_layers == 2 and len(tokenizer) == len(tiny_tokenizer)
+    for new, old in [(0, 0), (1, 3)]:
+        for a, b in zip(
+            cut.model.layers[new].parameters(), whole.model.layers[old].parameters(), strict=True
+        ):
+            assert torch.equal(a, b)
+    with pytest.raises(PotstillError, match=r"student.layers: \[7\] out of range"):
+        build_student(StudentConfig(model=str(folder), layers=[7]), teacher, tiny_tokenizer)
+    with pytest.raises(ValueError, match=r"student\.layers cuts a student\.model"):
+        StudentConfig(layers=[0])

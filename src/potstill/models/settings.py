@@ -64,6 +64,10 @@ class StudentConfig(Strict):
     """A ready model as the student: `bundled:NAME`, a hub id or a local folder. Give one
     of `model`, `from_teacher`, `fresh`; with none, a `classify` run takes
     `bundled:all-minilm-l6-v2` and the others `from_teacher`."""
+    layers: list[int] | None = Field(None, min_length=1)
+    """With `model`: keep only these decoder layers of it (0-based, strictly increasing,
+    weights copied), a smaller student cut from any pretrained model, as `from_teacher`
+    cuts the teacher; null = every layer."""
     from_teacher: FromTeacher | None = None
     """Cut the student from the teacher, keeping the listed layers with their weights. With
     no source given: layers `[0, 1, 2, 27, 28, 29]`, which on the bundled 30-layer SmolLM2
@@ -93,6 +97,11 @@ class StudentConfig(Strict):
         if len(given) > 1:
             raise ValueError(
                 f"student: give only one of model, from_teacher, fresh (got {', '.join(given)})"
+            )
+        if self.layers is not None and self.model is None:
+            raise ValueError(
+                "student.layers cuts a student.model; to cut the teacher use "
+                "student.from_teacher.layers"
             )
         if not given:
             self.__dict__["from_teacher"] = FromTeacher(layers=list(DEFAULT_STUDENT_LAYERS))

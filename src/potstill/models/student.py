@@ -42,7 +42,7 @@ def build_student(
                 "weights do not train; distil its float model and quantize after (potstill "
                 "quantize), or train quantization-aware (student.qat)"
             )
-        student, tokenizer = load_causal_lm(cfg.model)
+        student, tokenizer = load_student_model(cfg)
         check_same_vocab(teacher_tokenizer, tokenizer, teacher, student, loss_names=loss_names)
         return student, tokenizer
     if cfg.source == "fresh":
@@ -52,12 +52,23 @@ def build_student(
     return layer_subset(teacher, cfg.from_teacher.layers), teacher_tokenizer
 
 
+def load_student_model(cfg: StudentConfig) -> tuple[torch.nn.Module, Any]:
+    """``student.model`` loaded, cut to ``student.layers`` when given; its tokenizer."""
+    assert cfg.model is not None
+    model, tokenizer = load_causal_lm(cfg.model)
+    if cfg.layers is not None:
+        model = layer_subset(model, cfg.layers, key="student.layers")
+    return model, tokenizer
+
+
 def student_qat(cfg: StudentConfig) -> QuantizationSpec | None:
     """The quantization a ``student.qat`` student trains towards; None for a float one."""
     return cfg.qat
 
 
-def layer_subset(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
+def layer_subset(
+    teacher: torch.nn.Module, layers: list[int], *, key: str = "student.from_teacher.layers"
+) -> torch.nn.Module:
     """A copy of ``teacher`` that keeps only the decoder ``layers`` (weights copied).
 
     Embeddings, final norm and output head are copied too. Works for decoder models that
@@ -67,13 +78,9 @@ def layer_subset(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module
     n = len(blocks)
     bad = [i for i in layers if not 0 <= i < n]
     if bad:
-        raise PotstillError(
-            f"student.from_teacher.layers: {bad} out of range; the teacher has layers 0..{n - 1}"
-        )
+        raise PotstillError(f"{key}: {bad} out of range; the model has layers 0..{n - 1}")
     if len(set(layers)) != len(layers) or sorted(layers) != list(layers):
-        raise PotstillError(
-            f"student.from_teacher.layers {layers} must be strictly increasing with no repeats"
-        )
+        raise PotstillError(f"{key} {layers} must be strictly increasing with no repeats")
     # Deep-copy everything except the blocks we drop, so no teacher tensor is shared.
     memo = {id(block): None for block in blocks}
     student = copy.deepcopy(teacher, memo)

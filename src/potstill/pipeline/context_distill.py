@@ -24,7 +24,7 @@ from potstill.evaluation.context import context_agreement, prefill_seconds
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.size import count_params, size_on_disk
 from potstill.models.load import load_causal_lm
-from potstill.models.student import save_student, wrap_adapter
+from potstill.models.student import load_student_model, save_student, wrap_adapter
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.run_dir import prepare_run_dir
 from potstill.pipeline.stages import budget_decision, read_curves, train_summary
@@ -150,7 +150,7 @@ def _train_adapter(ctx: RunContext, examples: ChatExamples) -> dict[str, Any]:
 
     def build() -> Trainee:
         if recipe.student.model is not None:
-            base, tokenizer = load_causal_lm(recipe.student.model)
+            base, tokenizer = load_student_model(recipe.student)
             base = base.to(ctx.device)
         else:  # the teacher itself, without its context
             base, tokenizer = copy.deepcopy(ctx.teacher), ctx.tokenizer

@@ -36,7 +36,12 @@ from potstill.evaluation.reasoning import Answer, Solved, reply_kl, solve
 from potstill.evaluation.report import Report, build_report, write_report
 from potstill.evaluation.size import count_params, size_on_disk
 from potstill.models.load import endpoint_model, load_causal_lm
-from potstill.models.student import build_student, save_student, wrap_adapter
+from potstill.models.student import (
+    build_student,
+    load_student_model,
+    save_student,
+    wrap_adapter,
+)
 from potstill.pipeline.context import RunContext
 from potstill.pipeline.generate import generate_only
 from potstill.pipeline.markers import finished, mark_finished
@@ -205,7 +210,7 @@ def _check_recipe(recipe: Recipe) -> None:
 def _student_ref(recipe: Recipe) -> str:
     student = recipe.student
     if student.model is not None:
-        return student.model
+        return student.model + ("" if student.layers is None else f" layers {student.layers}")
     if student.fresh is not None:
         return "fresh"
     assert student.from_teacher is not None
@@ -285,8 +290,7 @@ def _student_base(ctx: RunContext) -> tuple[torch.nn.Module, Any]:
     """The untrained student and its tokenizer, on the run's device."""
     recipe = ctx.recipe
     if recipe.student.source == "model":
-        assert recipe.student.model is not None
-        model, tokenizer = load_causal_lm(recipe.student.model)
+        model, tokenizer = load_student_model(recipe.student)
     else:
         model, tokenizer = build_student(
             recipe.student, ctx.teacher, ctx.tokenizer, seed=recipe.train.seed
