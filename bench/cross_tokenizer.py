@@ -1,8 +1,8 @@
-"""Distillation across tokenizers on a real pair, at equal time: ULD from the cache against
-sequence-level distillation (the teacher's text) and no distillation.
+"""Distillation across tokenizers on a real pair: two logit losses from one cache against
+sequence-level distillation (the teacher's text, at equal time) and no distillation.
 
-    .venv/bin/python bench/cross_tokenizer.py [--steps 60] [--top-k 64] [--seed 0]
-        [--work runs/cross-tokenizer] [--out bench/results/cross_tokenizer.json]
+    .venv/bin/python bench/cross_tokenizer.py --steps 40 --seed 0 [--arms ce uld shared sequence]
+    .venv/bin/python bench/cross_tokenizer.py --steps 40 --combine 0 1 2
     .venv/bin/python bench/cross_tokenizer.py --table --out bench/results/cross_tokenizer.json
 
 Teacher: the bundled Qwen2.5-Coder-0.5B-Instruct (151,665-id tokenizer). Student: the
@@ -14,18 +14,28 @@ student start for ``--steps`` steps of the default's training settings:
 - ``ce``: no distillation, cross-entropy on the plays.
 - ``uld``: ULD + cross-entropy (weights 1 and 1) on the plays, from a top-``k`` cache the
   teacher taught across tokenizers (`potstill.cache.cross_teach`).
+- ``shared``: the shared-token KL + cross-entropy (weights 1 and 1) from the same cache,
+  its teacher ids read as the student ids of the same bytes (`potstill.losses.shared`).
 - ``sequence``: sequence-level distillation: the teacher continues the opening 48 student
   tokens of each training block the schedule visits (as text; sampled at 0.7, 96 new
   tokens, 16 rows a batch, the engine of ``potstill generate``), and the student trains
   with cross-entropy on prompt + continuation. The teacher generates for as long as the
   ``uld`` arm's teacher pass and the ``uld`` arm's extra training time took together
   (``uld`` total wall − ``ce`` training wall), so both arms take the same total time.
+  It needs the seed's ``ce`` and ``uld`` arms first.
+
+Each seed has its own cache (the blocks its schedule visits) in ``--work``; each arm's
+record (with its rollbacks) and its training's ``metrics-ARM.jsonl`` are kept there and
+the record reused, so a killed run goes on where it stopped. ``--combine``
+writes ``--out`` from the kept records: each arm's perplexity per seed and their mean, its
+costs from the first seed it ran, and bits per character on the held-out text (the
+teacher's measured in its own tokens).
 
 Scored: each student's perplexity on the default's held-out split (next-token
 cross-entropy over the student's tokens of held-out text, the report's scorer). Wall
 times are measured on a box shared with other jobs and are noisy; the teacher's forward
 tokens and FLOPs (2 × its parameters outside the input embeddings per token read or
-written) say what each arm paid the teacher. One seed.
+written) say what each arm paid the teacher.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from potstill.config import Recipe, load_recipe
 from potstill.data import Blocks, load_data
 from potstill.data.order import scheduled_blocks
 from potstill.data.packing import pack, tokenize_texts
+from potstill.data.vocab import shared_ids
 from potstill.generation import Engine, GenerationSettings
 from potstill.losses import LossTerm
 from potstill.models.load import load_causal_lm
@@ -82,8 +93,10 @@ def train_arm(
     recipe: Recipe,
     heldout: Blocks,
     source: Any = None,
+    metrics: Path | None = None,
 ) -> tuple[torch.nn.Module, float]:
-    """A fresh copy of the student start trained on ``blocks``; its training wall seconds."""
+    """A fresh copy of the student start trained on ``blocks``; its training wall seconds.
+    ``metrics`` keeps the training's ``metrics.jsonl`` (its losses, checks and rollbacks)."""
     model = student_start(base)
     cfg = (
         recipe.train
@@ -99,7 +112,7 @@ def train_arm(
             teacher=source,
             name=name,
             checkpoint_dir=Path(tmp) / "ckpt",
-            metrics_path=Path(tmp) / "metrics.jsonl",
+            metrics_path=metrics or Path(tmp) / "metrics.jsonl",
             evaluate=heldout_check(heldout, cfg, recipe.eval.batch_size),
         )
     return model, result.seconds
@@ -211,22 +224,174 @@ def teacher_bits_per_char(teacher: torch.nn.Module, t_tok: Any, texts: list[str]
     return nll / chars / math.log(2)
 
 
-def add_bits_per_char(out: Path) -> None:
-    """Every arm's held-out perplexity as bits per character, and the teacher's on the
-    same text in its own tokens, added to the result in ``out``."""
-    result = json.loads(out.read_text())
+ARMS = {
+    "ce": "no distillation: cross-entropy on the plays",
+    "uld": "ULD + cross-entropy from a top-64 cache taught across tokenizers",
+    "shared": "shared-token KL + cross-entropy from the same cache",
+    "sequence": "sequence-level: cross-entropy on the teacher's continuations",
+}
+TERMS = {
+    "ce": [LossTerm("cross_entropy")],
+    "uld": [LossTerm("uld"), LossTerm("cross_entropy")],
+    "shared": [LossTerm("shared_kl"), LossTerm("cross_entropy")],
+    "sequence": [LossTerm("cross_entropy")],
+}
+
+
+def run_seed(args: argparse.Namespace, seed: int, arms: list[str]) -> dict[str, Any]:
+    """Train ``arms`` for one seed; each arm's record is kept in the seed's work folder
+    (a rerun reuses it), and the seed's records are returned."""
+    recipe = load_recipe(
+        None,
+        [
+            f"train.steps={args.steps}",
+            f"train.seed={seed}",
+            f"teach.top_k={args.top_k}",
+            "teach.samples=0",
+            "teach.batch_size=4",
+        ],
+    ).model_copy(update={"budget_minutes": None})
+    work = args.work / f"seed{seed}-steps{args.steps}-k{args.top_k}"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    teacher, t_tok = load_causal_lm(TEACHER)
+    base, s_tok = load_causal_lm(STUDENT_BASE)
+    teacher.eval()
+    data = load_data(recipe.data, s_tok)
+    per_token = teacher_flops_per_token(teacher)
+    cache, taught = teach_arm(recipe, teacher, t_tok, s_tok, data, work)
+    mapping = shared_ids(t_tok, s_tok, cache.manifest.vocab_size)
+    cache.read_ids_as(torch.from_numpy(mapping))  # shared_kl reads them; uld reads no ids
+    records: dict[str, Any] = {}
+    for arm in arms:
+        path = work / f"arm-{arm}.json"
+        if path.is_file():
+            records[arm] = json.loads(path.read_text())
+            continue
+        record: dict[str, Any] = {"what": ARMS[arm], "teacher_seconds": 0.0, "teacher_tokens": 0}
+        blocks, source = data.train, None
+        if arm in ("uld", "shared"):
+            source = cache
+            record.update(
+                teacher_seconds=taught["seconds"],
+                teacher_tokens=taught["teacher_tokens"],
+                teacher_tflops=taught["teacher_tokens"] * per_token / 1e12,
+                aligned_share=taught["aligned"],
+                cache_blocks=taught["blocks"],
+                shared_teacher_ids=int((mapping >= 0).sum()),
+            )
+        if arm == "sequence":  # the teacher writes for as long as ULD's extra cost took
+            for needed in ("ce", "uld"):
+                if needed not in records:
+                    raise SystemExit(f"the sequence arm times itself by the {needed} arm: run it")
+            budget = taught["seconds"] + records["uld"]["train_seconds"]
+            budget -= records["ce"]["train_seconds"]
+            plan = list(dict.fromkeys(cache.manifest.plan))
+            texts, generated = generate_arm(teacher, t_tok, s_tok, data, plan, budget, work)
+            blocks = pack(tokenize_texts(s_tok, texts), recipe.data.block_size)
+            gen_tokens = generated["prompt_tokens"] + generated["new_tokens"]
+            record.update(
+                teacher_seconds=generated["seconds"],
+                teacher_tokens=gen_tokens,
+                teacher_tflops=gen_tokens * per_token / 1e12,
+                rows=generated["rows"],
+                new_tokens=generated["new_tokens"],
+                train_blocks=len(blocks),
+            )
+        metrics = work / f"metrics-{arm}.jsonl"
+        metrics.unlink(missing_ok=True)
+        model, record["train_seconds"] = train_arm(
+            arm, base, blocks, TERMS[arm], recipe, data.heldout, source, metrics
+        )
+        record["rollbacks"] = sum(
+            json.loads(line).get("event") == "rollback" for line in metrics.read_text().splitlines()
+        )
+        scores = score_models(
+            {arm: model},
+            data.heldout.input_ids,
+            data.heldout.labels,
+            teacher=None,
+            batch_size=recipe.eval.batch_size,
+        )
+        record["perplexity"] = scores[arm].perplexity
+        atomic_write_json(path, record)
+        records[arm] = record
+        print(f"seed {seed} {arm}: perplexity {record['perplexity']:.2f}", flush=True)
+    start_path = work / "arm-start.json"
+    if not start_path.is_file():
+        scores = score_models(
+            {"start": student_start(base)},
+            data.heldout.input_ids,
+            data.heldout.labels,
+            teacher=None,
+            batch_size=recipe.eval.batch_size,
+        )
+        atomic_write_json(start_path, {"perplexity": scores["start"].perplexity})
+    records["start"] = json.loads(start_path.read_text())
+    return records
+
+
+def combine(args: argparse.Namespace) -> None:
+    """The seeds' records as one result: every arm's perplexity per seed and their mean,
+    its costs from the first seed, bits per character on the same held-out text."""
     recipe = load_recipe(None).model_copy(update={"budget_minutes": None})
     teacher, t_tok = load_causal_lm(TEACHER)
     _, s_tok = load_causal_lm(STUDENT_BASE)
     data = load_data(recipe.data, s_tok)
     texts, chars, scored = characters_scored(s_tok, data.heldout)
-    for arm in result["arms"].values():
-        arm["bits_per_char"] = math.log(arm["perplexity"]) * scored / chars / math.log(2)
-    result["teacher_bits_per_char"] = teacher_bits_per_char(teacher, t_tok, texts)
-    result["heldout_chars"] = chars
-    result["bits_per_char_command"] = f"python bench/cross_tokenizer.py --bits-per-char --out {out}"
-    atomic_write_json(out, result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result) + "\n")
+    seeds: dict[int, dict[str, Any]] = {}
+    for seed in args.seeds:
+        folder = args.work / f"seed{seed}-steps{args.steps}-k{args.top_k}"
+        seeds[seed] = {
+            arm: json.loads((folder / f"arm-{arm}.json").read_text())
+            for arm in (*ARMS, "start")
+            if (folder / f"arm-{arm}.json").is_file()
+        }
+    arms: dict[str, Any] = {}
+    for arm in (*ARMS, "start"):
+        measured = {seed: seeds[seed][arm] for seed in args.seeds if arm in seeds[seed]}
+        if not measured:
+            continue
+        first = measured[min(measured)]
+        perplexities = {str(seed): r["perplexity"] for seed, r in measured.items()}
+        mean = sum(perplexities.values()) / len(perplexities)
+        arms[arm] = {
+            **first,
+            "what": ARMS.get(arm, "the student start, untrained"),
+            "perplexity": mean,
+            "perplexities": perplexities,
+            "bits_per_char": math.log(mean) * scored / chars / math.log(2),
+            "costs_from_seed": min(measured),
+        }
+    result = {
+        "command": " ; ".join(
+            [
+                f"python bench/cross_tokenizer.py --steps {args.steps} --top-k {args.top_k} "
+                f"--seed {seed} --arms {' '.join(a for a in ARMS if a in seeds[seed])}"
+                for seed in args.seeds
+            ]
+            + [
+                f"python bench/cross_tokenizer.py --steps {args.steps} --top-k {args.top_k} "
+                f"--combine {' '.join(str(s) for s in args.seeds)} --out {args.out}"
+            ]
+        ),
+        "out": str(args.out),
+        "teacher": TEACHER,
+        "student": f"{STUDENT_BASE} layers {STUDENT_LAYERS}",
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "heldout_tokens": data.heldout.num_tokens,
+        "heldout_chars": chars,
+        "teacher_bits_per_char": teacher_bits_per_char(teacher, t_tok, texts),
+        "threads": torch.get_num_threads(),
+        "note": (
+            "perplexity: the mean over the seeds each arm ran; wall times and teacher tokens "
+            "from the first of them, on 2 cores shared with other jobs"
+        ),
+        "arms": arms,
+    }
+    atomic_write_json(args.out, result)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(result) + "\n")
     print(markdown(result))
 
 
@@ -234,149 +399,63 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--work", type=Path, default=Path("runs/cross-tokenizer"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/cross_tokenizer.json"))
-    parser.add_argument("--table", action="store_true", help="print the Markdown table of --out")
     parser.add_argument(
-        "--bits-per-char",
-        action="store_true",
-        help="add bits per character to --out: the arms' from their perplexity, the teacher's "
-        "measured on the same held-out text in its own tokens",
+        "--combine",
+        dest="seeds",
+        nargs="+",
+        type=int,
+        help="write --out from these seeds' kept records (and the teacher's bits per "
+        "character on the held-out text)",
     )
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of --out")
     args = parser.parse_args()
-    if args.bits_per_char:
-        add_bits_per_char(args.out)
-        return
     if args.table:
         print(markdown(json.loads(args.out.read_text())))
-        return
-    recipe = load_recipe(
-        None,
-        [
-            f"train.steps={args.steps}",
-            f"train.seed={args.seed}",
-            f"teach.top_k={args.top_k}",
-            "teach.samples=0",
-            "teach.batch_size=4",
-            "loss=[{loss: uld, weight: 1.0}, {loss: cross_entropy, weight: 1.0}]",
-        ],
-    ).model_copy(update={"budget_minutes": None})
-    work = args.work / f"seed{args.seed}-steps{args.steps}-k{args.top_k}"
-    work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    teacher, t_tok = load_causal_lm(TEACHER)
-    base, s_tok = load_causal_lm(STUDENT_BASE)
-    teacher.eval()
-    data = load_data(recipe.data, s_tok)
-    per_token = teacher_flops_per_token(teacher)
-
-    cache, taught = teach_arm(recipe, teacher, t_tok, s_tok, data, work)
-    ce_terms = [LossTerm("cross_entropy")]
-    uld_terms = [LossTerm("uld"), LossTerm("cross_entropy")]
-    models: dict[str, torch.nn.Module] = {}
-    walls: dict[str, float] = {}
-    models["ce"], walls["ce"] = train_arm("ce", base, data.train, ce_terms, recipe, data.heldout)
-    models["uld"], walls["uld"] = train_arm(
-        "uld", base, data.train, uld_terms, recipe, data.heldout, cache
-    )
-    uld_total = taught["seconds"] + walls["uld"]
-    budget = uld_total - walls["ce"]  # the sequence arm trains as the ce arm does
-    plan = list(dict.fromkeys(cache.manifest.plan))
-    texts, generated = generate_arm(teacher, t_tok, s_tok, data, plan, budget, work)
-    sequence_blocks = pack(tokenize_texts(s_tok, texts), recipe.data.block_size)
-    models["sequence"], walls["sequence"] = train_arm(
-        "sequence", base, sequence_blocks, ce_terms, recipe, data.heldout
-    )
-    models["start"] = student_start(base)
-    scores = score_models(
-        models,
-        data.heldout.input_ids,
-        data.heldout.labels,
-        teacher=None,
-        batch_size=recipe.eval.batch_size,
-    )
-    teach_tokens = taught["teacher_tokens"]
-    gen_tokens = generated["prompt_tokens"] + generated["new_tokens"]
-    rows = {
-        "start": {"what": "the student start, untrained", "perplexity": scores["start"].perplexity},
-        "ce": {
-            "what": "no distillation: cross-entropy on the plays",
-            "perplexity": scores["ce"].perplexity,
-            "train_seconds": walls["ce"],
-            "teacher_seconds": 0.0,
-            "teacher_tokens": 0,
-        },
-        "uld": {
-            "what": f"ULD + cross-entropy from a top-{args.top_k} cache taught across tokenizers",
-            "perplexity": scores["uld"].perplexity,
-            "train_seconds": walls["uld"],
-            "teacher_seconds": taught["seconds"],
-            "teacher_tokens": teach_tokens,
-            "teacher_tflops": teach_tokens * per_token / 1e12,
-            "aligned_share": taught["aligned"],
-            "cache_blocks": taught["blocks"],
-        },
-        "sequence": {
-            "what": "sequence-level: cross-entropy on the teacher's continuations",
-            "perplexity": scores["sequence"].perplexity,
-            "train_seconds": walls["sequence"],
-            "teacher_seconds": generated["seconds"],
-            "teacher_tokens": gen_tokens,
-            "teacher_tflops": gen_tokens * per_token / 1e12,
-            "rows": generated["rows"],
-            "new_tokens": generated["new_tokens"],
-            "train_blocks": len(sequence_blocks),
-        },
-    }
-    result = {
-        "command": (
-            f"python bench/cross_tokenizer.py --steps {args.steps} --top-k {args.top_k} "
-            f"--seed {args.seed}"
-        ),
-        "teacher": TEACHER,
-        "student": f"{STUDENT_BASE} layers {STUDENT_LAYERS}",
-        "steps": args.steps,
-        "seed": args.seed,
-        "heldout_tokens": data.heldout.num_tokens,
-        "threads": torch.get_num_threads(),
-        "note": "one seed; wall times measured on 2 cores shared with other jobs",
-        "arms": rows,
-    }
-    atomic_write_json(args.out, result)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(result) + "\n")
-    print(markdown(result))
+    elif args.seeds:
+        combine(args)
+    else:
+        run_seed(args, args.seed, args.arms)
 
 
 def markdown(result: dict) -> str:
-    """The README's table: one row per arm (bits per character once measured)."""
-    arms = result["arms"]
-    bits = "teacher_bits_per_char" in result
+    """The README's table: one row per arm, its perplexity per seed and their mean."""
+    arms, seeds = result["arms"], [str(s) for s in result["seeds"]]
     lines = [
-        "| arm | held-out perplexity |"
-        + (" bits per character |" if bits else "")
-        + " teacher time (s) | student training (s) | total (s) | teacher tokens | teacher TFLOP |",
-        "|---|---:|" + ("---:|" if bits else "") + "---:|---:|---:|---:|---:|",
+        "| arm | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean perplexity | bits per character | teacher time (s) | student training (s) "
+        "| total (s) | teacher tokens | teacher TFLOP |",
+        "|---|" + "---:|" * (len(seeds) + 7),
     ]
-    for key in ("ce", "uld", "sequence"):
-        arm = arms[key]
-        total = arm["teacher_seconds"] + arm["train_seconds"]
-        per_char = f" {arm['bits_per_char']:.3f} |" if bits else ""
-        lines.append(
-            f"| {arm['what']} | {arm['perplexity']:.2f} |{per_char} {arm['teacher_seconds']:.0f} | "
-            f"{arm['train_seconds']:.0f} | {total:.0f} | {arm['teacher_tokens']:,} | "
-            f"{arm.get('teacher_tflops', 0.0):.1f} |"
+    for key, arm in arms.items():
+        each = " | ".join(
+            f"{arm['perplexities'][s]:.2f}" if s in arm["perplexities"] else "–" for s in seeds
         )
-    start = arms["start"]
-    per_char = f" {start['bits_per_char']:.3f} |" if bits else ""
+        cells = [f"{arm['perplexity']:.2f}", f"{arm['bits_per_char']:.3f}"]
+        if key != "start":
+            total = arm["teacher_seconds"] + arm["train_seconds"]
+            cells += [
+                f"{arm['teacher_seconds']:.0f}",
+                f"{arm['train_seconds']:.0f}",
+                f"{total:.0f}",
+                f"{arm['teacher_tokens']:,}",
+                f"{arm.get('teacher_tflops', 0.0):.1f}",
+            ]
+        else:
+            cells += [""] * 5
+        lines.append(f"| {arm['what']} | {each} | " + " | ".join(cells) + " |")
+    teacher = result["teacher_bits_per_char"]
+    blank = " |" * (len(seeds) + 6)
     lines.append(
-        f"| the student start, untrained | {start['perplexity']:.2f} |{per_char} | | | | | |"
+        f"| the teacher, in its own tokens |{' – |' * len(seeds)} – | {teacher:.3f} |" + " |" * 5
     )
-    if bits:
-        teacher = result["teacher_bits_per_char"]
-        lines.append(f"| the teacher, in its own tokens | – | {teacher:.3f} | | | | | |")
+    del blank
     return "\n".join(lines)
 
 

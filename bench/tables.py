@@ -39,6 +39,7 @@ TWINS = {
     "step.txt": "step.json",
     "heldout.md": "heldout.json",
     "cross_tokenizer.md": "cross_tokenizer.json",
+    "cross_tokenizer_130.md": "cross_tokenizer_130.json",
 }
 # Write-ups of how a default was found: told, with their numbers, in docs/history.md.
 IN_HISTORY = ("default_run.md", "defaults.md", "stability.md")
@@ -835,41 +836,67 @@ def scale(data: Data) -> str:
 
 
 def cross_tokenizer(data: Data) -> str:
-    result = data["cross_tokenizer.json"]
-    arms = result["arms"]
+    short, long = data["cross_tokenizer.json"], data["cross_tokenizer_130.json"]
+    arms = short["arms"]
+    uld, shared, sequence = arms["uld"], arms["shared"], arms["sequence"]
+    trained = [
+        arm["bits_per_char"]
+        for result in (short, long)
+        for key, arm in result["arms"].items()
+        if key != "start"
+    ]
+    return paragraphs(
+        f"Qwen2.5-Coder-0.5B-Instruct teaching a student of SmolLM2-135M-Instruct's "
+        f"tokenizer (its layers {short['student'].split('layers ')[-1]}) on the default plays "
+        "cut by the student's tokenizer, with the default's training settings, every arm "
+        "from the same student start. ULD and the shared-token KL train from one top-64 "
+        f"cache per seed taught across tokenizers ({pct(uld['aligned_share'])} of the "
+        "student's positions aligned with the teacher's); the shared-token KL reads its "
+        "teacher ids as the student ids of the same bytes "
+        f"({shared['shared_teacher_ids']:,} of the teacher's ids have one). The "
+        "sequence-level arm trains on the teacher's continuations of the blocks' openings, "
+        "generated for as long as the ULD arm's teacher pass and extra training took "
+        f"({sequence['rows']} continuations, {sequence['new_tokens']:,} new tokens; seed "
+        f"{sequence['costs_from_seed']} only, generated in its first run, when that took "
+        f"{sequence['teacher_seconds']:.0f} s on a busier box). Scored: the student's "
+        "perplexity on the "
+        f"default's held-out text, over its own {short['heldout_tokens']:,} tokens; the "
+        f"untrained start scores {arms['start']['perplexity']:.2f}. Bits per character (of "
+        "the mean perplexity) put every model on the same text "
+        f"({short['heldout_chars']:,} characters): the teacher, reading it in its own "
+        f"tokens, scores {short['teacher_bits_per_char']:.3f}, the trained students "
+        f"{min(trained):.3f} to {max(trained):.3f}. {short['note'].capitalize()}; teacher "
+        "TFLOP count 2 × its parameters (the input embedding excluded) per token it read or "
+        "wrote.",
+        *_cross_runs(short),
+        *_cross_runs(long),
+    )
+
+
+def _cross_runs(result: dict) -> tuple[str, str, str]:
+    """One step count's title, commands and table (`cross_tokenizer`)."""
+    seeds = [str(s) for s in result["seeds"]]
     lines = []
-    for key in ("ce", "uld", "sequence"):
-        arm = arms[key]
+    for key, arm in result["arms"].items():
+        if key == "start":
+            continue
+        each = " | ".join(
+            f"{arm['perplexities'][s]:.2f}" if s in arm["perplexities"] else "–" for s in seeds
+        )
         total = arm["teacher_seconds"] + arm["train_seconds"]
         lines.append(
-            f"{arm['what']} | {arm['perplexity']:.2f} | {arm['bits_per_char']:.3f} | "
+            f"{arm['what']} | {each} | {arm['perplexity']:.2f} | {arm['bits_per_char']:.3f} | "
             f"{arm['teacher_seconds']:.0f} s | {arm['train_seconds']:.0f} s | {total:.0f} s | "
             f"{arm['teacher_tokens']:,} | {arm.get('teacher_tflops', 0.0):.1f}"
         )
-    uld, sequence = arms["uld"], arms["sequence"]
-    trained = [arms[key]["bits_per_char"] for key in ("ce", "uld", "sequence")]
-    return paragraphs(
-        f"Qwen2.5-Coder-0.5B-Instruct teaching a student of SmolLM2-135M-Instruct's "
-        f"tokenizer (its layers {result['student'].split('layers ')[-1]}), "
-        f"{result['steps']} steps of the default's training on the default plays cut by the "
-        "student's tokenizer, every arm from the same student start "
-        "(`cross_tokenizer.json`). ULD trains from a top-64 cache taught across tokenizers "
-        f"({pct(uld['aligned_share'])} of the student's positions aligned with the "
-        "teacher's); the sequence-level arm trains on the teacher's continuations of the "
-        "blocks' openings, generated for as long as the ULD arm's teacher pass and extra "
-        f"training took ({sequence['rows']} continuations, {sequence['new_tokens']:,} new "
-        "tokens). Scored: the student's perplexity on the default's held-out text, over "
-        f"its own {result['heldout_tokens']:,} tokens; the untrained start scores "
-        f"{arms['start']['perplexity']:.2f}. Bits per character put every model on the same "
-        f"text ({result['heldout_chars']:,} characters): the teacher, reading it in its own "
-        f"tokens, scores {result['teacher_bits_per_char']:.3f}, the trained students "
-        f"{min(trained):.3f} to {max(trained):.3f}, so it had something to teach. "
-        f"{result['note'].capitalize()}; teacher TFLOP count 2 × its parameters (the input "
-        "embedding excluded) per token it read or wrote.",
-        bash(result["command"], result["bits_per_char_command"]),
+    return (
+        f"{result['steps']} steps (`{Path(result['out']).name}`):",
+        bash(*result["command"].split(" ; ")),
         table(
-            "arm | held-out perplexity | bits per character | teacher | student training "
-            "| total | teacher tokens | teacher TFLOP",
+            "arm | "
+            + " | ".join(f"seed {s}" for s in seeds)
+            + " | mean | bits per character | teacher | student training | total "
+            "| teacher tokens | teacher TFLOP",
             lines,
         ),
     )
@@ -939,7 +966,11 @@ SECTIONS = (
         hidden_states,
     ),
     Section("A corpus ten times larger", ("scale.json",), scale),
-    Section("Across tokenizers", ("cross_tokenizer.json",), cross_tokenizer),
+    Section(
+        "Across tokenizers",
+        ("cross_tokenizer.json", "cross_tokenizer_130.json"),
+        cross_tokenizer,
+    ),
     Section("Quantization", ("quantize.json",), quantize),
     Section("GGUF in llama.cpp", ("gguf_quality.json", "gguf_speed.json"), gguf),
     Section("Export", ("export.json",), export),
