@@ -144,8 +144,9 @@ def check_same_vocab(
     loss_names: Sequence[str] | None = None,
 ) -> None:
     """Refuse, clearly, a teacher and student whose vocabularies differ when a loss term
-    compares token ids: every term but ``uld`` and ``cross_entropy`` does (``loss_names``
-    None: assume one does). With the same tokenizer the output sizes must agree too."""
+    compares token ids: every term but ``shared_kl``, ``uld`` and ``cross_entropy`` does
+    (``loss_names`` None: assume one does). With the same tokenizer the output sizes must
+    agree too."""
     t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if t_vocab != s_vocab:
         problem = cross_tokenizer_problem(list(loss_names)) if loss_names is not None else ""
@@ -155,10 +156,11 @@ def check_same_vocab(
         raise PotstillError(
             f"teacher and student vocabularies differ (teacher {len(t_vocab)} tokens, student "
             f"{len(s_vocab)}, {differing} entries differ), and "
-            f"{problem or 'logit terms compare token ids one to one'}: use the loss that "
-            "works across tokenizers (loss: [{loss: uld}, {loss: cross_entropy}]), choose a "
-            "student with the teacher's tokenizer (student.from_teacher / student.fresh), "
-            "or learn from the teacher's text alone (potstill generate, cross_entropy only)"
+            f"{problem or 'logit terms compare token ids one to one'}: use a loss that "
+            "works across tokenizers (loss: [{loss: shared_kl}, {loss: cross_entropy}], or "
+            "{loss: uld} in shared_kl's place), choose a student with the teacher's "
+            "tokenizer (student.from_teacher / student.fresh), or learn from the teacher's "
+            "text alone (potstill generate, cross_entropy only)"
         )
     if teacher is not None and student is not None:
         t_out = teacher.get_output_embeddings().weight.shape[0]
