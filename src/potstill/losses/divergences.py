@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from potstill.losses.sparse import sparse_bucket_logprobs
-from potstill.losses.tokens import select_tokens, tempered_logprobs
+from potstill.losses.tokens import (
+    compute_dtype,
+    mean_over_tokens,
+    select_tokens,
+    tempered_logprobs,
+)
 from potstill.signals.distributions import SparseSignal, TeacherSignal, as_signal
 from potstill.util.tokens import IGNORE_INDEX
 
@@ -97,23 +102,6 @@ def _valid_tokens(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor
     return mask.to(torch.bool)
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float32 for half/bf16/float32 inputs; float64 stays float64."""
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _mean_over_tokens(
-    per_token: torch.Tensor, valid: torch.Tensor, num_tokens: int | torch.Tensor | None
-) -> torch.Tensor:
-    """Sum over the valid tokens divided by their count (or ``num_tokens``), never by 0."""
-    count = valid.sum() if num_tokens is None else torch.as_tensor(num_tokens)
-    count = count.to(device=per_token.device, dtype=per_token.dtype).clamp_min(1)
-    return per_token.sum() / count
-
-
 def _check_unit_interval(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -135,7 +123,7 @@ def _kd_loss(
     # Select before computing, so masked positions (whatever they hold) never enter the
     # value or the gradient: index backward scatters exact zeros there.
     if isinstance(signal, SparseSignal):
-        dtype = _compute_dtype(student_logits, signal.logprobs, signal.tail_logprob)
+        dtype = compute_dtype(student_logits, signal.logprobs, signal.tail_logprob)
         student_logprobs, teacher_logprobs = sparse_bucket_logprobs(
             student_logits, signal, valid, temperature, dtype
         )  # (N, K + 1) each
@@ -146,11 +134,11 @@ def _kd_loss(
                 f"teacher logits {tuple(teacher_logits.shape)} and student logits "
                 f"{tuple(student_logits.shape)} must have the same (B, T, V) shape"
             )
-        dtype = _compute_dtype(student_logits, teacher_logits)
+        dtype = compute_dtype(student_logits, teacher_logits)
         student_logprobs = tempered_logprobs(student_logits, valid, temperature, dtype)
         teacher_logprobs = tempered_logprobs(teacher_logits, valid, temperature, dtype)
     divergence = per_token(student_logprobs, teacher_logprobs)  # (N,)
-    return temperature**2 * _mean_over_tokens(divergence, valid, num_tokens)
+    return temperature**2 * mean_over_tokens(divergence, valid, num_tokens)
 
 
 # --- public losses ---------------------------------------------------------------------------
@@ -183,9 +171,9 @@ def cross_entropy(
             f"labels shape {tuple(labels.shape)} != logits (B, T) {tuple(student_logits.shape[:2])}"
         )
     valid = _valid_tokens(mask, student_logits) & (labels != IGNORE_INDEX)  # (B, T)
-    logits = select_tokens(student_logits, valid).to(_compute_dtype(student_logits))  # (N, V)
+    logits = select_tokens(student_logits, valid).to(compute_dtype(student_logits))  # (N, V)
     per_token = F.cross_entropy(logits, labels[valid], reduction="none")  # (N,)
-    return _mean_over_tokens(per_token, valid, num_tokens)
+    return mean_over_tokens(per_token, valid, num_tokens)
 
 
 def forward_kl(

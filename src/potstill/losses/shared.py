@@ -38,8 +38,8 @@ import torch
 
 from potstill.losses.divergences import forward_kl
 from potstill.losses.sparse import log_mass_off, retemper_buckets
-from potstill.losses.tokens import checked_tokens, select_tokens
-from potstill.losses.universal import NO_SIGNAL
+from potstill.losses.tokens import checked_tokens, compute_dtype, mean_over_tokens, select_tokens
+from potstill.losses.universal import NO_SIGNAL, check_sparse
 from potstill.signals.distributions import SparseSignal, TeacherSignal, as_signal
 
 
@@ -79,10 +79,8 @@ def shared_kl(
         return forward_kl(student_logits, signal, mask, temperature, num_tokens=num_tokens)
     bt = tuple(student_logits.shape[:2])
     _check(signal, bt, student_logits.shape[-1])
-    count = valid.sum() if num_tokens is None else torch.as_tensor(num_tokens)
     rows = valid & (signal.logprobs.amax(dim=-1) > NO_SIGNAL)  # (B, T)
-    dtype = torch.promote_types(student_logits.dtype, signal.logprobs.dtype)
-    dtype = torch.promote_types(dtype, torch.float32)
+    dtype = compute_dtype(student_logits, signal.logprobs)
 
     ids = select_tokens(signal.ids, rows).long()  # (N, K)
     shared = ids >= 0
@@ -111,31 +109,19 @@ def shared_kl(
     terms = torch.where(p_kept > 0, p_kept * (teacher_kept - student_kept), 0.0).sum(-1)
     p_rest = teacher_rest.exp()
     rest = torch.where(p_rest > 0, p_rest * (teacher_rest - student_rest), 0.0)
-    per_token = terms + rest
-    count = count.to(device=per_token.device, dtype=per_token.dtype).clamp_min(1)
-    return per_token.sum() / count
+    return mean_over_tokens(terms + rest, valid, num_tokens)
 
 
 def _check(signal: SparseSignal, bt: tuple[int, ...], vocab: int) -> None:
-    ids, logprobs, tail = signal.ids, signal.logprobs, signal.tail_logprob
-    if ids.dim() != 3 or tuple(ids.shape[:2]) != bt or logprobs.shape != ids.shape:
-        raise ValueError(
-            f"sparse teacher ids {tuple(ids.shape)} and logprobs {tuple(logprobs.shape)} must "
-            f"both be (B, T, K) with (B, T) {bt}"
-        )
-    if tuple(tail.shape) != bt:
-        raise ValueError(f"sparse teacher tail_logprob {tuple(tail.shape)} must be (B, T) {bt}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+    """ULD's checks of a sparse signal (`universal.check_sparse`), and its ids student ids
+    or -1."""
+    check_sparse(signal, bt)
+    ids = signal.ids
+    if ids.dtype == torch.bool:
         raise ValueError(f"sparse teacher ids must be integer student ids, got {ids.dtype}")
-    if not (logprobs.is_floating_point() and tail.is_floating_point()):
-        raise ValueError(
-            f"sparse teacher logprobs ({logprobs.dtype}) and tail ({tail.dtype}) must be float"
-        )
     if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= vocab):
         raise ValueError(
             f"sparse teacher ids must be student ids in [0, {vocab}) or -1 (no student id), "
             f"got [{int(ids.min())}, {int(ids.max())}]: read a cache taught across "
             "tokenizers through potstill.data.vocab.shared_ids"
         )
-    if signal.temperature <= 0:
-        raise ValueError(f"sparse teacher temperature must be > 0, got {signal.temperature}")

@@ -24,6 +24,23 @@ def tempered_logprobs(
     return F.log_softmax(selected, dim=-1)
 
 
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32 for half/bf16/float32 inputs; float64 stays float64."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def mean_over_tokens(
+    per_token: torch.Tensor, valid: torch.Tensor, num_tokens: int | torch.Tensor | None
+) -> torch.Tensor:
+    """Sum over the valid tokens divided by their count (or ``num_tokens``), never by 0."""
+    count = valid.sum() if num_tokens is None else torch.as_tensor(num_tokens)
+    count = count.to(device=per_token.device, dtype=per_token.dtype).clamp_min(1)
+    return per_token.sum() / count
+
+
 def checked_tokens(
     student_logits: torch.Tensor, mask: torch.Tensor | None, temperature: float
 ) -> torch.Tensor:

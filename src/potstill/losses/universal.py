@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from potstill.losses.sparse import retemper_buckets
-from potstill.losses.tokens import checked_tokens, select_tokens
+from potstill.losses.tokens import checked_tokens, compute_dtype, mean_over_tokens, select_tokens
 from potstill.signals.distributions import DenseSignal, SparseSignal, TeacherSignal, as_signal
 
 # A kept log-probability at or below this is no signal (the codec's floor is −32; a real
@@ -96,11 +96,9 @@ def uld(
     valid = checked_tokens(student_logits, mask, temperature)
     signal = as_signal(teacher)
     bt = tuple(student_logits.shape[:2])
-    count = valid.sum() if num_tokens is None else torch.as_tensor(num_tokens)
     if isinstance(signal, SparseSignal):
-        _check_sparse(signal, bt)
-        dtype = torch.promote_types(student_logits.dtype, signal.logprobs.dtype)
-        dtype = torch.promote_types(dtype, torch.float32)
+        check_sparse(signal, bt)
+        dtype = compute_dtype(student_logits, signal.logprobs)
         has_signal = signal.logprobs.amax(dim=-1) > NO_SIGNAL  # (B, T)
         rows = valid & has_signal
         student = _probs(student_logits, rows, temperature, dtype)  # (N, V_s)
@@ -113,13 +111,11 @@ def uld(
         per_token = _bucketed_l1(student, teacher_buckets)
     else:
         _check_dense(signal, bt)
-        dtype = torch.promote_types(student_logits.dtype, signal.logits.dtype)
-        dtype = torch.promote_types(dtype, torch.float32)
+        dtype = compute_dtype(student_logits, signal.logits)
         student = _probs(student_logits, valid, temperature, dtype)
         teacher_probs = _probs(signal.logits, valid, temperature, dtype)
         per_token = sorted_l1(student, teacher_probs)
-    count = count.to(device=per_token.device, dtype=per_token.dtype).clamp_min(1)
-    return per_token.sum() / count
+    return mean_over_tokens(per_token, valid, num_tokens)
 
 
 def _bucketed_l1(student: torch.Tensor, teacher_buckets: torch.Tensor) -> torch.Tensor:
@@ -147,7 +143,8 @@ def _probs(
     return selected.softmax(dim=-1)
 
 
-def _check_sparse(signal: SparseSignal, bt: tuple[int, ...]) -> None:
+def check_sparse(signal: SparseSignal, bt: tuple[int, ...]) -> None:
+    """Refuse a sparse signal of the wrong shapes or dtypes for ``(B, T)`` ``bt``."""
     ids, logprobs, tail = signal.ids, signal.logprobs, signal.tail_logprob
     if ids.dim() != 3 or tuple(ids.shape[:2]) != bt or logprobs.shape != ids.shape:
         raise ValueError(
