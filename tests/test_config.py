@@ -203,3 +203,13 @@ def test_quantization_keys_are_refused_where_the_flow_would_ignore_them(kind, ov
     with pytest.raises(PotstillError, match=rf"{key} quantizes language-model students.*drop"):
         load_recipe(None, [f"task.kind={kind}", "task.labels=[good,bad]", override])
     assert load_recipe(None, [override]).task.kind == "lm"
+
+
+def test_student_layers_are_refused_where_the_flow_would_ignore_them():
+    task = {"kind": "classify", "labels": ["a", "b"]}
+    student = {"model": "bundled:all-minilm-l6-v2", "layers": [0, 1]}
+    with pytest.raises(PotstillError, match=r"drop student\.layers") as error:
+        load_recipe({"task": task, "student": student})
+    assert "\n" not in str(error.value)
+    lm = load_recipe({"student": {"model": "bundled:smollm2-135m-instruct", "layers": [0, 29]}})
+    assert lm.student.layers == [0, 29]

@@ -266,6 +266,16 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _layers_cut_a_decoder(self) -> Recipe:
+        """``student.layers`` cuts a decoder student; a classify run would ignore it."""
+        if self.student.layers is not None and self.task.kind == "classify":
+            raise ValueError(
+                "student.layers cuts a decoder student.model (task.kind lm, reason or "
+                "context); a classify run keeps its classifier whole: drop student.layers"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _some_weight(self) -> Recipe:
         if all(term.weight == 0 for term in self.loss):
             raise ValueError("loss: every term has weight 0; give at least one a positive weight")

@@ -67,7 +67,7 @@ class StudentConfig(Strict):
     layers: list[int] | None = Field(None, min_length=1)
     """With `model`: keep only these decoder layers of it (0-based, strictly increasing,
     weights copied), a smaller student cut from any pretrained model, as `from_teacher`
-    cuts the teacher; null = every layer."""
+    cuts the teacher; null = every layer. Decoder students only (not `classify`)."""
     from_teacher: FromTeacher | None = None
     """Cut the student from the teacher, keeping the listed layers with their weights. With
     no source given: layers `[0, 1, 2, 27, 28, 29]`, which on the bundled 30-layer SmolLM2
